@@ -1,0 +1,28 @@
+"""Datasets: folder layouts → manifest tables, validation, and the one image preprocessing path."""
+
+from raydiff.data.images import dataset_channels, load_image, load_mask
+from raydiff.data.manifest import (
+    MANIFEST_SCHEMA,
+    assign_holdout,
+    scan_btad,
+    scan_dataset,
+    scan_generic,
+    scan_mvtec,
+    scan_visa,
+)
+from raydiff.data.validate import ValidationSummary, validate_dataset
+
+__all__ = [
+    "MANIFEST_SCHEMA",
+    "ValidationSummary",
+    "assign_holdout",
+    "dataset_channels",
+    "load_image",
+    "load_mask",
+    "scan_btad",
+    "scan_dataset",
+    "scan_generic",
+    "scan_mvtec",
+    "scan_visa",
+    "validate_dataset",
+]

@@ -1,0 +1,70 @@
+"""The click CLI: commands run on tiny data, errors are one line with the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from raydiff.cli import main
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tex"
+    result = CliRunner().invoke(main, ["make-textures", str(out), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    runner = CliRunner()
+    for name, command in main.commands.items():
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example" in (command.help or ""), f"{name} --help has no example"
+
+
+def test_validate_directory_prints_counts(textures: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", str(textures)])
+    assert result.exit_code == 0, result.output
+    assert "brick" in result.output and "scratch" in result.output and "ok:" in result.output
+
+
+def test_validate_config_with_overrides(textures: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"dataset": {"kind": "mvtec", "root": str(textures), "image_size": 32}}))
+    result = CliRunner().invoke(main, ["validate", "--config", str(cfg), "--categories", "grass"])
+    assert result.exit_code == 0, result.output
+    assert "grass" in result.output and "brick" not in result.output
+
+
+def test_config_error_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"models": {"learning_rate": 1}}))
+    result = CliRunner().invoke(main, ["validate", "--config", str(cfg)])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "models.learning_rate" in lines[0] and "Fix:" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_dataset_error_names_the_file(textures: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(textures, broken)
+    victim = sorted((broken / "gravel" / "test" / "good").glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated PNG
+    result = CliRunner().invoke(main, ["validate", str(broken)])
+    assert result.exit_code == 2
+    assert victim.name in result.output and "Fix:" in result.output and "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: [")
+    result = CliRunner().invoke(main, ["--debug", "validate", "--config", str(cfg)])
+    assert result.exit_code != 0 and result.exception is not None

@@ -1,0 +1,159 @@
+"""Config loading: unknown keys, wrong types, out-of-range values, stable ids, round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raydiff.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    model_id,
+    run_id,
+)
+from raydiff.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.models.kinds == ("pixel", "pixel-simplex", "pixel-gmm", "latent")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MVTEC_ROOT", "VISA_ROOT", "BTAD_ROOT", "REAL_DATA_ROOT"):
+        monkeypatch.setenv(var, "/data/x")
+    cfg = load_config(path)
+    assert cfg.source == str(path.resolve())
+
+
+def test_unknown_key_names_key_file_and_choices(tmp_path: Path) -> None:
+    p = write(tmp_path, {"models": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert "models.learning_rate" in msg and str(p) in msg and "lr" in msg and "Fix:" in msg
+
+
+def test_unknown_variant_section_lists_variant_ids(tmp_path: Path) -> None:
+    p = write(tmp_path, {"variants": {"static-gausian": {"t0": 10}}})
+    with pytest.raises(ConfigError, match="static-gaussian"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"models": {"lr": "fast"}}, "models.lr"),
+        ({"models": {"train_steps": 1.5}}, "models.train_steps"),
+        ({"models": {"augment": {"hflip": "yes"}}}, "models.augment.hflip"),
+        ({"dataset": {"categories": "bottle"}}, "dataset.categories"),
+        ({"seed": True}, "seed"),
+        ({"variants": {"kl": {"timesteps": [20, "x"]}}}, "variants.kl.timesteps[1]"),
+    ],
+)
+def test_wrong_type(tmp_path: Path, data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ({"dataset": {"image_size": 2}}, "dataset.image_size"),
+        ({"models": {"ema_decay": 1.5}}, "models.ema_decay"),
+        ({"dataset": {"kind": "mvtek"}}, "mvtec"),
+        ({"variants": {"static-gaussian": {"t0": 10, "steps": 20}}}, "steps"),
+        ({"variants": {"trend": {"levels": [100, 50, 25]}}}, "levels"),
+        ({"variants": {"kl": {"timesteps": [20, 2000]}}}, "2000"),
+    ],
+)
+def test_out_of_range(tmp_path: Path, data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert fragment in str(err.value)
+
+
+def test_variant_needing_untrained_kind(tmp_path: Path) -> None:
+    p = write(tmp_path, {"models": {"kinds": ["pixel"]}, "variants": {"enabled": ["static-gaussian", "dynamic"]}})
+    with pytest.raises(ConfigError, match="dynamic.*latent"):
+        load_config(p)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_env_var_root_and_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RD_TEST_ROOT", "/srv/mvtec")
+    cfg = load_config(write(tmp_path, {"dataset": {"root": "${RD_TEST_ROOT}"}}))
+    assert cfg.dataset.root == "/srv/mvtec"
+    cfg = load_config(write(tmp_path, {"dataset": {"root": "data/tex"}}))
+    assert cfg.dataset.root == str(tmp_path / "data/tex")
+    monkeypatch.delenv("RD_TEST_ROOT")
+    with pytest.raises(ConfigError, match="RD_TEST_ROOT"):
+        load_config(write(tmp_path, {"dataset": {"root": "${RD_TEST_ROOT}"}}))
+
+
+def test_overrides_use_dotted_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, {}), {"models.train_steps": 7, "variants.kl.top_k": 3})
+    assert cfg.models.train_steps == 7 and cfg.variants.kl.top_k == 3
+
+
+def test_round_trip_and_frozen() -> None:
+    cfg = config_from_dict({"models": {"augment_per_category": {"transistor": {"hflip": False}}}})
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
+    assert cfg.models.augment_for("transistor").hflip is False
+    assert cfg.models.augment_for("bottle").hflip is True
+
+
+def test_ids_are_stable_and_sensitive_to_what_matters() -> None:
+    base = config_from_dict({})
+    assert run_id(base) == run_id(config_from_dict(config_to_dict(base)))
+    assert len(run_id(base)) == 12
+    # Resources, output location, category and variant lists do not change any score.
+    same = config_from_dict(
+        {
+            "ray": {"scoring_batch_size": 99},
+            "output": {"root": "/elsewhere"},
+            "dataset": {"categories": ["a"], "root": "/other/copy"},
+            "variants": {"enabled": ["kl"]},
+        }
+    )
+    assert run_id(same) == run_id(base) and model_id(same) == model_id(base)
+    # A variant parameter changes the run but not the trained models.
+    changed = config_from_dict({"variants": {"kl": {"top_k": 3}}})
+    assert run_id(changed) != run_id(base) and model_id(changed) == model_id(base)
+    # A training parameter changes both.
+    retrain = config_from_dict({"models": {"lr": 3e-4}})
+    assert model_id(retrain) != model_id(base) and run_id(retrain) != run_id(base)
+    assert model_id(config_from_dict({"seed": 1})) != model_id(base)
+
+
+def test_model_kinds_needed() -> None:
+    cfg = config_from_dict({"variants": {"enabled": ["kl", "static-gmm"]}})
+    assert cfg.model_kinds_needed() == ("pixel", "pixel-gmm")
