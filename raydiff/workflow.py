@@ -32,7 +32,8 @@ def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None
     from raydiff.data.validate import validate_dataset
 
     manifest = scan(cfg, root, kind)
-    return validate_dataset(manifest, Path(root or cfg.dataset.root))
+    kind = kind or ("mvtec" if root is not None else cfg.dataset.kind)
+    return validate_dataset(manifest, Path(root or cfg.dataset.root), kind=kind)
 
 
 def demo(output_root: Path | None = None) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.data.validate import validate_dataset
 
     manifest = scan(cfg)
-    validate_dataset(manifest, Path(cfg.dataset.root))
+    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.kind)
     return assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
 
 

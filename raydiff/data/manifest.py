@@ -209,7 +209,7 @@ def _categories(root: Path, categories: Sequence[str], kind: str) -> list[str]:
                     "fix the name in dataset.categories or point dataset.root at the right folder.",
                 )
         return list(categories)
-    found = [p.name for p in list_dirs(root) if kind != "visa" or p.name != "split_csv"]
+    found = [p.name for p in list_dirs(root)]
     if not found:
         raise DatasetError(root, f"no category folders found for layout '{kind}'.", _layout_fix(kind))
     return found
@@ -319,7 +319,9 @@ def scan_visa(root: Path, categories: Sequence[str] = (), dataset_name: str | No
         c = root / cat
         image = root / r["image"]
         if not image.absolute().is_relative_to(c.absolute()):
-            raise DatasetError(where, f"image '{r['image']}' is not inside the object folder '{cat}/'.", "fix the csv row.")
+            raise DatasetError(
+                where, f"image '{r['image']}' is not inside the object folder '{cat}/'.", "fix the csv row."
+            )
         label = _VISA_LABELS[r["label"]]
         mask = root / r["mask"] if r["mask"] and label == 1 else None
         rows.append(_row(name, cat, r["split"], image, mask, label, "anomaly" if label else "good", c))
@@ -446,10 +448,9 @@ def assign_holdout(manifest: pl.DataFrame, fraction: float, min_count: int, seed
         split == "train" and (cat, iid) in chosen
         for cat, split, iid in zip(df["category"], df["split"], df["image_id"], strict=True)
     ]
+    mark = pl.Series(is_holdout, dtype=pl.Boolean)
     return (
-        df.with_columns(
-            pl.when(pl.Series(is_holdout, dtype=pl.Boolean)).then(pl.lit("holdout")).otherwise(pl.col("split")).alias("split")
-        )
+        df.with_columns(pl.when(mark).then(pl.lit("holdout")).otherwise(pl.col("split")).alias("split"))
         .select(list(MANIFEST_SCHEMA))
         .sort(["category", "split", "image_id"])
     )

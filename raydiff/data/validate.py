@@ -83,9 +83,12 @@ class ValidationSummary:
         per_split = c.group_by("split").agg(pl.col("images").sum()).sort("split")
         splits = ", ".join(f"{s} {n}" for s, n in per_split.iter_rows())
         defective = int(c.filter(pl.col("defect_type") != "good")["images"].sum())
-        modes = ", ".join(f"{cat} {'gray' if n == 1 else 'RGB'} {size}" for (cat, n), (_, size) in zip(self.channels, self.sizes))
+        modes = ", ".join(
+            f"{cat} {'gray' if n == 1 else 'RGB'} {size}" for (cat, n), (_, size) in zip(self.channels, self.sizes)
+        )
+        n_cat = len(self.channels)
         return (
-            f"{self.kind} layout, {len(self.channels)} categories, {int(c['images'].sum())} images "
+            f"{self.kind} layout, {n_cat} categor{'y' if n_cat == 1 else 'ies'}, {int(c['images'].sum())} images "
             f"({splits}; {defective} defective); {modes}; {len(self.binarised_masks)} non-binary masks binarised"
         )
 
@@ -166,7 +169,9 @@ def _check_structure(rows: pl.DataFrame, kind: str, cat_dir: Path) -> None:
         for path, what in ((image, "image"), (mask, "mask")):
             if path is not None and not Path(path).is_file():
                 listed = f" (listed in {VISA_CSV})" if kind == "visa" else ""
-                raise DatasetError(path, f"{what} file does not exist{listed}.", f"restore the {what} or remove its row.")
+                raise DatasetError(
+                    path, f"{what} file does not exist{listed}.", f"restore the {what} or remove its row."
+                )
 
 
 # --------------------------------------------------------------------------------------------
