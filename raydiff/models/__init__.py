@@ -1,0 +1,1 @@
+"""Diffusion networks: UNet presets, checkpoint folders, the latent autoencoder."""

@@ -1,0 +1,342 @@
+"""Checkpoint folders: diffusers ``save_pretrained`` folders + safetensors + JSON. Never pickle.
+
+One folder per (category, model kind), ``raydiff.paths.model_dir``::
+
+    meta.json                   what the model is: config, versions, seed, noise, channels, schedule
+    unet_ema/                   UNet2DModel with EMA weights (config.json + safetensors) — scoring uses it
+    unet/                       the online UNet (resuming training)
+    vae/                        AutoencoderKL (``latent`` kind with a VAE trained here)
+    optimizer.safetensors       every tensor of the optimizer state, flattened ("state.<i>.<name>")
+    train_state.json            step + the optimizer's non-tensor state (param groups, scalars)
+    loss.csv, loss.png          the loss curve so far
+    _SUCCESS                    written last, when training finished (raydiff.io)
+
+A checkpoint is written whole into a temporary sibling and swapped in by renames, so the folder
+always holds one complete checkpoint. ``load_model`` returns the EMA network for scoring;
+``load_training_state`` what a resumed run needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DModel
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from raydiff import diffusion as D
+from raydiff.errors import CheckpointError
+from raydiff.io import MARKER, is_complete
+
+META = "meta.json"
+UNET_EMA = "unet_ema"
+UNET = "unet"
+VAE = "vae"
+OPTIMIZER = "optimizer.safetensors"
+TRAIN_STATE = "train_state.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+#: Bumped when the folder layout changes.
+FORMAT_VERSION = 1
+
+_RETRAIN = "re-train it with `raydiff train` (a half-finished run resumes), or delete the folder to start over."
+
+
+# --------------------------------------------------------------------------------------------
+# The scoring view of a trained model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffusionModel:
+    """A trained model kind for one category, as scoring uses it (EMA weights, eval mode).
+
+    ``model_output(x_t, t)`` works in the model's space: images (B, C, H, W) in [-1, 1] for
+    the pixel kinds, scaled latents (B, latent_channels, h, w) for ``latent`` (``encode`` /
+    ``decode`` convert). ``noise_kind`` is what every stochastic term must be drawn from.
+    """
+
+    unet: UNet2DModel
+    kind: str
+    #: Image channels (1 or 3) — not the latent channels.
+    channels: int
+    learned_variance: bool
+    noise_kind: str
+    schedule: D.Schedule
+    vae: AutoencoderKL | None = None
+    latent_scale: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels of x_t: image channels, or latent channels for the ``latent`` kind."""
+        return int(self.unet.config.in_channels)
+
+    def model_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(ε_θ(x_t, t), v or None): ε (B,C,H,W) and the variance interpolation v (iDDPM) when learned."""
+        out = self.unet(x_t, t.to(x_t.device)).sample
+        return D.split_model_output(out, x_t.shape[1], self.learned_variance)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Images (B,C,H,W) in [-1,1] → scaled latents (posterior mean; ``latent`` kind only)."""
+        from raydiff.models.latent import encode
+
+        if self.vae is None or self.latent_scale is None:
+            raise ValueError(f"model kind {self.kind!r} has no VAE")
+        return encode(self.vae, x, self.latent_scale)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Scaled latents → images (B,C,H,W), nominally in [-1, 1] (not clamped)."""
+        from raydiff.models.latent import decode
+
+        if self.vae is None or self.latent_scale is None:
+            raise ValueError(f"model kind {self.kind!r} has no VAE")
+        return decode(self.vae, z, self.latent_scale, self.channels)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def flatten_optimizer_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` → (tensors by flat name, JSON-able rest)."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{idx}.{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: Mapping[str, Tensor], rest: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": dict(sorted(state.items())), "param_groups": rest["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path,
+    unet: UNet2DModel,
+    ema_unet: UNet2DModel,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    meta: Mapping[str, Any],
+    vae: AutoencoderKL | None = None,
+    files: Mapping[str, str] | None = None,
+    copy_files: Mapping[str, Path] | None = None,
+) -> Path:
+    """Write one complete checkpoint into ``folder`` (replacing the previous one atomically).
+
+    ``files``: extra text files (name → content, e.g. loss.csv); ``copy_files``: extra files to
+    copy in (name → source). The success marker is NOT written (``raydiff.io.write_marker`` at
+    the end of training). Returns ``folder``.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        ema_unet.save_pretrained(tmp / UNET_EMA, safe_serialization=True)
+        unet.save_pretrained(tmp / UNET, safe_serialization=True)
+        if vae is not None:
+            vae.save_pretrained(tmp / VAE, safe_serialization=True)
+        state: dict[str, Any] = {"step": int(step), "format": FORMAT_VERSION}
+        if optimizer is not None:
+            tensors, rest = flatten_optimizer_state(optimizer.state_dict())
+            save_file(tensors, str(tmp / OPTIMIZER))
+            state["optimizer"] = rest
+        (tmp / TRAIN_STATE).write_text(json.dumps(state, indent=1))
+        (tmp / META).write_text(json.dumps({**meta, "step": int(step)}, indent=2, default=str))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        for name, src in (copy_files or {}).items():
+            if Path(src).is_file():
+                shutil.copy2(src, tmp / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, folder)
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``tmp`` with renames only (``recover`` undoes a crash in between)."""
+    old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(folder: Path) -> None:
+    """After a crash between the two renames of ``_swap_in``: put the previous checkpoint back;
+    remove temporaries of killed writers."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return
+    olds = sorted(folder.parent.glob(f".old-{folder.name}-*"), key=lambda p: p.stat().st_mtime)
+    if not folder.exists() and olds:
+        os.replace(olds[-1], folder)
+        olds = olds[:-1]
+    for p in [*olds, *folder.parent.glob(f".tmp-{folder.name}-*")]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / TRAIN_STATE).is_file() and (Path(folder) / UNET / WEIGHTS).is_file()
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder`` (None when there is none or it is unreadable)."""
+    try:
+        return int(json.loads((Path(folder) / TRAIN_STATE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _require(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.exists():
+        raise CheckpointError(folder, f"'{name}' is missing from the checkpoint folder.", _RETRAIN)
+    return path
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    folder = Path(folder)
+    path = _require(folder, META)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(path, f"unreadable JSON ({err}).", _RETRAIN) from None
+
+
+def load_unet(folder: Path, name: str = UNET_EMA, device: torch.device | str = "cpu") -> UNet2DModel:
+    """A ``UNet2DModel`` from a ``save_pretrained`` sub-folder: strict shapes, finite weights."""
+    folder = Path(folder)
+    sub = _require(folder, name)
+    cfg_path, weights = _require(sub, "config.json"), _require(sub, WEIGHTS)
+    try:
+        config = json.loads(cfg_path.read_text())
+        unet = UNet2DModel.from_config(config)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise CheckpointError(cfg_path, f"not a valid UNet2DModel config ({err}).", _RETRAIN) from None
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(weights, f"unreadable safetensors file ({err}).", _RETRAIN) from None
+    check_finite(state, weights)
+    try:
+        unet.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        problem = str(err).replace("\n", " ").replace("\t", " ")[:600]
+        raise CheckpointError(weights, f"weights do not fit the network in config.json: {problem}", _RETRAIN) from None
+    return unet.to(device)
+
+
+def check_finite(state: Mapping[str, Tensor], path: Path) -> None:
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                path, f"tensor '{key}' has {bad} NaN/inf values (training diverged or the file is damaged).",
+                "lower models.lr or raise models.grad_clip and re-train with `raydiff train`, or delete the folder.",
+            )
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu", require_complete: bool = True) -> DiffusionModel:
+    """The EMA model of a checkpoint folder, in eval mode on ``device``.
+
+    Raises :class:`CheckpointError` (folder + file + fix) for a missing folder, an unfinished
+    run (no success marker, unless ``require_complete=False``), missing files, NaN/inf weights
+    or weights that do not match the saved architecture.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(folder, "checkpoint folder does not exist.", "train the model first with `raydiff train`.")
+    if require_complete and not is_complete(folder):
+        raise CheckpointError(
+            folder, f"training has not finished (no {MARKER} marker).",
+            "run `raydiff train` again: it resumes from the last checkpoint.",
+        )
+    meta = read_meta(folder)
+    for key in ("kind", "channels", "learned_variance", "noise_kind", "schedule"):
+        if key not in meta:
+            raise CheckpointError(folder / META, f"key '{key}' is missing.", _RETRAIN)
+    unet = load_unet(folder, UNET_EMA, device).eval().requires_grad_(False)
+    sample_channels = int(meta.get("latent_channels") or meta["channels"])
+    expect_out = sample_channels * (2 if meta["learned_variance"] else 1)
+    if unet.config.in_channels != sample_channels or unet.config.out_channels != expect_out:
+        raise CheckpointError(
+            folder / UNET_EMA / "config.json",
+            f"UNet has {unet.config.in_channels} in / {unet.config.out_channels} out channels; meta.json "
+            f"says {sample_channels} / {expect_out}.",
+            _RETRAIN,
+        )
+    sch = meta["schedule"]
+    schedule = D.Schedule.build(sch["kind"], sch["timesteps"], sch["beta_start"], sch["beta_end"]).to(device)
+    vae = None
+    if meta["kind"] == "latent":
+        from raydiff.models.latent import load_vae_for_checkpoint
+
+        vae = load_vae_for_checkpoint(folder, meta, device)
+    scale = meta.get("latent_scale")
+    if meta["kind"] == "latent" and (scale is None or not math.isfinite(scale) or scale <= 0):
+        raise CheckpointError(folder / META, f"latent_scale is {scale!r}; expected a positive number.", _RETRAIN)
+    return DiffusionModel(
+        unet=unet, kind=meta["kind"], channels=int(meta["channels"]), learned_variance=bool(meta["learned_variance"]),
+        noise_kind=meta["noise_kind"], schedule=schedule, vae=vae, latent_scale=scale, meta=meta,
+    )
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs (online + EMA weights, optimizer state, step)."""
+
+    step: int
+    unet: UNet2DModel
+    ema_unet: UNet2DModel
+    optimizer_state: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+def load_training_state(folder: Path, device: torch.device | str = "cpu") -> TrainingState:
+    folder = Path(folder)
+    path = _require(folder, TRAIN_STATE)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(path, f"unreadable JSON ({err}).", _RETRAIN) from None
+    unet = load_unet(folder, UNET, device)
+    ema = load_unet(folder, UNET_EMA, device)
+    opt_state = None
+    if "optimizer" in state:
+        opt_path = _require(folder, OPTIMIZER)
+        tensors = load_file(str(opt_path), device=str(device))
+        check_finite(tensors, opt_path)
+        opt_state = unflatten_optimizer_state(tensors, state["optimizer"])
+    return TrainingState(step=int(state["step"]), unet=unet, ema_unet=ema, optimizer_state=opt_state, meta=read_meta(folder))

@@ -1,0 +1,197 @@
+"""The ``latent`` model kind's autoencoder: diffusers ``AutoencoderKL``.
+
+Either a local pretrained folder (``models.latent.vae_path``, e.g. a Stable Diffusion VAE the
+user downloaded; never fetched at run time) or one trained here per category from scratch:
+
+    loss = mean |x - x̂| + mean (x - x̂)² + kl_weight · KL(q(z|x) ‖ N(0, I)) / (C·H·W)
+
+with x̂ decoded from a posterior sample. The KL is summed over latent elements and divided by
+the number of *image* elements, which keeps LDM's ratio of a summed reconstruction loss to a
+summed KL (their kl_weight = 1e-6) while the reconstruction terms are per-pixel means.
+
+Latents for the diffusion model are the posterior **mean** (deterministic) times a scale:
+``models.latent.scale`` if configured; else the pretrained VAE's own ``scaling_factor``
+(SD: 0.18215); else 1 / std of the training latents (METHODS.md), stored in meta.json and in
+the saved VAE's config (``scaling_factor``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor
+
+from raydiff.errors import CheckpointError, ConfigError
+
+#: preset → (widths per level at full depth, res blocks per level).
+VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
+    "tiny": ((32, 64, 64, 64, 64, 64), 1),
+    "ddad": ((64, 128, 256, 256, 256, 256), 2),
+    "anoddpm": ((128, 256, 512, 512, 512, 512), 2),
+}
+
+
+def build_vae(preset: str, channels: int, image_size: int, latent_channels: int, downsample: int) -> AutoencoderKL:
+    """A fresh AutoencoderKL: ``downsample`` 2× reductions (latents are image_size / 2**downsample)."""
+    widths, layers = VAE_PRESETS[preset]
+    if image_size % (1 << downsample):
+        raise ConfigError(
+            "models.latent.vae_downsample",
+            f"image size {image_size} is not divisible by 2^{downsample}.",
+            "lower vae_downsample or use a power-of-two image size.",
+        )
+    blocks = widths[: downsample + 1]
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        block_out_channels=blocks,
+        layers_per_block=layers,
+        latent_channels=latent_channels,
+        norm_num_groups=math.gcd(32, blocks[0] // 2),
+        sample_size=image_size,
+    )
+
+
+def load_pretrained_vae(path: str | Path, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """A local diffusers AutoencoderKL folder (config.json + weights). Never downloads."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            "models.latent.vae_path",
+            f"{path} is not a diffusers AutoencoderKL folder (no config.json).",
+            "point vae_path at a local folder saved with save_pretrained (e.g. the 'vae' folder of a "
+            "Stable Diffusion checkpoint), or set it to null to train a VAE per category.",
+        )
+    try:
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(
+            "models.latent.vae_path", f"cannot load the VAE in {path}: {err}".replace("\n", " ")[:500],
+            "check that the folder is complete (config.json + safetensors weights).",
+        ) from None
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _match_channels(x: Tensor, vae_channels: int) -> Tensor:
+    if x.shape[1] == vae_channels:
+        return x
+    if x.shape[1] == 1:
+        return x.repeat(1, vae_channels, 1, 1)  # grayscale into an RGB VAE
+    raise ValueError(f"cannot feed {x.shape[1]}-channel images to a {vae_channels}-channel VAE")
+
+
+def encode(vae: AutoencoderKL, x: Tensor, scale: float) -> Tensor:
+    """Images (B,C,H,W) in [-1,1] → scale · posterior mean (B, latent_channels, H/f, W/f)."""
+    x = _match_channels(x, vae.config.in_channels).to(vae.dtype)
+    return vae.encode(x).latent_dist.mean * scale
+
+
+def decode(vae: AutoencoderKL, z: Tensor, scale: float, channels: int) -> Tensor:
+    """Scaled latents → images (B, channels, H, W) (mean over RGB for a grayscale dataset)."""
+    x = vae.decode(z.to(vae.dtype) / scale).sample
+    if x.shape[1] != channels and channels == 1:
+        x = x.mean(dim=1, keepdim=True)
+    return x
+
+
+@torch.no_grad()
+def latent_std(vae: AutoencoderKL, images: Tensor, batch_size: int) -> float:
+    """Standard deviation of the posterior means of ``images`` (all elements pooled)."""
+    vae.eval()
+    n, s, s2 = 0, 0.0, 0.0
+    for i in range(0, images.shape[0], batch_size):
+        z = encode(vae, images[i : i + batch_size], 1.0).double()
+        n += z.numel()
+        s += z.sum().item()
+        s2 += z.square().sum().item()
+    mean = s / n
+    return math.sqrt(max(s2 / n - mean * mean, 1e-24))
+
+
+def vae_loss(vae: AutoencoderKL, x: Tensor, kl_weight: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(total loss, reconstruction loss) for one batch (B,C,H,W) in [-1, 1]."""
+    post = vae.encode(x).latent_dist
+    eps = torch.randn(post.mean.shape, generator=generator, device="cpu").to(post.mean.device, post.mean.dtype)
+    z = post.mean + post.std * eps
+    x_hat = vae.decode(z).sample
+    rec = (x_hat - x).abs().mean() + (x_hat - x).square().mean()
+    kl = post.kl().mean() / x[0].numel()
+    return rec + kl_weight * kl, rec
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    images: Tensor,
+    steps: int,
+    lr: float,
+    kl_weight: float,
+    batch_size: int,
+    seed: int,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    log: Callable[[int, float], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> AutoencoderKL:
+    """Train ``vae`` on ``images`` (N,C,H,W) in [-1,1] for ``steps`` AdamW steps (deterministic per seed)."""
+    from raydiff.seeding import derive_seed, generator
+
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    device = images.device
+    for step in range(steps):
+        g = generator(derive_seed(seed, "vae-step", step))
+        idx = torch.randint(images.shape[0], (min(batch_size, images.shape[0]),), generator=g).to(device)
+        x = images[idx]
+        if augment is not None:
+            x = augment(x, g)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss, rec = vae_loss(vae, x, kl_weight, g)
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if log is not None:
+            log(step + 1, loss.item())
+    return vae.eval().requires_grad_(False)
+
+
+def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.device | str) -> AutoencoderKL:
+    """The VAE a ``latent`` checkpoint was trained with: its own ``vae/`` folder, or the pretrained path."""
+    from raydiff.models.checkpoint import VAE, WEIGHTS, check_finite
+
+    folder = Path(folder)
+    source = (meta.get("vae") or {}).get("source", "trained")
+    if source == "pretrained":
+        path = Path(meta["vae"]["path"])
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                folder / "meta.json", f"the pretrained VAE it was trained with ({path}) is not there any more.",
+                "restore that folder, or delete this checkpoint folder and re-train with `raydiff train`.",
+            )
+        return load_pretrained_vae(path, device)
+    sub = folder / VAE
+    if not (sub / "config.json").is_file() or not (sub / WEIGHTS).is_file():
+        raise CheckpointError(folder, f"'{VAE}/' (config.json + {WEIGHTS}) is missing.",
+                              "re-train with `raydiff train`, or delete the folder.")
+    try:
+        vae = AutoencoderKL.from_config(json.loads((sub / "config.json").read_text()))
+        from safetensors.torch import load_file
+
+        state = load_file(str(sub / WEIGHTS))
+    except Exception as err:
+        raise CheckpointError(sub, f"cannot read the VAE ({err}).".replace("\n", " "),
+                              "re-train with `raydiff train`, or delete the folder.") from None
+    check_finite(state, sub / WEIGHTS)
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(sub / WEIGHTS, f"weights do not fit config.json: {str(err)[:400]}".replace("\n", " "),
+                              "re-train with `raydiff train`, or delete the folder.") from None
+    return vae.to(device).eval().requires_grad_(False)

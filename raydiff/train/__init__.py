@@ -1,0 +1,1 @@
+"""Training: the in-process loop (loop.py), the Ray launcher (launch.py), the benchmark (bench.py)."""

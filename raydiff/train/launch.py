@@ -1,0 +1,208 @@
+"""Many independent trainings on Ray: one Tune trial per (category, model kind).
+
+The pattern Ray 2.60 documents for many independent Train runs ("Hyperparameter tuning with Ray
+Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`` and calls
+``fit()``; the TorchTrainer runs ``train_one`` (raydiff.train.loop) in one worker.
+
+- Resources: ``ScalingConfig(num_workers=1, use_gpu=<the cluster has GPUs>,
+  resources_per_worker={"CPU": ray.cpus_per_training, "GPU": ray.gpus_per_training})``.
+  Concurrent trials are bounded by ``TuneConfig(max_concurrent_trials)``: ``ray.max_concurrent_trainings``
+  or, when 0, what the cluster's CPUs / GPUs allow. The driver itself asks for no CPU (it only waits).
+- Checkpoints: every ``models.checkpoint_every`` steps the worker writes the checkpoint folder
+  (``raydiff.paths.model_dir``) and reports it with ``ray.train.report(metrics,
+  checkpoint=Checkpoint.from_directory(folder))``: the loss appears in Ray's results/dashboard
+  and Ray keeps a copy under ``OUT/ray_results``. Reports are that sparse because each costs
+  about 2 s on a small CPU.
+- Failures: ``FailureConfig(max_failures=ray.max_failures)`` restarts the worker, which resumes
+  from ``ray.train.get_checkpoint()`` (or the folder, whichever is further along); the step counter
+  continues. Train runs are named after (model id, dataset, category, kind), so a relaunched
+  sweep also finds Ray's checkpoint of a half-finished run.
+- Finished folders (success marker) are skipped before anything is submitted.
+
+Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a cluster)::
+
+    folders = train_all(cfg, ["bottle", "cable"], ["pixel", "latent"], manifest)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from raydiff.config import Config, config_from_dict, config_to_dict, model_id
+from raydiff.io import is_complete
+from raydiff.paths import model_dir, output_root
+
+# torch / diffusers are imported inside the worker only: the Tune trial and the Train controller
+# processes unpickle this module and should start fast.
+CheckpointHook = Callable[[Path, int, dict[str, float]], None]
+
+#: The Tune trial only drives its TorchTrainer: it asks for no CPU (so that the training workers
+#: get them all) but for 1 MiB of Ray's "memory" resource, since a trial needs a non-empty request.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 1 << 20}
+
+
+class FailOnceAfterCheckpoint:
+    """Fault injection: raise once, right after the first checkpoint report, to exercise
+    ``FailureConfig`` restarts (tests and recovery drills). ``flag`` is a file path visible to
+    the workers; its existence means "already failed"."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = str(flag)
+
+    def __call__(self, folder: Path, step: int, metrics: dict[str, float]) -> None:
+        flag = Path(self.flag)
+        if not flag.exists():
+            flag.write_text(f"failed after the checkpoint at step {step}\n")
+            raise RuntimeError(f"injected failure after the checkpoint at step {step} ({folder})")
+
+
+def absolute_output(cfg: Config) -> Config:
+    """The config with an absolute output root (Ray workers do not share the driver's cwd)."""
+    root = output_root(cfg).resolve()
+    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(root)))
+
+
+def storage_path(cfg: Config) -> Path:
+    return output_root(cfg) / "ray_results"
+
+
+def run_name(cfg: Config, category: str, kind: str) -> str:
+    return f"train-{model_id(cfg)}-{cfg.dataset.dataset_name}-{category}-{kind}"
+
+
+def _restore_from_ray(ray_dir: Path, folder: Path) -> None:
+    """Copy Ray's checkpoint into ``folder`` when it is further along than what is there."""
+    from raydiff.models import checkpoint as ckpt
+
+    theirs, ours = ckpt.checkpoint_step(ray_dir), ckpt.checkpoint_step(folder)
+    if theirs is None or (ours is not None and ours >= theirs):
+        return
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(ray_dir, tmp)
+    ckpt._swap_in(tmp, folder)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The TorchTrainer worker: ``train_one`` with Ray checkpoint reports (runs in a Ray worker)."""
+    import ray.train
+    import ray.train.torch
+
+    from raydiff.models import checkpoint as ckpt
+    from raydiff.train.loop import train_one
+
+    cfg = config_from_dict(config["cfg"])
+    category, kind = config["category"], config["kind"]
+    folder = model_dir(cfg, category, kind)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.recover(folder)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            _restore_from_ray(Path(d), folder)
+    hook: CheckpointHook | None = config.get("hook")
+
+    def report(path: Path, step: int, metrics: dict[str, float]) -> None:
+        ray.train.report(
+            {**metrics, "category": category, "kind": kind},
+            checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+        )
+        if hook is not None:
+            hook(path, step, metrics)
+
+    train_one(cfg, category, kind, config["manifest"], out_dir=folder, device=ray.train.torch.get_device(),
+              resume=True, on_checkpoint=report)
+
+
+def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
+           use_gpu: bool, hook: CheckpointHook | None) -> None:
+    """One Tune trial = the driver of one Train run for (category, kind)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = config_from_dict(cfg_data)
+    category, kind = trial_config["job"]["category"], trial_config["job"]["kind"]
+    resources = {"CPU": cfg.ray.cpus_per_training}
+    if use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_training
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg_data, "category": category, "kind": kind, "hook": hook,
+                           "manifest": manifest.filter(pl.col("category") == category)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name(cfg, category, kind),
+            storage_path=str(storage_path(cfg)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def max_concurrent(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> int:
+    """``ray.max_concurrent_trainings``, or as many runs as the cluster's CPUs (and GPUs) hold."""
+    if cfg.ray.max_concurrent_trainings:
+        return cfg.ray.max_concurrent_trainings
+    limits = [cluster.get("CPU", 1.0) / cfg.ray.cpus_per_training] if cfg.ray.cpus_per_training > 0 else []
+    if use_gpu and cfg.ray.gpus_per_training > 0:
+        limits.append(cluster.get("GPU", 0.0) / cfg.ray.gpus_per_training)
+    return max(1, math.floor(min(limits))) if limits else 1
+
+
+def train_all(
+    cfg: Config,
+    categories: Sequence[str],
+    kinds: Sequence[str],
+    manifest: pl.DataFrame,
+    on_checkpoint: CheckpointHook | None = None,
+    verbose: int = 0,
+) -> list[Path]:
+    """Train every (category, kind) whose folder is not complete; return all folders (category-major).
+
+    Needs ``ray.init`` first. Raises RuntimeError naming the runs that failed after their retries.
+    ``on_checkpoint`` (picklable) runs in the worker after every checkpoint report.
+    """
+    import ray
+    import ray.tune
+
+    cfg = absolute_output(cfg)
+    jobs = [(c, k) for c in categories for k in kinds]
+    folders = [model_dir(cfg, c, k) for c, k in jobs]
+    pending = [{"category": c, "kind": k} for (c, k), f in zip(jobs, folders, strict=True) if not is_complete(f)]
+    if not pending:
+        return folders
+    if not ray.is_initialized():
+        raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
+    cluster = ray.cluster_resources()
+    use_gpu = cluster.get("GPU", 0) > 0 and cfg.ray.gpus_per_training > 0
+    trainable = ray.tune.with_parameters(
+        _trial, cfg_data=config_to_dict(cfg), manifest=manifest.filter(pl.col("category").is_in(list(categories))),
+        use_gpu=use_gpu, hook=on_checkpoint,
+    )
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(trainable, DRIVER_RESOURCES),
+        param_space={"job": ray.tune.grid_search(pending)},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg, cluster, use_gpu)),
+        run_config=ray.tune.RunConfig(
+            name=f"sweep-{model_id(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
+            storage_path=str(storage_path(cfg)),
+            verbose=verbose,
+        ),
+    )
+    results = tuner.fit()
+    failed = [f"{r.config['job']['category']}/{r.config['job']['kind']}: {r.error}" for r in results if r.error]
+    incomplete = [str(f) for f in folders if not is_complete(f)]
+    if failed or incomplete:
+        raise RuntimeError("training failed for " + "; ".join(failed or incomplete))
+    return folders

@@ -1,0 +1,399 @@
+"""One model per (category, model kind): a plain PyTorch training loop, no Ray.
+
+``train_one(cfg, category, kind, manifest)`` trains the model kind on the category's ``train``
+rows (``holdout`` rows are never trained on) and leaves a checkpoint folder
+(raydiff.models.checkpoint) with a success marker. The Ray launcher (raydiff.train.launch) runs
+exactly this function inside a TorchTrainer worker.
+
+Kinds (METHODS.md):
+
+==============  =====================  ===============  =========================================
+kind            noise (x_t and target)  UNet output      loss
+==============  =====================  ===============  =========================================
+pixel           gaussian               ε and v (2·C)    L_simple + λ·L_vlb (iDDPM L_hybrid)
+pixel-simplex   simplex                ε (C)            L_simple
+pixel-gmm       gmm                    ε (C)            L_simple
+latent          gaussian (on latents)  ε (latent C)     L_simple; VAE trained/loaded first
+==============  =====================  ===============  =========================================
+
+The latent UNet predicts ε only: its only consumer, DynAD's scoring, runs deterministic DDIM,
+which never uses a variance.
+
+L_hybrid (Nichol & Dhariwal eq. 16) = L_simple + λ L_vlb with L_vlb = Σ_t L_t estimated as
+T · L_t for the sampled t (improved-diffusion multiplies the per-t term by T/1000 with λ folded
+in, which is the same for λ = 0.001). L_t uses the learned variance with a stop-gradient on the
+predicted mean, so L_vlb trains only v. L_simple = mean (ε - ε_θ)² (DDPM eq. 14).
+
+Determinism: every random draw of step k (batch indices, augmentation, t, noise) comes from
+generators seeded with derive_seed(run seed, dataset, category, kind, k), so a run resumed from
+a checkpoint continues exactly as if it had never stopped. EMA (decay d) uses diffusers'
+EMAModel warm-up min(d, (1 + k)/(10 + k)).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from raydiff import diffusion as D
+from raydiff.config import AugmentConfig, Config, config_to_dict, model_id
+from raydiff.errors import CheckpointError, DatasetError
+from raydiff.io import is_complete, write_marker
+from raydiff.models import checkpoint as ckpt
+from raydiff.models.presets import build_unet, describe_unet
+from raydiff.paths import model_dir
+from raydiff.seeding import derive_seed, generator
+
+#: Model kind → noise kind used for x_t, as the regression target and in the reverse process.
+NOISE_KIND: dict[str, str] = {"pixel": "gaussian", "pixel-simplex": "simplex", "pixel-gmm": "gmm", "latent": "gaussian"}
+LOSS_COLUMNS = ("step", "loss", "loss_vlb", "lr", "seconds")
+
+#: Called after every checkpoint: (folder, step, metrics). May raise (fault injection).
+CheckpointHook = Callable[[Path, int, dict[str, float]], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Small pieces
+# --------------------------------------------------------------------------------------------
+
+
+def sample_training_noise(
+    kind: str, shape: tuple[int, ...], seeds: Sequence[int], models_cfg: Any, device: torch.device | str
+) -> Tensor:
+    """Noise of ``kind`` (B,C,H,W), one seed per image (raydiff.noise.sample_noise)."""
+    from raydiff.noise import sample_noise
+
+    return sample_noise(kind, shape, list(seeds), models_cfg, device=device)  # type: ignore[arg-type]
+
+
+def augment_batch(x: Tensor, aug: AugmentConfig, g: torch.Generator) -> Tensor:
+    """Random flips / 90° rotations per image (Kashihara), drawn from ``g``; (B,C,H,W) → same."""
+    if not (aug.hflip or aug.vflip or aug.rotate90):
+        return x
+    draws = torch.randint(0, 2, (x.shape[0], 2), generator=g)
+    rots = torch.randint(0, 4, (x.shape[0],), generator=g)
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i]
+        if aug.hflip and draws[i, 0]:
+            xi = xi.flip(-1)
+        if aug.vflip and draws[i, 1]:
+            xi = xi.flip(-2)
+        if aug.rotate90 and rots[i]:
+            xi = torch.rot90(xi, int(rots[i]), dims=(-2, -1))
+        out.append(xi)
+    return torch.stack(out)
+
+
+def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tuple[Tensor, int]:
+    """The category's ``train`` images as one float32 tensor (N,C,S,S) in [-1, 1], and C."""
+    from raydiff.data.images import dataset_channels, load_image
+
+    rows = manifest.filter(pl.col("category") == category)
+    train = rows.filter(pl.col("split") == "train").sort("image_id")
+    if train.height == 0:
+        raise DatasetError(
+            f"category {category}", "has no training images (split == 'train').",
+            "check dataset.root and the category name; train/good must hold normal images.",
+        )
+    channels = dataset_channels(rows, cfg.dataset.channels)
+    arrays = [load_image(p, cfg.dataset.image_size, channels, cfg.dataset.fit) for p in train["image_path"]]  # type: ignore[arg-type]
+    return torch.from_numpy(np.stack(arrays)), channels
+
+
+def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 - decay)·online (parameters; buffers copied)."""
+    with torch.no_grad():
+        for pe, po in zip(ema.parameters(), online.parameters(), strict=True):
+            pe.lerp_(po.detach(), 1.0 - decay)
+        for be, bo in zip(ema.buffers(), online.buffers(), strict=True):
+            be.copy_(bo)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """diffusers EMAModel warm-up: min(decay, (1 + step) / (10 + step))."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def diffusion_loss(
+    s: D.Schedule, model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor, learned_variance: bool,
+    vlb_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(total, L_simple, L_t in bits/dim) for one batch; see the module docstring."""
+    eps, v = D.split_model_output(model_out.float(), x0.shape[1], learned_variance)
+    simple = (eps - noise).square().mean()
+    if v is None:
+        return simple, simple, torch.zeros((), device=x0.device)
+    frozen = torch.cat([eps.detach(), v], dim=1)  # stop-gradient on the mean (iDDPM §3.1)
+    pm = D.p_mean_variance(s, frozen, x_t, t, learned_variance=True)
+    vlb = D.vlb_term(s, x0, x_t, t, pm.mean, pm.log_var).mean()
+    return simple + vlb_weight * s.timesteps * vlb, simple, vlb
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+
+    import raydiff
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+           "raydiff": getattr(raydiff, "__version__", "unknown")}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    return out
+
+
+def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss per step (light) and its running mean (dark), log scale; PNG via matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    k = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot(steps, loss, lw=0.5, alpha=0.4, label="loss")
+    ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def loss_csv(rows: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOSS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r[k] for k in LOSS_COLUMNS})
+    return buf.getvalue()
+
+
+def read_loss_csv(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_resumable(folder: Path, meta: dict[str, Any], expect: dict[str, Any]) -> None:
+    for key in ("kind", "channels", "image_size", "preset", "model_id"):
+        if meta.get(key) != expect[key]:
+            raise CheckpointError(
+                folder / ckpt.META,
+                f"holds a checkpoint with {key} = {meta.get(key)!r}, but this run has {expect[key]!r}.",
+                "delete the folder (or choose another output root) to train this configuration.",
+            )
+
+
+def train_one(
+    cfg: Config,
+    category: str,
+    kind: str,
+    manifest: pl.DataFrame,
+    out_dir: Path | None = None,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    on_checkpoint: CheckpointHook | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Train model ``kind`` for ``category``; return its checkpoint folder.
+
+    A folder with a success marker is returned at once (nothing is trained). With ``resume``
+    a folder holding a checkpoint continues from its step; otherwise it is overwritten. A
+    checkpoint is written every ``cfg.models.checkpoint_every`` steps and at the end, then
+    ``on_checkpoint(folder, step, metrics)`` is called; the marker is written last.
+    """
+    folder = Path(out_dir) if out_dir is not None else model_dir(cfg, category, kind)
+    if is_complete(folder):
+        return folder
+    if kind not in NOISE_KIND:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(NOISE_KIND)}")
+    say = progress or (lambda _msg: None)
+    mc = cfg.models
+    dev = torch.device(device) if device is not None else _default_device()
+    autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    ckpt.recover(folder)
+
+    images, channels = load_train_images(cfg, category, manifest)
+    images = images.to(dev)
+    seed = derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, kind)
+    noise_kind = NOISE_KIND[kind]
+    learned_variance = kind == "pixel"
+    aug = mc.augment_for(category)
+    schedule = D.Schedule.from_config(mc).to(dev)
+    meta: dict[str, Any] = {
+        "format": ckpt.FORMAT_VERSION, "kind": kind, "category": category, "dataset": cfg.dataset.dataset_name,
+        "model_id": model_id(cfg), "seed": seed, "run_seed": cfg.seed, "noise_kind": noise_kind,
+        "learned_variance": learned_variance, "channels": channels, "image_size": cfg.dataset.image_size,
+        "preset": mc.preset, "schedule": schedule.describe(), "train_steps": mc.train_steps,
+        "n_train_images": int(images.shape[0]), "augment": config_to_dict(aug), "config": config_to_dict(cfg),
+        "versions": versions(),
+    }
+    start_state = ckpt.load_training_state(folder, dev) if resume and ckpt.has_checkpoint(folder) else None
+    if start_state is not None:
+        _check_resumable(folder, start_state.meta, meta)
+
+    # ---- latent kind: the autoencoder first (trained once, saved with every checkpoint) ----
+    vae, vae_to_save, scale = None, None, None
+    if kind == "latent":
+        vae, vae_to_save, scale, vae_meta = _prepare_vae(cfg, category, folder, images, channels, seed, aug,
+                                                         start_state, dev, autocast_dtype, say)
+        meta.update(vae=vae_meta, latent_scale=scale, latent_channels=int(vae.config.latent_channels))
+    sample_channels = int(meta.get("latent_channels") or channels)
+    sample_size = cfg.dataset.image_size >> (len(vae.config.block_out_channels) - 1) if vae is not None else cfg.dataset.image_size
+    meta["sample_size"] = sample_size
+    from raydiff.noise import describe_noise
+
+    meta["noise"] = describe_noise(noise_kind, mc, sample_size)  # type: ignore[arg-type]
+
+    # ---- networks, optimizer, resumed state ----
+    torch.manual_seed(seed)
+    unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned_variance else 1), sample_size,
+                      mc.base_channels).to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=mc.lr, weight_decay=mc.weight_decay)
+    step, rows, segments, elapsed = 0, [], [], 0.0
+    if start_state is not None:
+        unet.load_state_dict(start_state.unet.state_dict())
+        ema.load_state_dict(start_state.ema_unet.state_dict())
+        if start_state.optimizer_state is not None:
+            opt.load_state_dict(start_state.optimizer_state)
+        step = start_state.step
+        rows = read_loss_csv(folder / "loss.csv", step)
+        segments = list(start_state.meta.get("segments", []))
+        elapsed = rows[-1]["seconds"] if rows else 0.0
+        say(f"{category}/{kind}: resuming at step {step}")
+    segments.append({"start_step": step, "device": str(dev)})
+    meta.update(unet=describe_unet(unet), segments=segments)
+
+    def save(step_now: int, final: bool) -> None:
+        files = {"loss.csv": loss_csv(rows)}
+        ckpt.save_checkpoint(folder, unet, ema, opt, step_now, meta, vae=vae_to_save, files=files)
+        try:
+            plot_loss(rows, folder / "loss.png", f"{cfg.dataset.dataset_name}/{category}/{kind}")
+        except Exception as err:  # a plot must never fail a training run
+            say(f"loss plot failed: {err}")
+        window = rows[-min(len(rows), mc.checkpoint_every):] if rows else []
+        metrics = {
+            "step": float(step_now), "loss": float(np.mean([r["loss"] for r in window])) if window else math.nan,
+            "loss_vlb": float(np.mean([r["loss_vlb"] for r in window])) if window else math.nan,
+            "lr": mc.lr, "seconds": rows[-1]["seconds"] if rows else 0.0, "done": float(final),
+        }
+        if on_checkpoint is not None:
+            on_checkpoint(folder, step_now, metrics)
+
+    # ---- the loop ----
+    unet.train()
+    t0 = time.perf_counter() - elapsed
+    n = images.shape[0]
+    batch = mc.batch_size  # drawn with replacement: any batch size works for small categories
+    while step < mc.train_steps:
+        g = generator(derive_seed(seed, "step", step))
+        idx = torch.randint(n, (batch,), generator=g).to(dev)
+        x0 = augment_batch(images[idx], aug, g)
+        if vae is not None:
+            with torch.no_grad(), torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16,
+                                                 enabled=autocast_dtype is not None):
+                x0 = vae.encode(x0.to(vae.dtype)).latent_dist.mean.float() * scale
+        t = torch.randint(0, schedule.timesteps, (batch,), generator=g).to(dev)
+        noise_seeds = [derive_seed(seed, "noise", step, i) for i in range(batch)]
+        noise = sample_training_noise(noise_kind, tuple(x0.shape), noise_seeds, mc, dev).to(dev, torch.float32)
+        x_t = D.q_sample(schedule, x0, t, noise)
+        with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            out = unet(x_t, t).sample
+        loss, _simple, vlb = diffusion_loss(schedule, out, x0, x_t, t, noise, learned_variance, mc.vlb_weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{category}/{kind}: loss is {loss.item()} at step {step}; lower models.lr or models.grad_clip "
+                f"(the last good checkpoint in {folder} is kept)."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if mc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), mc.grad_clip)
+        opt.step()
+        ema_update(ema, unet, ema_decay_at(step, mc.ema_decay))
+        step += 1
+        rows.append({"step": step, "loss": loss.item(), "loss_vlb": vlb.item(), "lr": mc.lr,
+                     "seconds": round(time.perf_counter() - t0, 4)})
+        if step % mc.checkpoint_every == 0 or step == mc.train_steps:
+            save(step, final=step == mc.train_steps)
+            say(f"{category}/{kind}: step {step}/{mc.train_steps} loss {rows[-1]['loss']:.4f}")
+    if not ckpt.has_checkpoint(folder) or ckpt.checkpoint_step(folder) != step:
+        save(step, final=True)  # resumed at the last step without a final checkpoint
+    write_marker(folder, {"what": "trained model", "kind": kind, "category": category, "steps": step,
+                          "seconds": rows[-1]["seconds"] if rows else 0.0})
+    return folder
+
+
+def _prepare_vae(
+    cfg: Config, category: str, folder: Path, images: Tensor, channels: int, seed: int, aug: AugmentConfig,
+    start_state: ckpt.TrainingState | None, dev: torch.device, autocast_dtype: torch.dtype | None,
+    say: Callable[[str], None],
+) -> tuple[Any, Any, float, dict[str, Any]]:
+    """→ (vae for encoding, vae to save in the checkpoint or None, latent scale, meta['vae'])."""
+    from raydiff.models import latent as L
+
+    lc = cfg.models.latent
+    if lc.vae_path:
+        vae = L.load_pretrained_vae(lc.vae_path, dev)
+        scale = lc.scale or float(getattr(vae.config, "scaling_factor", 0.0) or 0.0) or None
+        info: dict[str, Any] = {"source": "pretrained", "path": str(Path(lc.vae_path).resolve())}
+        to_save = None
+    elif start_state is not None:
+        vae = L.load_vae_for_checkpoint(folder, start_state.meta, dev)
+        return vae, vae, float(start_state.meta["latent_scale"]), dict(start_state.meta["vae"])
+    else:
+        torch.manual_seed(derive_seed(seed, "vae-init"))
+        vae = L.build_vae(cfg.models.preset, channels, cfg.dataset.image_size, lc.latent_channels,
+                          lc.vae_downsample).to(dev)
+        say(f"{category}/latent: training the VAE for {lc.vae_train_steps} steps")
+        vae_rows: list[float] = []
+        L.train_vae(vae, images, lc.vae_train_steps, lc.vae_lr, lc.vae_kl_weight, cfg.models.batch_size,
+                    derive_seed(seed, "vae"), augment=lambda x, g: augment_batch(x, aug, g),
+                    log=lambda _s, loss: vae_rows.append(loss), autocast_dtype=autocast_dtype)
+        scale = lc.scale
+        info = {"source": "trained", "steps": lc.vae_train_steps,
+                "final_loss": float(np.mean(vae_rows[-20:])) if vae_rows else None}
+        to_save = vae
+    if scale is None:
+        scale = 1.0 / L.latent_std(vae, images, cfg.models.batch_size)
+        info["scale_from"] = "1/std of training latents"
+    if to_save is not None:
+        to_save.register_to_config(scaling_factor=float(scale))
+    return vae, to_save, float(scale), info

@@ -1,0 +1,212 @@
+"""Training: loss decreases, hybrid loss, exact resume, skip of finished folders, Ray sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from raydiff import diffusion as D
+from raydiff.config import Config, config_from_dict, config_to_dict
+from raydiff.data.manifest import assign_holdout, scan_mvtec
+from raydiff.data.textures import make_textures
+from raydiff.io import is_complete
+from raydiff.models.checkpoint import load_model, load_training_state
+from raydiff.models.presets import build_unet
+from raydiff.paths import model_dir
+from raydiff.train.loop import augment_batch, diffusion_loss, train_one
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (10-30x slowdowns)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_textures(tmp_path_factory.mktemp("data") / "textures", size=32, n_train=16, n_test_good=2,
+                         n_test_defect=2, categories=("brick", "grass"))
+
+
+@pytest.fixture(scope="module")
+def manifest(textures: Path) -> pl.DataFrame:
+    return assign_holdout(scan_mvtec(textures), fraction=0.25, min_count=4, seed=0)
+
+
+def make_cfg(tmp_path: Path, textures: Path, **models: object) -> Config:
+    m = {"preset": "tiny", "train_steps": 4, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 2,
+         "ema_decay": 0.9, "latent": {"vae_train_steps": 2}, **models}
+    return config_from_dict({
+        "dataset": {"root": str(textures), "image_size": 32},
+        "models": m,
+        "output": {"root": str(tmp_path / "out")},
+        "variants": {"enabled": ["static-gaussian"]},
+    })
+
+
+def _loss_rows(folder: Path) -> list[dict[str, float]]:
+    with (folder / "loss.csv").open() as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def test_loss_decreases_on_textures(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
+    cfg = make_cfg(tmp_path, textures, train_steps=50, batch_size=8, lr=2e-3, checkpoint_every=50)
+    folder = train_one(cfg, "brick", "pixel", manifest, device="cpu")
+    assert folder == model_dir(cfg, "brick", "pixel") and is_complete(folder)
+    rows = _loss_rows(folder)
+    assert [r["step"] for r in rows] == list(range(1, 51))
+    first = sum(r["loss"] for r in rows[:10]) / 10
+    last = sum(r["loss"] for r in rows[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert all(r["loss_vlb"] > 0 for r in rows)
+    assert (folder / "loss.png").stat().st_size > 1000
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["n_train_images"] == 12  # 16 train/good minus 4 holdout: holdout is never trained on
+    assert meta["noise"]["kind"] == "gaussian"
+    assert meta["learned_variance"] and meta["step"] == 50 and meta["versions"]["diffusers"]
+    model = load_model(folder)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        eps, v = model.model_output(x, torch.tensor([10, 500]))
+    assert eps.shape == v.shape == (2, 1, 32, 32) and torch.isfinite(v).all()
+    # A finished folder is skipped: nothing is rewritten.
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    assert train_one(cfg, "brick", "pixel", manifest, device="cpu") == folder
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_hybrid_loss_shapes_and_stop_gradient() -> None:
+    torch.manual_seed(0)
+    s = D.Schedule.build("linear", 1000)
+    unet = build_unet("tiny", 3, 6, 16)
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 300, 999])
+    x_t = D.q_sample(s, x0, t, noise)
+    out = unet(x_t, t).sample
+    assert out.shape == (4, 6, 16, 16)
+    out.retain_grad()
+    loss, simple, vlb = diffusion_loss(s, out, x0, x_t, t, noise, learned_variance=True, vlb_weight=0.001)
+    assert torch.isfinite(vlb) and vlb > 0 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, simple + 0.001 * 1000 * vlb)
+    # L_vlb trains only v: its gradient w.r.t. the ε channels is zero (stop-gradient on the mean).
+    vlb.backward()
+    assert out.grad[:, :3].abs().max() == 0 and out.grad[:, 3:].abs().max() > 0
+    eps_only = unet.conv_out.out_channels // 2
+    loss2, simple2, vlb2 = diffusion_loss(s, out[:, :eps_only].detach(), x0, x_t, t, noise, False, 0.001)
+    assert vlb2 == 0 and loss2 == simple2
+
+
+def test_augmentation_is_a_dihedral_map() -> None:
+    from raydiff.config import AugmentConfig
+
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_batch(x, AugmentConfig(False, False, False), g), x)
+    y = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(3))
+    for i in range(2):
+        images = [torch.rot90(f, k, (-2, -1)) for f in (x[i], x[i].flip(-1)) for k in range(4)]
+        assert any(torch.equal(y[i], im) for im in images)
+
+
+def test_killed_run_resumes_exactly(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
+    """Killed after its first checkpoint, a run continues at that step and ends where an
+    uninterrupted run ends (every draw is seeded by the step)."""
+    cfg = make_cfg(tmp_path, textures)
+    calls: list[int] = []
+
+    def fail_once(folder: Path, step: int, metrics: dict[str, float]) -> None:
+        calls.append(step)
+        if len(calls) == 1:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_one(cfg, "grass", "pixel-gmm", manifest, device="cpu", on_checkpoint=fail_once)
+    folder = model_dir(cfg, "grass", "pixel-gmm")
+    assert not is_complete(folder) and load_training_state(folder).step == 2
+    train_one(cfg, "grass", "pixel-gmm", manifest, device="cpu", on_checkpoint=fail_once)
+    assert calls == [2, 4] and is_complete(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert [s["start_step"] for s in meta["segments"]] == [0, 2]
+    assert meta["noise_kind"] == "gmm" and not meta["learned_variance"]
+    assert [r["step"] for r in _loss_rows(folder)] == [1, 2, 3, 4]
+
+    other = tmp_path / "uninterrupted"
+    train_one(cfg, "grass", "pixel-gmm", manifest, out_dir=other, device="cpu")
+    resumed, straight = load_model(folder).unet, load_model(other).unet
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [r["loss"] for r in _loss_rows(folder)] == [r["loss"] for r in _loss_rows(other)]
+
+
+def test_latent_kind_trains_vae_and_unet(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
+    cfg = make_cfg(tmp_path, textures, train_steps=2)
+    folder = train_one(cfg, "brick", "latent", manifest, device="cpu")
+    model = load_model(folder)
+    assert model.vae is not None and model.latent_scale > 0 and not model.learned_variance
+    assert model.meta["vae"]["source"] == "trained" and model.vae.config.scaling_factor == model.latent_scale
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(x)
+        assert z.shape == (2, 4, 8, 8)
+        eps, v = model.model_output(z, torch.tensor([5, 50]))
+        assert eps.shape == z.shape and v is None
+        assert model.decode(z).shape == (2, 1, 32, 32)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
+    from raydiff.errors import CheckpointError
+
+    cfg = make_cfg(tmp_path, textures, train_steps=4, checkpoint_every=2)
+    out = tmp_path / "shared-folder"
+
+    def stop(folder: Path, step: int, metrics: dict[str, float]) -> None:
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        train_one(cfg, "brick", "pixel", manifest, out_dir=out, device="cpu", on_checkpoint=stop)
+    with pytest.raises(CheckpointError, match="model_id"):
+        train_one(make_cfg(tmp_path, textures, lr=5e-4), "brick", "pixel", manifest, out_dir=out, device="cpu")
+
+
+@pytest.mark.slow
+def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
+    """2 categories × 2 kinds on a local Ray: one worker is killed after its first checkpoint
+    (FailureConfig restarts it; its step counter continues); a second launch skips all four."""
+    import ray
+
+    from raydiff.train.launch import FailOnceAfterCheckpoint, train_all
+
+    cfg = make_cfg(tmp_path, textures, train_steps=4, checkpoint_every=2)
+    cfg = config_from_dict({**config_to_dict(cfg), "ray": {"cpus_per_training": 0.5}})  # all four at once
+    flag = tmp_path / "failed-once"
+    # The dashboard is on because Ray 2.60 Train V2's PlacementGroupCleaner polls the state API
+    # (served by the dashboard); without it the cleaners never exit and a 2-CPU node stalls.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    try:
+        folders = train_all(cfg, ["brick", "grass"], ["pixel", "latent"], manifest,
+                            on_checkpoint=FailOnceAfterCheckpoint(flag))
+        assert len(folders) == 4 and all(is_complete(f) for f in folders)
+        assert flag.is_file()
+        starts = {f"{f.parent.name}/{f.name}": [s["start_step"] for s in json.loads((f / "meta.json").read_text())["segments"]]
+                  for f in folders}
+        assert sorted(starts.values()) == [[0], [0], [0], [0, 2]], starts
+        for f in folders:
+            assert [r["step"] for r in _loss_rows(f)] == [1, 2, 3, 4]
+        reports = list((tmp_path / "out" / "ray_results").glob("train-*/checkpoint_*"))
+        assert reports, "checkpoints were reported to Ray"
+        stamps = {f: (f / "_SUCCESS").stat().st_mtime_ns for f in folders}
+        start = time.perf_counter()
+        assert train_all(cfg, ["brick", "grass"], ["pixel", "latent"], manifest) == folders
+        assert time.perf_counter() - start < 5 and all((f / "_SUCCESS").stat().st_mtime_ns == stamps[f] for f in folders)
+    finally:
+        ray.shutdown()
