@@ -1,0 +1,321 @@
+"""The per-category "fit" step, run once after training and saved beside the scores.
+
+- DynAD's KNN prior over φ features of all training images (raydiff.knn_prior).
+- Optional DynAD domain adaptation of φ (weights saved as safetensors).
+- Normalisation statistics: mean and standard deviation of every raw component map of every
+  variant over all pixels of the held-out normal training images. Scoring standardises with
+  them instead of the reference code's test-set min-max, so a score is a function of its image
+  alone (METHODS.md, "dynamic" and "kl").
+
+Nothing here is pickled: JSON, safetensors and faiss index files only.
+
+Entry points: ``fit_category`` (the fit step of one category, in process) → ``FittedState.save``
+into ``raydiff.paths.fitted_dir``; ``load_category_context`` (what a scoring actor loads once
+per category: models, fitted state, φ).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raydiff.errors import CheckpointError
+from raydiff.io import atomic_dir, is_complete
+
+STATS_FILE = "stats.json"
+KNN_DIR = "knn"
+FEATURES_FILE = "features.safetensors"
+
+
+@dataclass
+class FittedState:
+    #: family → component → (mean, std) over held-out normal pixels.
+    stats: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    #: raydiff.knn_prior.KNNPrior, or None when no variant needs it.
+    knn: Any = None
+    #: "imagenet:<file>" or "none" (METHODS: mark `weights: none` when φ is random).
+    features_weights: str = "none"
+    #: Domain-adapted φ state dict (None when adaptation is off).
+    features_state: dict[str, torch.Tensor] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def stats_for(self, variant: str) -> dict[str, tuple[float, float]] | None:
+        from raydiff.scoring import VARIANTS
+
+        family = VARIANTS[variant].family
+        return self.stats.get(family) or None
+
+    def save(self, folder: Path) -> None:
+        """Write atomically: a complete folder has its success marker."""
+        from safetensors.torch import save_file
+
+        with atomic_dir(Path(folder), info={"what": "fitted state"}) as tmp:
+            doc = {
+                "stats": {f: {c: list(v) for c, v in comps.items()} for f, comps in self.stats.items()},
+                "features_weights": self.features_weights,
+                "info": self.info,
+            }
+            (tmp / STATS_FILE).write_text(json.dumps(doc, indent=2))
+            if self.knn is not None:
+                self.knn.save(tmp / KNN_DIR)
+            if self.features_state is not None:
+                save_file({k: v.contiguous().cpu() for k, v in self.features_state.items()}, str(tmp / FEATURES_FILE))
+
+    @classmethod
+    def load(cls, folder: Path) -> FittedState:
+        from safetensors.torch import load_file
+
+        from raydiff.knn_prior import KNNPrior
+
+        folder = Path(folder)
+        if not is_complete(folder):
+            raise CheckpointError(
+                folder, "fitted state is missing or incomplete (no success marker).", "run `raydiff fit` again."
+            )
+        try:
+            doc = json.loads((folder / STATS_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(folder / STATS_FILE, f"unreadable ({err}).", "delete the folder and run `raydiff fit`.") from None
+        stats = {f: {c: (float(v[0]), float(v[1])) for c, v in comps.items()} for f, comps in doc["stats"].items()}
+        knn = KNNPrior.load(folder / KNN_DIR) if (folder / KNN_DIR).exists() else None
+        state = load_file(str(folder / FEATURES_FILE)) if (folder / FEATURES_FILE).exists() else None
+        return cls(stats=stats, knn=knn, features_weights=doc["features_weights"], features_state=state, info=doc.get("info", {}))
+
+
+class RunningMoments:
+    """Exact mean / std over many batches (float64 sums, Chan's parallel update)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n_b = x.numel()
+        if n_b == 0:
+            return
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        delta = mean_b - self.mean
+        total = self.n + n_b
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * self.n * n_b / total
+        self.n = total
+
+    def result(self) -> tuple[float, float]:
+        std = math.sqrt(self.m2 / self.n) if self.n else 1.0
+        return self.mean, std if std > 0 else 1.0
+
+
+def normalisation_stats(
+    ctx: Any,
+    images: torch.Tensor,
+    image_ids: Sequence[str],
+    variants: Sequence[str],
+    batch_size: int,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per family and component: (mean, std) of the raw maps over every held-out normal pixel."""
+    from raydiff.scoring import raw_components
+
+    moments: dict[str, dict[str, RunningMoments]] = {}
+    for start in range(0, images.shape[0], batch_size):
+        comps, _, _ = raw_components(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
+        for family, maps in comps.items():
+            for name, m in maps.items():
+                moments.setdefault(family, {}).setdefault(name, RunningMoments()).update(m)
+    return {f: {c: rm.result() for c, rm in comps.items()} for f, comps in moments.items()}
+
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration: fit one category, load what scoring needs
+# --------------------------------------------------------------------------------------------
+
+#: The variants that need DynAD's KNN prior (and whose parameters set it).
+DYNAMIC_VARIANTS: tuple[str, ...] = ("dynamic", "dynamic-pixel")
+
+
+def dynamic_params(cfg: Any, variants: Sequence[str]) -> Any:
+    """The DynamicConfig that sets the shared KNN prior (k, bins) and the adaptation levels.
+
+    ``dynamic`` and ``dynamic-pixel`` share one KNN prior per category, so their ``knn_k`` and
+    ``bins`` must agree; raises ConfigError otherwise.
+    """
+    from raydiff.errors import ConfigError
+
+    enabled = [v for v in DYNAMIC_VARIANTS if v in variants] or list(DYNAMIC_VARIANTS)
+    params = [cfg.variants.params(v) for v in enabled]
+    first = params[0]
+    for v, p in zip(enabled, params, strict=True):
+        if (p.knn_k, p.bins) != (first.knn_k, first.bins):
+            raise ConfigError(
+                cfg.source or "<config>",
+                f"variants.{v}: knn_k/bins = {p.knn_k}/{p.bins} differ from variants.{enabled[0]}'s "
+                f"{first.knn_k}/{first.bins}; both share one KNN prior per category.",
+                "give dynamic and dynamic-pixel the same knn_k and bins.",
+            )
+    return first
+
+
+def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tuple[str, Any]:
+    """(model kind, reconstruct(x (B,C,H,W) in [-1,1]) -> x̂ (B,C,H,W)) for DynAD's domain
+    adaptation: a noiseless, guided DDIM reconstruction (``dynad.reconstruct``) at a random level
+    per image, T̂ = noise_level(b) with b uniform in {1, …, bins} (the reference's ``DA_rnd_step``);
+    the levels of the k-th call are drawn from a generator seeded with (seed, k), so a fit is
+    reproducible.
+
+    Uses the ``pixel`` model when it is loaded (DynAD's reference uses the latent one; the pixel
+    model is the cheaper choice here and is the one most variants share), else ``latent``.
+    """
+    from raydiff.errors import ConfigError
+    from raydiff.knn_prior import noise_level
+    from raydiff.scoring.dynad import reconstruct
+    from raydiff.seeding import derive_seed, generator
+
+    kind = "pixel" if "pixel" in models else "latent" if "latent" in models else None
+    if kind is None:
+        raise ConfigError(
+            cfg.source or "<config>",
+            "features.domain_adaptation_epochs > 0 needs a trained 'pixel' or 'latent' model to reconstruct with.",
+            "add pixel (or latent) to models.kinds, or set features.domain_adaptation_epochs: 0.",
+        )
+    model = models[kind]
+    params = cfg.variants.params("dynamic-pixel" if kind == "pixel" else "dynamic")
+
+    calls = [0]
+
+    @torch.no_grad()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        g = generator(derive_seed(seed, "domain-adaptation", calls[0]))
+        calls[0] += 1
+        bins = torch.randint(1, params.bins + 1, (x.shape[0],), generator=g).tolist()
+        t_hat = torch.tensor([int(noise_level(b, params.t_max, params.bins)) for b in bins], device=x.device)
+        z0 = model.encode(x).float() if kind == "latent" else x
+        eps_fn = lambda z, t: model.model_output(z, t)[0].float()  # noqa: E731
+        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
+        return model.decode(z_hat).float() if kind == "latent" else z_hat
+
+    return kind, run
+
+
+def fit_category(
+    cfg: Any,
+    category: str,
+    models: dict[str, Any],
+    train_images: torch.Tensor,
+    holdout_images: torch.Tensor,
+    holdout_ids: Sequence[str],
+    variants: Sequence[str],
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> FittedState:
+    """The fit step of one category: φ (+ optional domain adaptation), KNN prior, normalisation stats.
+
+    ``models``: model kind → DiffusionModel for every kind the ``variants`` use.
+    ``train_images`` (N,C,H,W) and ``holdout_images`` (M,C,H,W) float32 in [-1,1]: the category's
+    training images (KNN prior, adaptation) and its held-out normal images (statistics).
+    1. φ = ResNet-34 (``features.resnet34_weights`` or random; recorded as ``weights``).
+    2. ``features.domain_adaptation_epochs`` > 0: fine-tune φ on the training images (DynAD eq. 11)
+       against reconstructions from :func:`adaptation_reconstructor`.
+    3. If a dynamic variant is enabled: the KNN prior over φ_layer2 pooled 16×16 of every training
+       image (L1, K = knn_k, ``bins`` equal-width bins over the mean KNN distances, each training
+       image's own entry excluded from its neighbours).
+    4. Mean/std of every raw component map over all held-out pixels (scoring with the KNN but no
+       statistics yet, exactly as the test images will be).
+    """
+    from raydiff.errors import DatasetError
+    from raydiff.features import build_features, knn_features
+    from raydiff.knn_prior import KNNPrior
+    from raydiff.scoring.context import CategoryContext
+
+    device = torch.device(device)
+    variants = list(variants)
+    if holdout_images.shape[0] == 0:
+        raise DatasetError(
+            f"category {category}",
+            "no held-out normal training images to compute normalisation statistics on.",
+            "raise dataset.holdout_fraction / dataset.holdout_min (the category needs at least one).",
+        )
+    if train_images.shape[0] == 0:
+        raise DatasetError(f"category {category}", "no training images.", "check the dataset's train/good folder.")
+    features, weights = build_features(cfg.features, seed=cfg.seed, device=device)
+    info: dict[str, Any] = {
+        "category": category,
+        "weights": weights,
+        "features_init_seed": cfg.seed,
+        "variants": variants,
+        "train_images": int(train_images.shape[0]),
+        "holdout_images": int(holdout_images.shape[0]),
+    }
+
+    features_state = None
+    if cfg.features.domain_adaptation_epochs > 0:
+        from raydiff.features import domain_adapt
+        from raydiff.seeding import derive_seed
+
+        seed = derive_seed(cfg.seed, "domain-adaptation", category)
+        kind, recon = adaptation_reconstructor(cfg, models, seed)
+        losses: list[float] = []
+        features = domain_adapt(
+            features, train_images.to(device, torch.float32), recon, epochs=cfg.features.domain_adaptation_epochs,
+            lr=cfg.features.domain_adaptation_lr, batch_size=batch_size, seed=seed, losses=losses,
+        )
+        features_state = {k: v.detach().cpu().clone() for k, v in features.state_dict().items()}
+        info["domain_adaptation"] = {"epochs": cfg.features.domain_adaptation_epochs, "model_kind": kind,
+                                     "steps": len(losses), "first_loss": losses[0] if losses else None,
+                                     "last_loss": losses[-1] if losses else None}
+
+    knn = None
+    if any(v in DYNAMIC_VARIANTS for v in variants):
+        params = dynamic_params(cfg, variants)
+        feats = knn_features(features, train_images, batch_size)  # = dynad's pooled_layer2 of φ(x0)
+        knn = KNNPrior.fit(feats.numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
+        info["knn"] = {"k": params.knn_k, "bins": params.bins, "exclude_self": True, "train_vectors": int(feats.shape[0])}
+
+    fitted = FittedState(knn=knn, features_weights=weights, features_state=features_state, info=info)
+    ctx = CategoryContext(cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device)
+    fitted.stats = normalisation_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
+    return fitted
+
+
+def load_category_context(cfg: Any, category: str, device: torch.device | str = "cpu") -> Any:
+    """Everything a scoring actor needs for one category (called once per actor and category).
+
+    Models of the kinds the enabled variants use (``raydiff.paths.model_dir`` + EMA weights),
+    the fitted state (``raydiff.paths.fitted_dir``) and φ (with the adapted weights when the fit
+    step adapted it). Raises CheckpointError with the command that fixes a missing piece.
+    """
+    from raydiff.features import build_features
+    from raydiff.models.checkpoint import load_model
+    from raydiff.paths import fitted_dir, model_dir
+    from raydiff.scoring import VARIANTS
+    from raydiff.scoring.context import CategoryContext
+
+    device = torch.device(device)
+    models = {kind: load_model(model_dir(cfg, category, kind), device) for kind in cfg.model_kinds_needed()}
+    folder = fitted_dir(cfg, category)
+    fix = f"run `raydiff fit` with this config for category {category} (after `raydiff train`)."
+    if not is_complete(folder):
+        raise CheckpointError(folder, "the fitted state (KNN prior, normalisation statistics) is missing or incomplete.", fix)
+    fitted = FittedState.load(folder)
+    missing = sorted({VARIANTS[v].family for v in cfg.variants.enabled} - set(fitted.stats))
+    if missing:
+        raise CheckpointError(folder, f"no normalisation statistics for {', '.join(missing)}.", fix)
+    if fitted.knn is None and any(v in DYNAMIC_VARIANTS for v in cfg.variants.enabled):
+        raise CheckpointError(folder, "no KNN prior, which the dynamic variants need.", fix)
+    features, weights = build_features(cfg.features, seed=cfg.seed)
+    if weights != fitted.features_weights:
+        raise CheckpointError(
+            folder, f"fitted with ResNet-34 weights '{fitted.features_weights}', but the config gives '{weights}'.", fix
+        )
+    if fitted.features_state is not None:
+        features.load_state_dict(fitted.features_state, strict=True)
+    features = features.to(device).eval().requires_grad_(False)
+    return CategoryContext(cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device)
