@@ -250,8 +250,10 @@ def score_category(
         return summary
     remove_stale(cfg, category)
     rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
-    if limit is not None:
-        rows = rows.head(limit)
+    if limit is not None:  # a debugging subset with both classes: half good, half defective
+        good = rows.filter(pl.col("label") == 0)
+        n_good = min(good.height, limit // 2)
+        rows = pl.concat([good.head(n_good), rows.filter(pl.col("label") == 1).head(limit - n_good)]).sort("image_id")
     channels = dataset_channels(manifest.filter(pl.col("category") == category), cfg.dataset.channels)
     gpus = cluster_gpus()
     device = device or ("cuda" if gpus else "cpu")

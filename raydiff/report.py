@@ -1,0 +1,486 @@
+"""Static run report: ``report.html`` + PNGs + metric tables, from a run folder's Parquet.
+
+    write_report(RUN_DIR)  →  RUN_DIR/metrics.{csv,parquet}            one row per dataset × category × variant
+                              RUN_DIR/metrics_by_defect.{csv,parquet}  ... × defect type
+                              RUN_DIR/report/*.png                     curves, accuracy vs cost, examples
+                              RUN_DIR/report.html                      written last: its presence = done
+
+Numbers come only from ``raydiff.metrics`` (exact) and the images table (cost); a metric that is
+undefined or missing for a variant is shown as "n/a". Curves are drawn from the exact
+``raydiff.metrics.pixel_curves`` (resampled for drawing only). Published numbers (METHODS.md) are
+shown beside ours only for a dataset named mvtec / visa, labelled as published, with the caveats
+that make them not strictly comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from raydiff.config import Config, load_config
+from raydiff.errors import OutputError, RaydiffError
+from raydiff.io import atomic_write_text
+from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics, pixel_curves
+from raydiff.pipeline import scan_images, scan_pixels
+from raydiff.report_figures import CurveSet, Example, plot_cost, plot_curves, plot_examples
+from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
+
+#: MVTec AD texture categories; every other MVTec category is an object.
+MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
+#: Cost columns of the metric tables (names as in raydiff.workflow.evaluate), means over the
+#: images table's ``forwards_per_image`` / ``seconds_per_image``.
+COST_COLUMNS: tuple[str, ...] = ("unet_forwards_per_image", "seconds_per_image")
+METRIC_NAMES: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_ap": "P-AP", "aupro": "AUPRO@0.3"}
+FIG_DIR = "report"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _key_filter(key: Sequence[str]) -> pl.Expr:
+    """Rows of one (dataset, category, variant) group."""
+    return pl.all_horizontal([pl.col(k) == v for k, v in zip(KEYS, key, strict=True)])
+
+
+def cost_table(images: pl.LazyFrame) -> pl.DataFrame:
+    """Mean UNet forwards and seconds per image per (dataset, category, variant)."""
+    return (
+        images.group_by(*KEYS)
+        .agg(
+            unet_forwards_per_image=pl.col("forwards_per_image").cast(pl.Float64).mean(),
+            seconds_per_image=pl.col("seconds_per_image").cast(pl.Float64).mean(),
+        )
+        .sort(*KEYS)
+        .collect()
+    )
+
+
+def with_cost(metrics: pl.DataFrame, images: pl.LazyFrame) -> pl.DataFrame:
+    """A metrics table with the cost columns (joined from the images table unless present)."""
+    order = [c for c in (*KEYS, "defect_type") if c in metrics.columns]
+    if all(c in metrics.columns for c in COST_COLUMNS):
+        return metrics.sort(order)
+    bare = metrics.drop(*(c for c in COST_COLUMNS if c in metrics.columns))
+    return bare.join(cost_table(images), on=list(KEYS), how="left").sort(order)
+
+
+def metrics_table(pixels: pl.LazyFrame, images: pl.LazyFrame, by_defect: bool = False) -> pl.DataFrame:
+    """``compute_metrics`` (exact, unchanged) joined with the cost columns of the images table."""
+    return with_cost(compute_metrics(pixels, images, by_defect=by_defect), images)
+
+
+def category_groups(dataset: str, categories: Sequence[str]) -> dict[str, list[str]]:
+    """Category groups for the mean rows: all, plus textures / objects for MVTec AD."""
+    groups = {"all": sorted(categories)}
+    if published_dataset(dataset) == "mvtec":
+        groups["textures"] = [c for c in groups["all"] if c in MVTEC_TEXTURES]
+        groups["objects"] = [c for c in groups["all"] if c not in MVTEC_TEXTURES]
+    return {k: v for k, v in groups.items() if v}
+
+
+def category_means(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Mean over categories per dataset × group × variant.
+
+    A metric's mean is null (n/a) unless the metric is defined for the variant in EVERY
+    category of the group present in the run (a mean over fewer categories is not comparable);
+    cost columns are averaged over the categories where the variant ran. Columns: dataset, group,
+    variant, n_categories (where the variant ran), of_categories (in the group), the four metrics,
+    unet_forwards_per_image, seconds_per_image.
+    """
+    rows: list[dict[str, Any]] = []
+    for dataset in sorted(metrics["dataset"].unique()):
+        ds = metrics.filter(pl.col("dataset") == dataset)
+        for group, cats in category_groups(dataset, ds["category"].unique().to_list()).items():
+            sub = ds.filter(pl.col("category").is_in(cats))
+            for variant in sorted(sub["variant"].unique()):
+                v = sub.filter(pl.col("variant") == variant)
+                row: dict[str, Any] = {"dataset": dataset, "group": group, "variant": variant}
+                row |= {"n_categories": v.height, "of_categories": len(cats)}
+                for m in METRIC_COLUMNS:
+                    complete = v.height == len(cats) and v[m].null_count() == 0
+                    row[m] = float(v[m].mean()) if complete else None  # type: ignore[arg-type]
+                for c in COST_COLUMNS:
+                    row[c] = v[c].mean() if v[c].null_count() < v.height else None
+                rows.append(row)
+    schema = {"dataset": pl.String, "group": pl.String, "variant": pl.String, "n_categories": pl.Int64}
+    schema |= {"of_categories": pl.Int64} | {m: pl.Float64 for m in METRIC_COLUMNS} | {c: pl.Float64 for c in COST_COLUMNS}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+# --------------------------------------------------------------------------------------------
+# HTML helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def fmt_metric(value: float | None) -> str:
+    """A metric in [0, 1] as a percentage with one decimal; "n/a" when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.1f}"
+
+
+def fmt_number(value: float | int | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], bold: Sequence[set[int]] | None = None) -> str:
+    """Cells are already formatted (escaped here); ``bold[i]`` = column indices to bold in row i."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, cell in enumerate(row):
+            text = _esc(cell)
+            cells.append(f"<td><b>{text}</b></td>" if bold and j in bold[i] else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+GROUP_ORDER: tuple[str, ...] = ("all", "textures", "objects")
+
+
+def pivot_html(metrics: pl.DataFrame, means: pl.DataFrame, metric: str) -> str:
+    """One dataset's metric: rows = categories then mean rows, columns = variants; best in bold."""
+    variants = sorted(metrics["variant"].unique())
+    cells = {(r["category"], r["variant"]): r[metric] for r in metrics.iter_rows(named=True)}
+    cells |= {(f"mean ({r['group']})", r["variant"]): r[metric] for r in means.iter_rows(named=True)}
+    labels = sorted(metrics["category"].unique())
+    labels += [f"mean ({g})" for g in GROUP_ORDER if g in set(means["group"])]
+    rows, bold = [], []
+    for label in labels:
+        values = [cells.get((label, v)) for v in variants]
+        best = max((x for x in values if x is not None), default=None)
+        rows.append([label, *(fmt_metric(x) for x in values)])
+        bold.append({j + 1 for j, x in enumerate(values) if best is not None and x == best})
+    return html_table(["category", *variants], rows, bold)
+
+
+def long_html(frame: pl.DataFrame, columns: Sequence[str]) -> str:
+    rows = []
+    for r in frame.iter_rows(named=True):
+        rows.append([fmt_metric(r[c]) if c in METRIC_COLUMNS else fmt_number(r[c]) for c in columns])
+    return html_table([METRIC_NAMES.get(c, c) for c in columns], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Examples: best / worst images per variant
+# --------------------------------------------------------------------------------------------
+
+ROLES: tuple[tuple[str, int, bool], ...] = (
+    ("best: highest-scored anomalous", 1, True),
+    ("worst: lowest-scored anomalous", 1, False),
+    ("worst: highest-scored normal", 0, True),
+)
+
+
+def pick_examples(images: pl.DataFrame) -> list[tuple[str, dict[str, Any]]]:
+    """(role, image row) for one group's images table; roles without images are left out."""
+    picks = []
+    for role, label, highest in ROLES:
+        sub = images.filter(pl.col("label") == label).sort(["score", "image_id"], descending=[highest, False])
+        if sub.height:
+            picks.append((role, sub.row(0, named=True)))
+    return picks
+
+
+def manifest_paths(cfg: Config | None, categories: Sequence[str]) -> tuple[dict[tuple[str, str], str], str | None]:
+    """(category, image_id) → image path from the run's dataset, or ({}, why not)."""
+    if cfg is None:
+        return {}, "config.yaml is missing from the run folder"
+    from raydiff.workflow import scan
+
+    sub = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, categories=tuple(categories)))
+    try:
+        manifest = scan(sub)
+    except (RaydiffError, OSError, ValueError) as err:
+        return {}, f"the dataset could not be read ({err})"
+    return {(r["category"], r["image_id"]): r["image_path"] for r in manifest.iter_rows(named=True)}, None
+
+
+def load_display_image(path: str | None, h: int, w: int, fit: str) -> np.ndarray | None:
+    """The input as the scorer saw it (raydiff.data.images.load_image), (H, W, 3) in [0, 1].
+
+    None when the file is missing or unreadable (the figure then says so; the report goes on).
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    from PIL import Image
+
+    from raydiff.data.images import load_image
+
+    try:
+        if h == w:
+            arr = load_image(path, h, 3, fit)  # type: ignore[arg-type]
+            return np.clip((arr.transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0)
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
+    except (OSError, ValueError, RaydiffError):
+        return None
+
+
+def group_examples(
+    pixels: pl.LazyFrame, images: pl.DataFrame, key: tuple[str, str, str], paths: dict[tuple[str, str], str], fit: str
+) -> list[Example]:
+    """Score maps, GT and inputs of one group's picked images (one scan of its partition)."""
+    picks = pick_examples(images)
+    ids = [row["image_id"] for _, row in picks]
+    if not ids:
+        return []
+    rows = (
+        pixels.filter(_key_filter(key))
+        .filter(pl.col("image_id").is_in(ids))
+        .select("image_id", "y", "x", "score", "gt")
+        .collect()
+    )
+    h, w = int(rows["y"].max()) + 1, int(rows["x"].max()) + 1  # type: ignore[operator]
+    out = []
+    for role, row in picks:
+        px = rows.filter(pl.col("image_id") == row["image_id"])
+        score, gt = np.full((h, w), np.nan, np.float32), np.zeros((h, w), np.uint8)
+        y, x = px["y"].to_numpy(), px["x"].to_numpy()
+        score[y, x] = px["score"].to_numpy()
+        gt[y, x] = px["gt"].to_numpy()
+        image = load_display_image(paths.get((key[1], row["image_id"])), h, w, fit)
+        out.append(Example(role, row["image_id"], row["defect_type"], float(row["score"]), score, gt, image))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60]
+
+
+def _write_frame(frame: pl.DataFrame, path: Path) -> None:
+    """CSV or Parquet under a temporary name, renamed into place."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    if path.suffix == ".csv":
+        frame.write_csv(tmp)
+    else:
+        frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def _load_run_config(run_dir: Path) -> Config | None:
+    path = run_dir / "config.yaml"
+    return load_config(path) if path.is_file() else None
+
+
+def fmt_published(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+PUBLISHED_HEADERS: tuple[str, ...] = (
+    "method", "source", "published I-AUROC", "published P-AUROC", "published PRO", "published P-AP",
+    "published s/img", "ours: variant", "ours I-AUROC", "ours P-AUROC", "ours AUPRO@0.3", "ours P-AP", "ours s/img",
+)
+
+
+def published_html(means: pl.DataFrame, dataset: str) -> str:
+    """Published numbers (METHODS.md) beside this run's means; "" when the dataset does not match."""
+    key = published_dataset(dataset)
+    if key is None:
+        return ""
+    ours = {r["variant"]: r for r in means.filter(pl.col("group") == "all").iter_rows(named=True)}
+    rows = []
+    for p in (p for p in PUBLISHED if p.dataset == key):
+        published = [fmt_published(x) for x in (p.i_auroc, p.p_auroc, p.pro, p.p_ap)] + [fmt_number(p.seconds_per_image)]
+        o = ours.get(p.variant or "")
+        if o is None:
+            which, mine = f"{p.variant or '-'} (not in this run)", ["n/a"] * 5
+        else:
+            which = f"{p.variant} (mean over {o['n_categories']} of {o['of_categories']} categories in this run)"
+            mine = [fmt_metric(o[m]) for m in ("i_auroc", "p_auroc", "aupro", "p_ap")] + [fmt_number(o["seconds_per_image"])]
+        rows.append([p.method, p.source, *published, which, *mine])
+    caveats = "".join(f"<li>{_esc(c)}</li>" for c in CAVEATS)
+    return (
+        f"<h3>Published numbers ({_esc(key)}) beside ours</h3>"
+        "<p><b>Published</b> columns are copied from the papers / READMEs named (via METHODS.md), not "
+        "reproduced by this run; all in %. Read them with these caveats:</p>"
+        f"<ul>{caveats}</ul>" + html_table(PUBLISHED_HEADERS, rows)
+    )
+
+
+def tables_html(metrics: pl.DataFrame, by_defect: pl.DataFrame, means: pl.DataFrame) -> str:
+    """One dataset's metric tables: means, one pivot per metric, the long tables."""
+    parts = [
+        "<h3>Mean over categories</h3><p class=small>A mean is n/a unless the metric is defined in every "
+        "category of the group (n_categories of of_categories).</p>",
+        long_html(means, ["group", "variant", "n_categories", "of_categories", *METRIC_COLUMNS, *COST_COLUMNS]),
+    ]
+    for m in METRIC_COLUMNS:
+        parts.append(f"<h3>{_esc(METRIC_NAMES[m])} per category (%)</h3>" + pivot_html(metrics, means, m))
+    parts.append("<details><summary>All numbers per category × variant (with counts)</summary>")
+    parts.append(long_html(metrics, metrics.columns) + "</details>")
+    parts.append("<details><summary>Per defect type (that defect's images + all normal images)</summary>")
+    parts.append(long_html(by_defect, by_defect.columns) + "</details>")
+    return "\n".join(parts)
+
+
+def _img(name: str, alt: str) -> str:
+    return f"<img src='{FIG_DIR}/{_esc(name)}' alt='{_esc(alt)}'>"
+
+
+def curves_html(pixels: pl.LazyFrame, metrics: pl.DataFrame, dataset: str, figs: Path) -> str:
+    """Pixel ROC + PRO per category (one line per variant), from the exact curves."""
+    parts = ["<h3>Pixel ROC and PRO curves</h3>"]
+    for i, cat in enumerate(sorted(metrics["category"].unique())):
+        sets = []
+        for r in metrics.filter(pl.col("category") == cat).iter_rows(named=True):
+            key = (dataset, cat, r["variant"])
+            sets.append(CurveSet(r["variant"], pixel_curves(pixels.filter(_key_filter(key))), r["p_auroc"], r["aupro"]))
+        name = f"curves-{_safe(dataset)}-{i:03d}-{_safe(cat)}.png"
+        plot_curves(sets, f"{dataset} / {cat}", figs / name)
+        parts.append(f"<h4>{_esc(cat)}</h4>" + _img(name, f"curves {cat}"))
+    return "\n".join(parts)
+
+
+def examples_html(
+    pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.DataFrame, dataset: str, cfg: Config | None, figs: Path
+) -> str:
+    """Best / worst images per category × variant: input and score map with the GT outline."""
+    parts = [
+        "<h3>Best and worst images per variant</h3><p>Per category and variant: the highest-scored anomalous "
+        "image, the lowest-scored anomalous image and the highest-scored normal image; input and score map "
+        "with the GT outline. Reconstructions are not stored in the run folder (only score maps are), so "
+        "they are not shown.</p>"
+    ]
+    cats = sorted(metrics["category"].unique())
+    if cfg is not None and cfg.dataset.dataset_name != dataset:
+        paths, why = {}, f"the run's config.yaml names dataset {cfg.dataset.dataset_name!r}"
+    else:
+        paths, why = manifest_paths(cfg, cats)
+    if why:
+        parts.append(f"<p class=small>Input images not shown: {_esc(why)}.</p>")
+    fit = cfg.dataset.fit if cfg else "resize"
+    for i, cat in enumerate(cats):
+        for j, variant in enumerate(sorted(metrics.filter(pl.col("category") == cat)["variant"])):
+            key = (dataset, cat, variant)
+            examples = group_examples(pixels, image_rows.filter(_key_filter(key)), key, paths, fit)
+            if examples:
+                name = f"examples-{_safe(dataset)}-{i:03d}-{j:02d}-{_safe(cat)}-{_safe(variant)}.png"
+                plot_examples(examples, f"{dataset} / {cat} / {variant}", figs / name)
+                parts.append(f"<h4>{_esc(cat)} / {_esc(variant)}</h4>" + _img(name, f"examples {cat} {variant}"))
+    return "\n".join(parts)
+
+
+INTRO = (
+    "<p>All metrics are exact (no threshold binning) and in %: I-AUROC (image score vs label), P-AUROC "
+    "and P-AP (step-wise average precision) over all pixels of a category's test set, AUPRO@0.3 "
+    "(MVTec reference: 8-connected GT components, FPR over all normal pixels, normalised by 0.3). "
+    "n/a = undefined (e.g. no anomalous images) or not computed for that variant. Cost: UNet forward "
+    "passes and seconds per image measured in this run. Machine-readable: metrics.csv / metrics.parquet, "
+    "metrics_by_defect.csv / metrics_by_defect.parquet.</p>"
+)
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+    "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}"
+    "img{max-width:100%}.small{font-size:12px;color:#555}"
+)
+
+
+def report_html(
+    run_dir: Path,
+    cfg: Config | None,
+    pixels: pl.LazyFrame,
+    image_rows: pl.DataFrame,
+    tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    figs: Path,
+) -> str:
+    """The whole page; writes its PNGs into ``figs``. ``tables`` = (metrics, by_defect, means)."""
+    metrics, by_defect, means = tables
+    parts = [f"<h1>raydiff run {_esc(run_dir.name)}</h1>", INTRO]
+    versions = run_dir / "versions.json"
+    if versions.is_file():
+        info = json.loads(versions.read_text()).get("versions", {})
+        parts.append(f"<p class=small>versions: {_esc(json.dumps(info))}</p>")
+    for dataset in sorted(metrics["dataset"].unique()):
+        m, d, mm = (t.filter(pl.col("dataset") == dataset) for t in (metrics, by_defect, means))
+        cats, variants = sorted(m["category"].unique()), sorted(m["variant"].unique())
+        parts.append(
+            f"<h2>Dataset {_esc(dataset)}: {len(cats)} categories ({_esc(', '.join(cats))}), "
+            f"variants {_esc(', '.join(variants))}</h2>"
+        )
+        parts.append(tables_html(m, d, mm))
+        parts.append(published_html(mm, dataset))
+        name = f"cost-{_safe(dataset)}.png"
+        plot_cost(mm.filter(pl.col("group") == "all"), f"{dataset}: mean over categories, per variant", figs / name)
+        parts.append("<h3>Accuracy vs cost</h3>" + _img(name, "accuracy vs cost"))
+        parts.append(curves_html(pixels, m, dataset, figs))
+        parts.append(examples_html(pixels, image_rows, m, dataset, cfg, figs))
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>raydiff report {_esc(run_dir.name)}</title>"
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def write_report(
+    run_dir: Path,
+    out: Path | None = None,
+    *,
+    metrics: pl.DataFrame | None = None,
+    by_defect: pl.DataFrame | None = None,
+) -> Path:
+    """Write the metric tables, PNGs and ``report.html`` of a run folder; returns report.html.
+
+    run_dir: a run folder (``OUT/<run_id>``) with complete ``pixels/`` and ``images/`` partitions.
+    out: folder for the outputs (default: ``run_dir``): metrics.{csv,parquet},
+    metrics_by_defect.{csv,parquet}, report/*.png, then report.html (written last). Raises
+    OutputError when the run folder holds no complete partitions.
+    metrics / by_defect: ``compute_metrics(pixels, images[, by_defect=True])`` of this run when the
+    caller already has them (each is a full pass over the pixels); cost columns are added if absent.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir
+    try:
+        pixels, images = scan_pixels(run_dir), scan_images(run_dir)
+    except FileNotFoundError as err:
+        raise OutputError(
+            run_dir, f"no scored partitions to report on ({err}).", "score the run first, or pass the folder OUT/<run_id>."
+        ) from None
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _load_run_config(run_dir)
+    metrics = with_cost(metrics, images) if metrics is not None else metrics_table(pixels, images)
+    by_defect = with_cost(by_defect, images) if by_defect is not None else metrics_table(pixels, images, by_defect=True)
+    image_rows = images.select(*KEYS, "image_id", "defect_type", "label", "score").collect()
+
+    figs = out / f".tmp-{FIG_DIR}-{uuid.uuid4().hex[:8]}"
+    figs.mkdir()
+    try:
+        page = report_html(run_dir, cfg, pixels, image_rows, (metrics, by_defect, category_means(metrics)), figs)
+    except BaseException:
+        shutil.rmtree(figs, ignore_errors=True)
+        raise
+    for frame, name in ((metrics, "metrics"), (by_defect, "metrics_by_defect")):
+        _write_frame(frame, out / f"{name}.csv")
+        _write_frame(frame, out / f"{name}.parquet")
+    if (out / FIG_DIR).exists():
+        shutil.rmtree(out / FIG_DIR)
+    os.replace(figs, out / FIG_DIR)
+    report = out / "report.html"
+    atomic_write_text(report, page)
+    return report
