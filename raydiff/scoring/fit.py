@@ -256,6 +256,12 @@ def fit_category(
     }
 
     features_state = None
+    if weights == "none":  # random φ: measure its BatchNorm statistics on the normal training images
+        from raydiff.features import calibrate_batchnorm
+
+        features = calibrate_batchnorm(features, train_images, batch_size)
+        features_state = {k: v.detach().cpu().clone() for k, v in features.state_dict().items()}
+        info["batchnorm_calibrated_on"] = int(train_images.shape[0])
     if cfg.features.domain_adaptation_epochs > 0:
         from raydiff.features import domain_adapt
         from raydiff.seeding import derive_seed
