@@ -152,6 +152,180 @@ def validate(cfg: Config, directory: Path | None, kind: str | None) -> None:
     click.echo(f"ok: {summary.describe()}")
 
 
+def _category(cfg: Config, category: str | None) -> tuple[Config, str, Any]:
+    """Resolve the one category a debugging command works on (default: the first)."""
+    from dataclasses import replace
+
+    from raydiff.workflow import categories_of, prepare
+
+    if category:
+        cfg = replace(cfg, dataset=replace(cfg.dataset, categories=(category,)))
+    manifest = prepare(cfg)
+    return cfg, category or categories_of(manifest)[0], manifest
+
+
+@main.command()
+@config_options
+@click.option("--category", help="Category to train (default: the first).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["pixel", "pixel-simplex", "pixel-gmm", "latent"]),
+              help="Model kind(s) (default: those the enabled variants need).")
+@click.option("--ray", "use_ray", is_flag=True, help="Train on the local Ray (Ray Train) instead of in process.")
+def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bool) -> None:
+    """Train one category's diffusion model(s); a finished model is skipped, a partial one resumes.
+
+    \b
+    Example:
+      raydiff train --category brick --kind pixel --set models.train_steps=200
+    """
+    from raydiff.train.loop import train_one
+    from raydiff.workflow import init_ray
+
+    cfg, category, manifest = _category(cfg, category)
+    kinds = kinds or cfg.model_kinds_needed()
+    if use_ray:
+        from raydiff.train.launch import train_all
+
+        started = init_ray(cfg)
+        try:
+            paths = train_all(cfg, [category], list(kinds), manifest)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    else:
+        paths = [train_one(cfg, category, k, manifest, progress=click.echo) for k in kinds]
+    for p in paths:
+        click.echo(f"model: {p}")
+
+
+@main.command()
+@config_options
+@click.option("--category", help="Category to fit (default: the first).")
+@click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
+def fit(cfg: Config, category: str | None, device: str | None) -> None:
+    """Fit one category's KNN prior and normalisation statistics (after training).
+
+    \b
+    Example:
+      raydiff fit --category brick
+    """
+    from raydiff.workflow import fit_one
+
+    cfg, category, manifest = _category(cfg, category)
+    click.echo(f"fitted: {fit_one(cfg, category, manifest, device)}")
+
+
+@main.command()
+@config_options
+@click.option("--category", help="Category to score (default: the first).")
+@click.option("--variant", "variants", multiple=True, help="Variant id(s) (default: the config's enabled ones).")
+@click.option("--limit", type=int, default=None, help="Score only N test images (half good, half defective).")
+@click.option("--device", default=None, help="cpu / cuda for the scoring actors (default: cuda when the cluster has GPUs).")
+def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: int | None, device: str | None) -> None:
+    """Score one category's test images with the chosen variants (Ray Data → Parquet).
+
+    \b
+    Example:
+      raydiff score --category brick --variant kl --variant trend --limit 8
+    """
+    from dataclasses import replace
+
+    from raydiff.pipeline import score_category
+    from raydiff.workflow import init_ray, write_run_metadata
+
+    if variants:
+        cfg = replace(cfg, variants=replace(cfg.variants, enabled=tuple(variants)))
+    cfg, category, manifest = _category(cfg, category)
+    write_run_metadata(cfg)
+    started = init_ray(cfg)
+    try:
+        s = score_category(cfg, category, manifest, limit=limit, device=device)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    click.echo(f"{category}: {s['images']} images in {s['seconds']:.1f} s; written {s['written']}, skipped {s['skipped']}")
+
+
+@main.command()
+@config_options
+def metrics(cfg: Config) -> None:
+    """Compute exact metrics of the config's run folder (metrics.csv / .parquet).
+
+    \b
+    Example:
+      raydiff metrics --config configs/textures.yaml
+    """
+    from raydiff.paths import run_dir
+    from raydiff.workflow import evaluate
+
+    table, _ = evaluate(cfg)
+    print_table(table)
+    click.echo(f"metrics: {run_dir(cfg) / 'metrics.csv'}")
+
+
+@main.command()
+@config_options
+@click.option("--limit", type=int, default=None, help="Score only N test images per category.")
+def sweep(cfg: Config, limit: int | None) -> None:
+    """Everything for a config on the current Ray cluster (or a local one): train, fit, score, metrics.
+
+    \b
+    Example:
+      raydiff sweep --config configs/real-smoke.yaml
+    """
+    from raydiff.workflow import sweep as run_sweep
+
+    result = run_sweep(cfg, limit=limit)
+    click.echo(f"run: {result['run_dir']}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write report.html and its figures (default: RUN_DIR).")
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write the HTML report (tables, ROC/PRO curves, example maps) of a run folder.
+
+    \b
+    Example:
+      raydiff report raydiff-out/<run_id>
+    """
+    from raydiff.report import write_report
+
+    click.echo(f"report: {write_report(run_dir, out)}")
+
+
+@main.command("inspect")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--fpr", type=float, default=0.01, show_default=True, help="Pixel false-positive rate that sets each threshold.")
+@click.option("--top", type=int, default=10, show_default=True, help="Worst normal images listed per variant.")
+@click.option("--coverage-below", type=float, default=0.1, show_default=True,
+              help="A defect region is missed when less than this fraction of it is above the threshold.")
+@click.option("--save", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write every table as Parquet into this folder.")
+def inspect_cmd(run_dir: Path, fpr: float, top: int, coverage_below: float, save: Path | None) -> None:
+    """Error analysis of a run: thresholds, worst false positives, missed defect regions.
+
+    \b
+    Example:
+      raydiff inspect raydiff-out/<run_id> --fpr 0.01 --top 5
+    """
+    from raydiff.inspect_run import inspect_run
+
+    tables = inspect_run(run_dir, fpr=fpr, top=top, coverage_below=coverage_below)
+    for name, table in tables.items():
+        click.secho(f"\n{name}", bold=True)
+        print_table(table)
+        if save is not None:
+            save.mkdir(parents=True, exist_ok=True)
+            table.write_parquet(save / f"{name}.parquet")
+    if save is not None:
+        click.echo(f"\ntables: {save}")
+
+
 @main.command()
 @click.option("--output", "output_root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output root (default: the config's, raydiff-out/).")

@@ -15,6 +15,7 @@ complete partitions.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raydiff.config import Config, config_from_dict, config_to_dict
-from raydiff.io import is_complete, write_marker
+from raydiff.io import MARKER, is_complete, write_marker
 from raydiff.paths import partition_dir, run_dir
 
 PIXEL_SCHEMA = pa.schema(
@@ -209,12 +210,32 @@ def remove_stale(cfg: Config, category: str) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def pending_variants(cfg: Config, category: str, variants: Sequence[str]) -> list[str]:
-    """Variants whose pixel or image partition is not complete yet."""
+def image_set_digest(image_ids: Sequence[str]) -> str:
+    """A short digest of which test images a partition holds (a ``--limit`` subset differs)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()[:16]
+
+
+def _marker_info(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pending_variants(cfg: Config, category: str, variants: Sequence[str], image_set: str | None = None) -> list[str]:
+    """Variants whose pixel or image partition is not complete (for this set of test images) yet."""
+
+    def done(folder: Path) -> bool:
+        if not is_complete(folder):
+            return False
+        return image_set is None or _marker_info(folder).get("image_set") == image_set
+
     return [
         v
         for v in variants
-        if not (is_complete(partition_dir(cfg, "pixels", category, v)) and is_complete(partition_dir(cfg, "images", category, v)))
+        if not (done(partition_dir(cfg, "pixels", category, v)) and done(partition_dir(cfg, "images", category, v)))
     ]
 
 
@@ -243,17 +264,18 @@ def score_category(
     from raydiff.data.images import dataset_channels
 
     variants = list(variants or cfg.variants.enabled)
-    todo = pending_variants(cfg, category, variants)
-    summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo], "written": todo}
-    if not todo:
-        summary.update(images=0, seconds=0.0, images_per_s=0.0)
-        return summary
-    remove_stale(cfg, category)
     rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
     if limit is not None:  # a debugging subset with both classes: half good, half defective
         good = rows.filter(pl.col("label") == 0)
         n_good = min(good.height, limit // 2)
         rows = pl.concat([good.head(n_good), rows.filter(pl.col("label") == 1).head(limit - n_good)]).sort("image_id")
+    image_set = image_set_digest(rows["image_id"].to_list())
+    todo = pending_variants(cfg, category, variants, image_set)
+    summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo], "written": todo}
+    if not todo:
+        summary.update(images=0, seconds=0.0, images_per_s=0.0)
+        return summary
+    remove_stale(cfg, category)
     channels = dataset_channels(manifest.filter(pl.col("category") == category), cfg.dataset.channels)
     gpus = cluster_gpus()
     device = device or ("cuda" if gpus else "cpu")
@@ -298,7 +320,7 @@ def score_category(
                 writers[("images", v)].write(image_table(batch, v))
         if n_images != len(items):
             raise RuntimeError(f"scored {n_images} images of {len(items)} in category {category}")
-        info = {"category": category, "images": n_images, "config_run_id": run_dir(cfg).name}
+        info = {"category": category, "images": n_images, "image_set": image_set, "limit": limit, "config_run_id": run_dir(cfg).name}
         for (_table, _v), w in writers.items():
             w.commit(info)
     except BaseException:

@@ -1,0 +1,46 @@
+"""The full sweep, as submitted to a Ray cluster.
+
+    # on a cluster (see README "Cluster"):
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/sweep.py --config configs/mvtec.yaml
+    # CPU smoke run, anywhere:
+    python jobs/sweep.py --config configs/textures.yaml --smoke-test
+
+Trains every missing (category, kind), fits, scores every variant, computes the metrics and
+writes the report. Idempotent: a resubmitted job continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="YAML config, e.g. configs/mvtec.yaml")
+    p.add_argument("--categories", default=None, help="comma-separated subset of the config's categories")
+    p.add_argument("--dataset-root", default=None, help="overrides dataset.root")
+    p.add_argument("--output", default=None, help="overrides output.root (use shared storage on a cluster)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny budget: few steps, few images, to check the set-up")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # --working-dir without an install
+    from raydiff.workflow import sweep_from_args
+
+    return sweep_from_args(
+        config=args.config,
+        categories=args.categories,
+        dataset_root=args.dataset_root,
+        output=args.output,
+        smoke_test=args.smoke_test,
+    )
+
+
+if __name__ == "__main__":
+    result = main(parse_args())
+    print(json.dumps(result, indent=2, default=str))
