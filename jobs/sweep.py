@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--categories", default=None, help="comma-separated subset of the config's categories")
     p.add_argument("--dataset-root", default=None, help="overrides dataset.root")
     p.add_argument("--output", default=None, help="overrides output.root (use shared storage on a cluster)")
+    p.add_argument("--overwrite", action="store_true", help="delete a run folder written by a different config")
     p.add_argument("--smoke-test", action="store_true", help="tiny budget: few steps, few images, to check the set-up")
     return p.parse_args(argv)
 
@@ -38,9 +39,19 @@ def main(args: argparse.Namespace) -> dict:
         dataset_root=args.dataset_root,
         output=args.output,
         smoke_test=args.smoke_test,
+        overwrite=args.overwrite,
     )
 
 
 if __name__ == "__main__":
-    result = main(parse_args())
+    args = parse_args()
+    try:
+        result = main(args)
+    except Exception as err:
+        from raydiff.errors import RaydiffError
+
+        if not isinstance(err, RaydiffError):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # one line that names the file and the fix
+        sys.exit(2)
     print(json.dumps(result, indent=2, default=str))

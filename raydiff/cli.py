@@ -269,7 +269,8 @@ def metrics(cfg: Config) -> None:
 @main.command()
 @config_options
 @click.option("--limit", type=int, default=None, help="Score only N test images per category.")
-def sweep(cfg: Config, limit: int | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Delete a run folder written by a different config instead of refusing.")
+def sweep(cfg: Config, limit: int | None, overwrite: bool) -> None:
     """Everything for a config on the current Ray cluster (or a local one): train, fit, score, metrics.
 
     \b
@@ -278,7 +279,7 @@ def sweep(cfg: Config, limit: int | None) -> None:
     """
     from raydiff.workflow import sweep as run_sweep
 
-    result = run_sweep(cfg, limit=limit)
+    result = run_sweep(cfg, limit=limit, overwrite=overwrite)
     click.echo(f"run: {result['run_dir']}")
 
 
@@ -339,3 +340,18 @@ def demo(output_root: Path | None) -> None:
     from raydiff.workflow import demo as run_demo
 
     run_demo(output_root)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Performance benchmarks: engine, naive, train, metrics (`raydiff bench --help` for options).
+
+    \b
+    Example:
+      raydiff bench engine naive --json bench.json
+      raydiff bench engine --device cuda --size 256 --preset ddad --batch 64
+    """
+    from raydiff.bench import main as run_bench
+
+    run_bench(list(args))

@@ -340,6 +340,10 @@ class RayConfig:
     gpus_per_training: float = field(default=1.0, metadata=_range(0.0, 64.0))
     #: 0 = as many concurrent trainings as the resources allow.
     max_concurrent_trainings: int = field(default=0, metadata=_range(0, 100_000))
+    #: 0 = one Train run per (category, kind). N > 0 = pack the pending trainings into at most N
+    #: runs that train their models one after another: each run costs a few processes' start-up
+    #: (~25 CPU-seconds), which dominates many tiny CPU trainings (the demo) but not GPU ones.
+    training_runs: int = field(default=0, metadata=_range(0, 100_000))
     #: Training worker restarts after a failure (resumes from the last checkpoint).
     max_failures: int = field(default=2, metadata=_range(-1, 1000))
     scoring_batch_size: int = field(default=8, metadata=_range(1, 65536))

@@ -73,7 +73,7 @@ def load_batch(batch: dict[str, np.ndarray], size: int, channels: int, fit: str)
     images, gts, regions = [], [], []
     for img_path, mask_path in zip(batch["image_path"], batch["mask_path"], strict=True):
         images.append(load_image(img_path, size, channels, fit))  # type: ignore[arg-type]
-        if mask_path is None or (isinstance(mask_path, float) and np.isnan(mask_path)) or mask_path == "":
+        if not isinstance(mask_path, str) or mask_path == "":  # "" (see score_category), or a null turned NaN
             gt = np.zeros((size, size), np.uint8)
         else:
             gt = load_mask(mask_path, size, fit)  # type: ignore[arg-type]
@@ -284,7 +284,8 @@ def score_category(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
 
-    items = rows.select("image_id", "defect_type", "label", "image_path", "mask_path").to_dicts()
+    # "" for "no mask": a block of good images only would otherwise hold an all-null column.
+    items = rows.select("image_id", "defect_type", "label", "image_path", pl.col("mask_path").fill_null("")).to_dicts()
     n_blocks = max(1, min(len(items), -(-len(items) // batch_size)))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(

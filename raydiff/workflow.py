@@ -90,8 +90,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_run_metadata(cfg: Config) -> Path:
-    """Write config.yaml + versions.json into the run folder; refuse a folder of another config."""
+def write_run_metadata(cfg: Config, overwrite: bool = False) -> Path:
+    """Write config.yaml + versions.json into the run folder; refuse a folder of another config
+    (``overwrite``: delete that folder's scores first)."""
     import json
 
     from raydiff.config import dump_config, model_id, run_id
@@ -110,7 +111,12 @@ def write_run_metadata(cfg: Config) -> Path:
             other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
         except Exception as err:  # a damaged or foreign file: never mix outputs
             raise OutputError(existing, f"cannot be read as a raydiff config ({err}).", "pick a new --output.") from None
-        if run_id(other) != run_id(cfg):
+        if run_id(other) != run_id(cfg) and overwrite:
+            import shutil
+
+            click.echo(f"--overwrite: deleting {folder} (written by another config)")
+            shutil.rmtree(folder)
+        elif run_id(other) != run_id(cfg):
             raise OutputError(
                 folder,
                 "this output folder was written by a different config.",
@@ -129,17 +135,25 @@ def write_run_metadata(cfg: Config) -> Path:
 def init_ray(cfg: Config) -> bool:
     """Connect to the configured cluster or start a local Ray (dashboard on 127.0.0.1).
 
+    - Inside ``ray job submit`` (``RAY_ADDRESS`` is set) or with ``ray.address`` configured:
+      a plain connect; the job's runtime environment (``--working-dir``) applies as submitted.
+    - Otherwise a local Ray with its dashboard on ``ray.dashboard_host``. The dashboard is not
+      optional: Ray Train frees a finished run's placement group through a cleaner that asks the
+      dashboard's State API, and without it the next runs wait for CPUs forever.
+
     Returns True when this call started Ray (the caller then shuts it down).
     """
+    import os
+
     import ray
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=True)
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.ray.address or None, log_to_driver=True)
     else:
-        ray.init(dashboard_host=cfg.ray.dashboard_host, runtime_env=env, log_to_driver=True)
+        env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
+        ray.init(include_dashboard=True, dashboard_host=cfg.ray.dashboard_host, runtime_env=env, log_to_driver=True)
     return True
 
 
@@ -264,7 +278,7 @@ def score_all(
     return summaries
 
 
-def sweep(cfg: Config, limit: int | None = None, report: bool = True) -> dict[str, Any]:
+def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Everything for a config on the current (or a local) Ray: train → fit → score → metrics → report.
 
     Idempotent: finished trainings, fitted states and (category, variant) partitions are skipped.
@@ -275,7 +289,7 @@ def sweep(cfg: Config, limit: int | None = None, report: bool = True) -> dict[st
     start = time.perf_counter()
     manifest = prepare(cfg)
     categories = categories_of(manifest)
-    folder = write_run_metadata(cfg)
+    folder = write_run_metadata(cfg, overwrite=overwrite)
     started = init_ray(cfg)
     try:
         t0 = time.perf_counter()
@@ -328,6 +342,7 @@ def sweep_from_args(
     dataset_root: str | None = None,
     output: str | None = None,
     smoke_test: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """What ``jobs/sweep.py`` calls: parse overrides, run the sweep."""
     from raydiff.config import load_config
@@ -345,4 +360,4 @@ def sweep_from_args(
         from dataclasses import replace
 
         cfg = replace(cfg, dataset=replace(cfg.dataset, categories=tuple(first)))
-    return sweep(cfg, limit=4 if smoke_test else None)
+    return sweep(cfg, limit=4 if smoke_test else None, overwrite=overwrite)

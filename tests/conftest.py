@@ -69,3 +69,22 @@ def texture_models(tmp_path_factory: pytest.TempPathFactory) -> TextureModels:
     })
     manifest = scan_dataset("mvtec", root, categories=("brick", "grass"))
     return TextureModels(root=root, cfg=cfg, manifest=manifest, out=base / "models")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a test's Ray dashboard)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def token_env() -> dict[str, str]:
+    """What a client process needs to talk to a local Ray of this test run: Ray 2.60 starts local
+    clusters with token authentication on (token in ~/.ray/auth_token, written by ``ray.init``),
+    and its CLI / drivers send the token only with ``RAY_AUTH_MODE=token``. The test's own
+    process is not changed (Ray caches its auth settings at first use)."""
+    return {"RAY_AUTH_MODE": "token"}

@@ -390,3 +390,30 @@ def test_kl_components_vanish_for_a_model_equal_to_the_posterior() -> None:
         expected = float(dmu**2 / (2 * post_var) / math.log(2.0))
         np.testing.assert_allclose(off[f"kl_t{t}"].numpy(), expected, rtol=2e-3, err_msg=f"t={t}")
     assert off["feature"].mean() > 10 * comps["feature"].abs().max()
+
+
+@pytest.mark.slow
+def test_bf16_autocast_scores_match_fp32(scoring: Scoring, patched_results: dict) -> None:
+    """The GPU path (bf16 autocast of the UNet calls) against the fp32 path, on the CPU.
+
+    Documented tolerance: bf16 keeps 8 mantissa bits (~0.4 % per value) and the reverse chains
+    compound it, so maps are compared by shape, not bits: per variant the Pearson correlation of
+    the maps ≥ 0.95, image scores within 5 % of the fp32 map's spread, and the patch still
+    scores higher inside than outside in every image.
+    """
+    import dataclasses
+
+    from raydiff.scoring import score_batch
+
+    ctx = dataclasses.replace(scoring.ctx, autocast_dtype=torch.bfloat16)
+    bf16 = score_batch(ctx, scoring.patched, ["patched/0", "patched/1"], OURS)
+    for v in OURS:
+        ref, got = patched_results[v], bf16[v]
+        assert got.maps.shape == ref.maps.shape and got.maps.dtype == np.float32, v
+        corr = np.corrcoef(ref.maps.ravel(), got.maps.ravel())[0, 1]
+        assert corr >= 0.95, (v, corr)
+        spread = float(ref.maps.max() - ref.maps.min())
+        np.testing.assert_allclose(got.scores, ref.scores, atol=0.05 * spread, rtol=0, err_msg=v)
+        inside = got.maps[:, scoring.mask.numpy()].mean(axis=1)
+        outside = got.maps[:, ~scoring.mask.numpy()].mean(axis=1)
+        assert (inside > outside).all(), v

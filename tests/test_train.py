@@ -179,15 +179,18 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, textures: P
 
 
 @pytest.mark.slow
-def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
-    """2 categories × 2 kinds on a local Ray: one worker is killed after its first checkpoint
-    (FailureConfig restarts it; its step counter continues); a second launch skips all four."""
+@pytest.mark.parametrize("training_runs", [0, 2])
+def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: pl.DataFrame, training_runs: int) -> None:
+    """2 categories × 2 kinds on a local Ray (one Train run each, or packed into 2 runs): one
+    worker is killed after its first checkpoint (FailureConfig restarts it; its step counter
+    continues; a packed run skips what it finished); a second launch skips all four."""
     import ray
 
     from raydiff.train.launch import FailOnceAfterCheckpoint, train_all
 
     cfg = make_cfg(tmp_path, textures, train_steps=4, checkpoint_every=2)
-    cfg = config_from_dict({**config_to_dict(cfg), "ray": {"cpus_per_training": 0.5}})  # all four at once
+    cfg = config_from_dict({**config_to_dict(cfg), "ray": {"cpus_per_training": 0.5,  # all at once
+                                                            "training_runs": training_runs}})
     flag = tmp_path / "failed-once"
     # The dashboard is on because Ray 2.60 Train V2's PlacementGroupCleaner polls the state API
     # (served by the dashboard); without it the cleaners never exit and a 2-CPU node stalls.
@@ -210,3 +213,19 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
         assert time.perf_counter() - start < 5 and all((f / "_SUCCESS").stat().st_mtime_ns == stamps[f] for f in folders)
     finally:
         ray.shutdown()
+
+
+def test_pack_jobs_balances_cost_and_keeps_every_job(tmp_path: Path, textures: Path) -> None:
+    from raydiff.train.launch import estimated_cost, pack_jobs
+
+    cfg = make_cfg(tmp_path, textures, train_steps=300)
+    jobs = [{"category": c, "kind": k} for c in ("a", "b", "c") for k in ("pixel", "pixel-simplex", "pixel-gmm", "latent")]
+    assert pack_jobs(cfg, jobs, 0) == [[j] for j in jobs] == pack_jobs(cfg, jobs, 12) == pack_jobs(cfg, jobs, 50)
+    for runs in (1, 2, 5):
+        groups = pack_jobs(cfg, jobs, runs)
+        assert len(groups) == runs and pack_jobs(cfg, jobs, runs) == groups  # deterministic
+        flat = [j for g in groups for j in g]
+        assert sorted(map(str, flat)) == sorted(map(str, jobs))  # each job exactly once
+        loads = [sum(estimated_cost(cfg, j["kind"]) for j in g) for g in groups]
+        biggest = max(estimated_cost(cfg, j["kind"]) for j in jobs)
+        assert max(loads) - min(loads) <= biggest  # greedy longest-first bound

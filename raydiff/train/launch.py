@@ -18,6 +18,12 @@ Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`
   continues. Train runs are named after (model id, dataset, category, kind), so a relaunched
   sweep also finds Ray's checkpoint of a half-finished run.
 - Finished folders (success marker) are skipped before anything is submitted.
+- Packing (``ray.training_runs: N``): the pending trainings are packed into at most N Train runs,
+  balanced by estimated cost (longest first onto the least-loaded run); each run trains its
+  models one after another in the same worker. Each Train run starts a trial actor, a controller,
+  a placement-group cleaner and a worker process (~25 CPU-seconds on a small CPU), which dominates
+  a dozen tiny CPU trainings. A packed run resumes from the model folders themselves (each
+  finished model has its success marker, a partial one its latest checkpoint).
 
 Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a cluster)::
 
@@ -92,7 +98,8 @@ def _restore_from_ray(ray_dir: Path, folder: Path) -> None:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The TorchTrainer worker: ``train_one`` with Ray checkpoint reports (runs in a Ray worker)."""
+    """The TorchTrainer worker: ``train_one`` for each of its (category, kind) jobs, with Ray
+    checkpoint reports (runs in a Ray worker)."""
     import ray.train
     import ray.train.torch
 
@@ -100,26 +107,34 @@ def train_worker(config: dict[str, Any]) -> None:
     from raydiff.train.loop import train_one
 
     cfg = config_from_dict(config["cfg"])
-    category, kind = config["category"], config["kind"]
-    folder = model_dir(cfg, category, kind)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.recover(folder)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            _restore_from_ray(Path(d), folder)
+    jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
+    manifest: pl.DataFrame = config["manifest"]
+    for job in jobs:
+        category, kind = job["category"], job["kind"]
+        folder = model_dir(cfg, category, kind)
+        if is_complete(folder):  # a packed run restarted after a failure: done before it
+            continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.recover(folder)
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None and len(jobs) == 1:  # a packed run's checkpoint may be another job's
+            with checkpoint.as_directory() as d:
+                _restore_from_ray(Path(d), folder)
 
-    def report(path: Path, step: int, metrics: dict[str, float]) -> None:
-        ray.train.report(
-            {**metrics, "category": category, "kind": kind},
-            checkpoint=ray.train.Checkpoint.from_directory(str(path)),
-        )
-        if hook is not None:
-            hook(path, step, metrics)
+        def report(path: Path, step: int, metrics: dict[str, float], category: str = category, kind: str = kind) -> None:
+            # No "done" key: Tune ends a trial on done=True, and a packed run goes on after a model.
+            ray.train.report(
+                {**metrics, "category": category, "kind": kind},
+                checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+            )
+            if hook is not None:
+                hook(path, step, metrics)
 
-    train_one(cfg, category, kind, config["manifest"], out_dir=folder, device=ray.train.torch.get_device(),
-              resume=True, on_checkpoint=report)
+        print(f"[train] {category}/{kind}: starting", flush=True)
+        train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
+                  device=ray.train.torch.get_device(), resume=True, on_checkpoint=report)
+        print(f"[train] {category}/{kind}: done", flush=True)
 
 
 def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
@@ -130,17 +145,22 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = config_from_dict(cfg_data)
-    category, kind = trial_config["job"]["category"], trial_config["job"]["kind"]
+    jobs: list[dict[str, str]] = trial_config["jobs"]
+    categories = sorted({j["category"] for j in jobs})
     resources = {"CPU": cfg.ray.cpus_per_training}
     if use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_training
+    if len(jobs) == 1:
+        name = run_name(cfg, jobs[0]["category"], jobs[0]["kind"])
+    else:  # a pack: named after its jobs, so that a relaunch with the same pending set finds it
+        name = f"train-{model_id(cfg)}-{cfg.dataset.dataset_name}-pack-{_digest_jobs(jobs)}"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"cfg": cfg_data, "category": category, "kind": kind, "hook": hook,
-                           "manifest": manifest.filter(pl.col("category") == category)},
+        train_loop_config={"cfg": cfg_data, "jobs": jobs, "hook": hook,
+                           "manifest": manifest.filter(pl.col("category").is_in(categories))},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=run_name(cfg, category, kind),
+            name=name,
             storage_path=str(storage_path(cfg)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -148,6 +168,37 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
         ),
     )
     trainer.fit()
+
+
+def _digest_jobs(jobs: Sequence[dict[str, str]]) -> str:
+    import hashlib
+
+    text = ";".join(f"{j['category']}/{j['kind']}" for j in jobs)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def estimated_cost(cfg: Config, kind: str) -> float:
+    """Relative cost of one training (for packing): UNet steps x pixels, plus the VAE for latent."""
+    pixels = float(cfg.dataset.image_size**2)
+    if kind != "latent":
+        return cfg.models.train_steps * pixels
+    lat = cfg.models.latent
+    return lat.vae_train_steps * pixels + cfg.models.train_steps * pixels / lat.vae_downsample**2
+
+
+def pack_jobs(cfg: Config, jobs: Sequence[dict[str, str]], runs: int) -> list[list[dict[str, str]]]:
+    """``jobs`` split into at most ``runs`` groups of similar total cost (longest first, onto the
+    least-loaded group); ``runs`` = 0 → one group per job. Deterministic."""
+    if runs <= 0 or runs >= len(jobs):
+        return [[j] for j in jobs]
+    groups: list[list[dict[str, str]]] = [[] for _ in range(runs)]
+    loads = [0.0] * runs
+    order = sorted(range(len(jobs)), key=lambda i: (-estimated_cost(cfg, jobs[i]["kind"]), i))
+    for i in order:
+        g = min(range(runs), key=lambda r: (loads[r], r))
+        groups[g].append(jobs[i])
+        loads[g] += estimated_cost(cfg, jobs[i]["kind"])
+    return [g for g in groups if g]
 
 
 def max_concurrent(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> int:
@@ -192,7 +243,7 @@ def train_all(
     )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, DRIVER_RESOURCES),
-        param_space={"job": ray.tune.grid_search(pending)},
+        param_space={"jobs": ray.tune.grid_search(pack_jobs(cfg, pending, cfg.ray.training_runs))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg, cluster, use_gpu)),
         run_config=ray.tune.RunConfig(
             name=f"sweep-{model_id(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
@@ -201,7 +252,9 @@ def train_all(
         ),
     )
     results = tuner.fit()
-    failed = [f"{r.config['job']['category']}/{r.config['job']['kind']}: {r.error}" for r in results if r.error]
+    failed = [
+        f"{','.join(j['category'] + '/' + j['kind'] for j in r.config['jobs'])}: {r.error}" for r in results if r.error
+    ]
     incomplete = [str(f) for f in folders if not is_complete(f)]
     if failed or incomplete:
         raise RuntimeError("training failed for " + "; ".join(failed or incomplete))

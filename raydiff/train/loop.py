@@ -312,7 +312,7 @@ def train_one(
         metrics = {
             "step": float(step_now), "loss": float(np.mean([r["loss"] for r in window])) if window else math.nan,
             "loss_vlb": float(np.mean([r["loss_vlb"] for r in window])) if window else math.nan,
-            "lr": mc.lr, "seconds": rows[-1]["seconds"] if rows else 0.0, "done": float(final),
+            "lr": mc.lr, "seconds": rows[-1]["seconds"] if rows else 0.0, "finished": float(final),
         }
         if on_checkpoint is not None:
             on_checkpoint(folder, step_now, metrics)

@@ -1,0 +1,147 @@
+"""``python -m raydiff.bench`` / ``raydiff bench``: the performance benchmarks in one place.
+
+Example::
+
+    python -m raydiff.bench engine naive train metrics                 # CPU sizes (tiny, 32 px)
+    python -m raydiff.bench engine naive --device cuda --size 256 --preset ddad --batch 64
+    python -m raydiff.bench metrics --rows 1e8
+
+Sub-benchmarks (each prints a table; ``--json FILE`` writes all results):
+
+- ``engine``: the all-variants shared pass (raydiff.scoring.bench) on random images: images/s,
+  UNet forwards per image, model FLOP/s (``torch.utils.flop_counter``) and MFU against a matmul
+  peak measured in the same run (bf16 on CUDA, fp32 on the CPU; see :func:`matmul_peak`).
+- ``naive``: the same variants the reference scripts' way: one variant at a time, fp32, batch 1,
+  nothing shared; and the engine's speed-up over it.
+- ``train``: training images/s and MFU of the preset (raydiff.train.bench).
+- ``metrics``: exact polars metrics vs sklearn + a numpy MVTec-style AUPRO on the same synthetic
+  pixel table: seconds, peak memory, largest difference (raydiff.metrics_bench).
+
+Numbers are printed, never asserted; BENCHMARKS.md records measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+SUBS = ("engine", "naive", "train", "metrics")
+
+
+def matmul_peak(device: str = "cpu", n: int | None = None, repeats: int = 5) -> dict[str, Any]:
+    """Achieved TFLOP/s of a large square matmul: bf16 on CUDA (the MFU reference), fp32 on CPU."""
+    import torch
+
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    n = n or (8192 if dev.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / best / 1e12}
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from raydiff.cli import DEFAULT_CONFIG
+    from raydiff.config import load_config
+
+    overrides: dict[str, Any] = {"dataset.image_size": args.size}
+    if args.preset:
+        overrides["models.preset"] = args.preset
+    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
+    if args.variants:
+        enabled = tuple(v.strip() for v in args.variants.split(","))
+        cfg = dataclasses.replace(cfg, variants=dataclasses.replace(cfg.variants, enabled=enabled))
+    return cfg
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {"torch": torch.__version__, "device": args.device, "subs": args.subs}
+    peak = matmul_peak(args.device)
+    out["matmul_peak"] = peak
+    print(f"measured matmul peak: {peak['tflops']:.3f} TFLOP/s ({peak['dtype']}, {peak['n']}^3)")
+    cfg = _cfg(args) if {"engine", "naive"} & set(args.subs) else None
+    if "engine" in args.subs or "naive" in args.subs:
+        from raydiff.scoring.bench import bench_scoring
+
+        print("\n== engine: every variant in one shared, batched pass ==")
+        engine = bench_scoring(cfg, args.device, args.batch, args.n_images, channels=args.channels,
+                               peak_tflops=peak["tflops"], repeats=args.repeats)
+        out["engine"] = engine
+        if "naive" in args.subs:
+            print("\n== naive: one variant at a time, fp32, batch 1, nothing shared ==")
+            naive = bench_scoring(cfg, args.device, 1, max(1, args.n_images // 4), channels=args.channels,
+                                  peak_tflops=peak["tflops"], autocast=False, repeats=args.repeats)
+            naive_s = sum(r["seconds_per_image"] for r in naive["rows"] if r["variant"] != "all")
+            all_s = next(r["seconds_per_image"] for r in engine["rows"] if r["variant"] == "all")
+            naive["seconds_per_image_all_variants"] = naive_s
+            naive["engine_speedup"] = naive_s / all_s
+            out["naive"] = naive
+            print(f"naive, all variants one after another: {naive_s:.4f} s/img; engine {all_s:.4f} s/img "
+                  f"-> speed-up {naive_s / all_s:.1f}x")
+    if "train" in args.subs:
+        from raydiff.train.bench import bench_train
+
+        print("\n== train ==")
+        res = bench_train(args.preset or "tiny", args.size, args.train_batch, args.train_steps, args.device,
+                          channels=args.channels, peak=peak["tflops"] * 1e12)
+        out["train"] = res
+        print(f"train: {res['images_per_s']:.1f} images/s, {res['flop_per_step'] / 1e9:.2f} GFLOP/step, "
+              f"MFU {res['mfu']:.2%}" if res.get("mfu") is not None else f"train: {res['images_per_s']:.1f} images/s")
+    if "metrics" in args.subs:
+        from raydiff.metrics_bench import bench_metrics
+
+        print("\n== metrics ==")
+        out["metrics"] = bench_metrics(int(args.rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydiff bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("subs", nargs="*", default=list(SUBS), choices=[*SUBS, []], metavar="SUB",
+                   help=f"which benchmarks ({', '.join(SUBS)}; default: all)")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=32, help="image size (256 for GPU numbers)")
+    p.add_argument("--preset", default=None, help="UNet preset (default: the config's)")
+    p.add_argument("--variants", default=None, help="comma-separated (default: the config's enabled ones)")
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8, help="engine batch size")
+    p.add_argument("--n-images", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--train-steps", type=int, default=10)
+    p.add_argument("--rows", type=float, default=1e7, help="pixel rows for the metrics benchmark")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    p.add_argument("--json", default=None, help="write every result to this JSON file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
