@@ -303,8 +303,8 @@ def score_category(
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if device == "cuda" else 0,
         num_cpus=cfg.ray.cpus_per_scoring_actor,
-        max_restarts=-1,
-        max_task_retries=-1,
+        # A killed actor is restarted and its batches retried: Ray Data's defaults for actor
+        # pools (max_restarts=-1, max_task_retries=-1), exercised by tests/test_end_to_end.py.
     )
 
     writers: dict[tuple[str, str], PartitionWriter] = {}

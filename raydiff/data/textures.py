@@ -52,7 +52,7 @@ images of that folder. Re-running with the same arguments returns at once.
 
 Example::
 
-    make_textures(Path("raydiff-out/data/textures"))             # 64 px, CPU demo
+    make_textures(Path("raydiff-out/data/textures"), size=32)    # the CPU demo (configs/textures.yaml)
     make_textures(Path("raydiff-out/data/textures-256"), size=256)
 """
 
