@@ -122,8 +122,7 @@ def gmm_noise(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """One image's GMM noise: Tensor (C, H, W) float32, each map zero mean / unit variance."""
-    maps = draw_gmm_maps(generator, channels, height, width, cfg)
-    return standardise(gmm_field(maps, height, width, device))
+    return batch_gmm_noise([generator], channels, height, width, cfg, device)[0]
 
 
 def batch_gmm_noise(

@@ -144,8 +144,7 @@ def simplex_noise(
     Equals ``sample_noise("simplex", (1, C, H, W), [seed], ...)[0]`` for
     ``generator = raydiff.seeding.generator(seed)``.
     """
-    maps = draw_simplex_maps(generator, channels, height)
-    return standardise(fractal_simplex(maps, height, width, cfg, device, backend))
+    return batch_simplex_noise([generator], channels, height, width, cfg, device, backend)[0]
 
 
 def batch_simplex_noise(
