@@ -48,15 +48,24 @@ class TextureModels:
         return load_model(self.path(kind), "cpu")
 
 
-@pytest.fixture(scope="session")
-def texture_models(tmp_path_factory: pytest.TempPathFactory) -> TextureModels:
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for every test: the machines are 2 shared cores, and torch's OpenMP
+    threads then only contend (10-30x slowdowns of the many small ops in these tests)."""
     import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def texture_models(tmp_path_factory: pytest.TempPathFactory) -> TextureModels:
     from raydiff.config import config_from_dict
     from raydiff.data.manifest import scan_dataset
     from raydiff.data.textures import make_textures
 
-    torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("texture-models")
     root = make_textures(base / "data", size=32, n_train=24, n_test_good=2, n_test_defect=2,
                          categories=("brick", "grass"))

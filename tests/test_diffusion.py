@@ -14,14 +14,6 @@ from raydiff.config import ModelsConfig
 KINDS = ["linear", "cosine", "dynad"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (10-30x slowdowns)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(kind: str, T: int = 1000) -> ModelsConfig:
     return ModelsConfig(schedule=kind, timesteps=T)  # type: ignore[arg-type]

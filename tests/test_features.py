@@ -21,7 +21,6 @@ from raydiff.features import (
     load_resnet34_state_dict,
 )
 
-torch.set_num_threads(1)  # the test machines are small and shared
 
 #: torchvision's ResNet34_Weights.IMAGENET1K_V1.meta["num_params"].
 TORCHVISION_RESNET34_PARAMS = 21_797_672

@@ -11,7 +11,6 @@ import torch
 from raydiff.errors import CheckpointError
 from raydiff.knn_prior import KNNPrior, knn_features, noise_level
 
-torch.set_num_threads(1)  # the test machines are small and shared
 
 
 def _feats(n: int, d: int = 48, seed: int = 0) -> np.ndarray:

@@ -17,14 +17,6 @@ from raydiff.models import latent as L
 from raydiff.models.presets import build_unet, count_parameters, unet_levels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (10-30x slowdowns)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _blocks(unet: torch.nn.Module) -> list[tuple[str, int]]:
     return [(b.__class__.__name__, b.resnets[0].out_channels) for b in unet.down_blocks]

@@ -25,14 +25,6 @@ KINDS = ("gaussian", "simplex", "gmm")
 SEEDS = [0, 3, 12345, -987654321, 2**62 + 5, 2**64 + 7, -(2**70)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The torch port runs ~400 small ops; on shared cores intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------ OpenSimplex port vs reference
 

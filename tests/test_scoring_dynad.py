@@ -23,7 +23,6 @@ from raydiff import diffusion as D
 from raydiff.config import Config, config_from_dict
 from raydiff.scoring import dynad
 
-torch.set_num_threads(1)
 
 T = 1000
 

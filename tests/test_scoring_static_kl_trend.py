@@ -19,7 +19,6 @@ from diffusers import DDPMScheduler
 from raydiff import diffusion as D
 from raydiff.scoring import kim_trend, ran_kl, sampling
 
-torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------------------------

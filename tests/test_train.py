@@ -22,14 +22,6 @@ from raydiff.paths import model_dir
 from raydiff.train.loop import augment_batch, diffusion_loss, train_one
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (10-30x slowdowns)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory: pytest.TempPathFactory) -> Path:
