@@ -227,9 +227,15 @@ def fit_all(cfg: Config, manifest: pl.DataFrame, categories: list[str]) -> list[
     """Fit every category as a Ray task (one GPU each when the cluster has GPUs)."""
     import ray
 
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(fit_one)
-    return ray.get([remote.remote(cfg, c, manifest) for c in categories])
+    from raydiff.io import is_complete
+    from raydiff.paths import fitted_dir
+
+    pending = [c for c in categories if not is_complete(fitted_dir(cfg, c))]  # no task for finished ones
+    if pending:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(fit_one)
+        ray.get([remote.remote(cfg, c, manifest) for c in pending])
+    return [fitted_dir(cfg, c) for c in categories]
 
 
 def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
