@@ -1,38 +1,43 @@
-"""Exact anomaly-detection metrics in polars: I-AUROC, P-AUROC, pixel AP and AUPRO@0.3.
+"""Exact anomaly-detection metrics: I-AUROC, P-AUROC, pixel AP and AUPRO@0.3, one sort per group.
 
-Everything is computed from per-score counts, never from binned thresholds:
+Everything is computed from exact counts at every distinct score, never from binned thresholds.
+For one evaluation group (P anomalous and N normal pixels, K ground-truth components):
 
-1. Group the rows of one evaluation group by their exact score (ties share one threshold):
-   ``n_pos`` / ``n_neg`` = anomalous / normal rows at that score, ``pro`` = Σ 1/|component| over
-   the anomalous pixels at that score (each GT component then contributes exactly 1 in total).
-2. Sort the distinct scores in descending order and take cumulative sums: at threshold s,
-   TP(s) = #anomalous with score >= s, FP(s) = #normal with score >= s, PRO(s) = Σ pro / #components
-   = mean over components of the fraction of their pixels with score >= s.
+1. Sort the N normal scores once (ascending) and the P anomalous scores once (descending, each
+   with its weight 1/|component|, so that each component contributes exactly 1 in total).
+2. At every distinct anomalous score u_k (descending): TP_k = #anomalous with score >= u_k and
+   PRO_k = Σ weights / K (cumulative sums at the ends of runs of equal scores), and from the sorted
+   normal scores (binary search) FP>=_k = #normal with score >= u_k, FP>_k = #normal > u_k.
+   Only thresholds where TP changes matter: between them the ROC/PRO curves are horizontal.
 3. Integrate:
-   - AUROC = Σ_i (FP_i - FP_{i-1}) (TP_i + TP_{i-1}) / (2 P N)  (trapezoid; ties handled as in
-     sklearn ``roc_auc_score``),
-   - AP = Σ_i (R_i - R_{i-1}) P_i with R = TP/P, P_i = TP_i/(TP_i+FP_i)  (step-wise, as sklearn
-     ``average_precision_score``),
-   - AUPRO = ∫_0^L PRO d(FPR) / L with FPR = FP/N over *all* normal pixels, trapezoids from (0, 0)
-     and linear interpolation at L = ``fpr_limit`` (the MVTec AD reference ``compute_pro`` +
+   - AUROC = Σ_k ΔTP_k (2 #normal < u_k + #normal == u_k) / (2 P N) — the Mann-Whitney form of
+     sklearn ``roc_auc_score``'s trapezoids (ties count one half), in exact integers;
+   - AP = Σ_k (ΔTP_k / P) TP_k / (TP_k + FP>=_k)  (step-wise, as sklearn ``average_precision_score``);
+   - AUPRO = ∫_0^L PRO d(FPR) / L with FPR = FP/N over *all* normal pixels: the PRO curve has the
+     points (FP>_k/N, PRO_{k-1}) → (FP>=_k/N, PRO_k) — exactly the MVTec AD reference curve over
+     all distinct scores, whose other points lie on its horizontal segments — trapezoids from (0, 0)
+     and linear interpolation at L = ``fpr_limit`` (reference ``compute_pro`` +
      ``trapezoid(x_max=0.3)``; anomalib's older AUPRO divides by the curve's own end instead).
 
 Undefined metrics are null, never a made-up number: AUROC needs both classes; AP needs at least
 one anomalous row (with no normal rows it is 1, as in sklearn); AUPRO needs a GT component and at
 least one normal pixel.
 
-Out-of-core: the pixel table is processed one (dataset, category, variant) group at a time with
-polars' streaming engine, reading only the six columns needed; only the per-score counts of one
-group (at most one row per distinct score) are held in memory.
+Out-of-core: :func:`compute_metrics` processes the pixel table one (dataset, category, variant)
+group at a time with polars' streaming engine: the normal pixels' scores (4 bytes each for
+float32) plus the few anomalous rows are all that one group holds in memory, so a run folder of
+any size needs only its largest group.
 
 Per defect type (``by_defect=True``), as in MVTec AD's per-defect tables: the group of defect d is
 the images of defect d plus **all normal images** (label 0) of the category; normal pixels inside
-defect-d images count as normal, normal pixels of other defect types' images are left out.
+defect-d images count as normal, normal pixels of other defect types' images are left out. The
+normal scores are sorted once per image class, so every defect row reuses the same sorted parts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,47 +47,36 @@ from scipy import ndimage
 from raydiff.errors import RaydiffError
 
 KEYS: tuple[str, ...] = ("dataset", "category", "variant")
-PIXEL_COLUMNS: tuple[str, ...] = ("image_id", "defect_type", "label", "score", "gt", "region")
+PIXEL_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "defect_type",
+    "label",
+    "score",
+    "gt",
+    "region",
+)
 IMAGE_COLUMNS: tuple[str, ...] = ("image_id", "defect_type", "label", "score")
 METRIC_COLUMNS: tuple[str, ...] = ("i_auroc", "p_auroc", "p_ap", "aupro")
-COUNT_COLUMNS: tuple[str, ...] = ("n_images", "n_anomalous_images", "n_pixels", "n_anomalous_pixels", "n_regions")
+COUNT_COLUMNS: tuple[str, ...] = (
+    "n_images",
+    "n_anomalous_images",
+    "n_pixels",
+    "n_anomalous_pixels",
+    "n_regions",
+)
 DEFAULT_FPR_LIMIT = 0.3
 STREAMING = "streaming"
 
 _CLS = "cls"  # defect type of the row's image, null for normal images (label 0)
+_NORMAL = -1  # class code of normal images (label 0): part of every per-defect group
+_ALL = 0  # the one class code when rows are not split by defect type
+_STRUCTURE_2D_IN_3D = np.zeros((3, 3, 3), dtype=bool)
+_STRUCTURE_2D_IN_3D[1] = True  # 8-connected within an image, never across images of a batch
 
 
 # --------------------------------------------------------------------------------------------
-# Core: per-score counts → cumulative curve → integrals (shared by every public function)
+# Core (numpy): sorted scores → counts at distinct anomalous scores → integrals
 # --------------------------------------------------------------------------------------------
-
-
-def _image_class() -> pl.Expr:
-    """Defect type of an anomalous image, null for a normal image (label 0)."""
-    return (
-        pl.when(pl.col("label") == 0).then(pl.lit(None, pl.String)).otherwise(pl.col("defect_type").cast(pl.String))
-    )
-
-
-def _curve(counts: pl.LazyFrame) -> pl.LazyFrame:
-    """Cumulative counts over distinct thresholds, highest score first.
-
-    ``counts``: columns score, n_pos, n_neg (integers), pro (float, Σ 1/|component|), any number of
-    rows per score. Returns score, tp, fp (Int64, rows with score >= threshold), pro (Float64,
-    cumulative Σ 1/|component|), one row per distinct score in descending order: after sorting
-    and summing, the last row of each run of equal scores is the curve point of that threshold
-    (the MVTec reference's ``keep_mask``), so ties never split a threshold.
-    """
-    return (
-        counts.sort("score", descending=True)
-        .select(
-            "score",
-            tp=pl.col("n_pos").cast(pl.Int64).cum_sum(),
-            fp=pl.col("n_neg").cast(pl.Int64).cum_sum(),
-            pro=pl.col("pro").cum_sum(),
-        )
-        .filter(pl.col("score").ne_missing(pl.col("score").shift(-1)))
-    )
 
 
 def _check_limit(fpr_limit: float) -> None:
@@ -90,104 +84,242 @@ def _check_limit(fpr_limit: float) -> None:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
 
 
-def _integrals(curve: pl.LazyFrame, n_regions: int, fpr_limit: float) -> dict[str, Any]:
-    """AUROC, AP and AUPRO from a ``_curve`` table; None where the metric is undefined."""
-    _check_limit(fpr_limit)
-    p, n = pl.col("tp").last(), pl.col("fp").last()
-    tp, fp = pl.col("tp"), pl.col("fp")
-    tp_prev, fp_prev = tp.shift(1, fill_value=0), fp.shift(1, fill_value=0)
-    # PRO(FPR) curve starting at (0, 0); clipping as the MVTec reference does against round-off.
-    x = (fp / n).clip(upper_bound=1.0)
-    y = (pl.col("pro") / max(n_regions, 1)).clip(upper_bound=1.0)
-    x_prev, y_prev = x.shift(1, fill_value=0.0), y.shift(1, fill_value=0.0)
-    inside = pl.when(x <= fpr_limit).then(0.5 * (y + y_prev) * (x - x_prev)).otherwise(0.0)
-    # The one segment crossing the limit: interpolate y linearly at x = limit.
-    y_at = y_prev + (y - y_prev) * (fpr_limit - x_prev) / (x - x_prev)
-    crossing = pl.when((x_prev <= fpr_limit) & (x > fpr_limit)).then(0.5 * (y_at + y_prev) * (fpr_limit - x_prev))
-    row = curve.select(
-        n_pos=p,
-        n_neg=n,
-        # Integer numerator (exact: Σ ≤ 2PN), one division at the end.
-        auroc=((fp - fp_prev) * (tp + tp_prev)).sum() / (2.0 * p.cast(pl.Float64) * n.cast(pl.Float64)),
-        ap=((tp - tp_prev) * (tp / (tp + fp))).sum() / p,
-        aupro=(inside.sum() + crossing.fill_null(0.0).sum()) / fpr_limit,
-    ).collect()
-    out = row.row(0, named=True)
-    if out["n_pos"] is None:  # empty group
-        return {"n_pos": 0, "n_neg": 0, "auroc": None, "ap": None, "aupro": None}
-    both = out["n_pos"] > 0 and out["n_neg"] > 0
-    return {
-        "n_pos": out["n_pos"],
-        "n_neg": out["n_neg"],
-        "auroc": out["auroc"] if both else None,
-        "ap": out["ap"] if out["n_pos"] > 0 else None,
-        "aupro": out["aupro"] if n_regions > 0 and out["n_neg"] > 0 else None,
-    }
+def _nan_error(where: str) -> RaydiffError:
+    return RaydiffError(
+        where,
+        "the score column holds NaN or null values; no threshold can rank them.",
+        "fix the scoring variant that produced them (or drop those rows explicitly before computing metrics).",
+    )
 
 
-def _check_scores(counts: pl.DataFrame, where: str) -> None:
-    bad = counts.select(pl.col("score").is_null().sum() + pl.col("score").is_nan().sum()).item()
-    if bad:
-        raise RaydiffError(
-            where,
-            "the score column holds NaN or null values; no threshold can rank them.",
-            "fix the scoring variant that produced them (or drop those rows explicitly before computing metrics).",
-        )
+def _has_nan(scores: np.ndarray) -> bool:
+    return scores.dtype.kind == "f" and bool(np.isnan(scores).any())
 
 
-# --------------------------------------------------------------------------------------------
-# Pixel metrics for one evaluation group
-# --------------------------------------------------------------------------------------------
+def _sorted_scores(scores: np.ndarray, where: str) -> np.ndarray:
+    """Ascending copy-free sort of a writable 1-D score array (in place); rejects NaN.
 
-
-def _pixel_counts(pixels: pl.LazyFrame, by_class: bool, where: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per-score counts and GT components of ONE group, streaming over its rows.
-
-    Returns ``(counts, regions)``: counts has [cls,] score, n_pos, n_neg, pro (Σ 1/|component|
-    over anomalous pixels at that score), sorted by score descending; regions has image_id,
-    region, size, cls — one row per GT component (ids unique within an image, 0 = normal).
+    NaN sorts last, so one look at the end replaces a pass over the array.
     """
-    regions = (
-        pixels.filter(pl.col("region") > 0)
-        .group_by("image_id", "region")
-        .agg(size=pl.len(), cls=_image_class().first())
-        .collect(engine=STREAMING)
-    )
-    inv_size = regions.lazy().select("image_id", "region", inv_size=1.0 / pl.col("size").cast(pl.Float64))
-    cls = [_image_class().alias(_CLS)] if by_class else []
-    group = [_CLS, "score"] if by_class else ["score"]
-    score = pl.col("score")  # polars groups -0.0 with 0.0 and NaN with NaN (rejected below)
-    anomalous = (
-        pixels.filter(pl.col("gt") != 0)
-        .select("image_id", "region", score, *cls)
-        .join(inv_size, on=["image_id", "region"], how="left")
-        .select(
-            *group,
-            n_pos=pl.lit(1, pl.UInt32),
-            n_neg=pl.lit(0, pl.UInt32),
-            pro=pl.col("inv_size").fill_null(0.0),
-            unlabelled=pl.col("inv_size").is_null().cast(pl.UInt32),
+    scores.sort()
+    if scores.size and scores.dtype.kind == "f" and np.isnan(scores[-1]):
+        raise _nan_error(where)
+    return scores
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """Anomalous scores reduced to their distinct values, highest first (K distinct values).
+
+    score: (K,) distinct anomalous scores, descending, dtype of the input.
+    tp: (K,) int64, #anomalous rows with score >= score[k].
+    pro: (K,) float64, Σ 1/|component| over those rows (zeros when no weights were given).
+    """
+
+    score: np.ndarray
+    tp: np.ndarray
+    pro: np.ndarray
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tp[-1]) if self.tp.size else 0
+
+
+def _rank_descending(score: np.ndarray, weight: np.ndarray | None) -> _Ranked:
+    """Run ends of scores already sorted descending (weights in the same order, or None).
+
+    Ties need no particular order: only the cumulative sums at the end of each run of equal
+    scores are kept (the MVTec reference's ``keep_mask``), so ties never split a threshold.
+    """
+    if score.size == 0:
+        return _Ranked(score, np.zeros(0, np.int64), np.zeros(0, np.float64))
+    ends = np.flatnonzero(score[1:] != score[:-1])  # -0.0 == 0.0: one threshold, as in sklearn
+    ends = np.append(ends, score.size - 1)
+    pro = np.cumsum(weight, dtype=np.float64)[ends] if weight is not None else np.zeros(ends.size)
+    return _Ranked(score[ends], (ends + 1).astype(np.int64), pro)
+
+
+def _sort_descending(score: np.ndarray, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``score`` and its aligned arrays ordered by score, highest first (any order within ties)."""
+    order = np.argsort(score)[::-1]
+    return (score[order], *(a[order] for a in aligned))
+
+
+def _normal_counts(neg: Sequence[np.ndarray], u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(#normal >= u, #normal > u) as int64 (K,) over several ascending-sorted parts."""
+    ge = np.zeros(u.size, np.int64)
+    gt = np.zeros(u.size, np.int64)
+    for part in neg:
+        if part.size:
+            ge += part.size - np.searchsorted(part, u, side="left")
+            gt += part.size - np.searchsorted(part, u, side="right")
+    return ge, gt
+
+
+def _trapezoid_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """∫_0^limit of the polyline (x, y) (x nondecreasing, from x[0] = 0), interpolating at limit."""
+    dx, mid = np.diff(x), 0.5 * (y[1:] + y[:-1])
+    inside = x[1:] <= limit
+    area = float(np.sum(mid[inside] * dx[inside]))
+    cross = np.flatnonzero((x[:-1] <= limit) & (x[1:] > limit))  # at most one: x is sorted
+    if cross.size:
+        i = int(cross[0])
+        y_at = y[i] + (y[i + 1] - y[i]) * (limit - x[i]) / (x[i + 1] - x[i])
+        area += 0.5 * (y_at + y[i]) * (limit - x[i])
+    return float(area)
+
+
+def _integrals(
+    ranked: _Ranked,
+    neg: Sequence[np.ndarray],
+    n_regions: int,
+    fpr_limit: float,
+    want: frozenset[str],
+) -> dict[str, Any]:
+    """AUROC, AP and AUPRO (those in ``want``) from one group's ranked positives and sorted normals.
+
+    Returns n_pos, n_neg and auroc / ap / aupro (float, or None where undefined or not wanted).
+    """
+    _check_limit(fpr_limit)
+    n_pos, n_neg = ranked.n_pos, sum(int(p.size) for p in neg)
+    out: dict[str, Any] = {
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "auroc": None,
+        "ap": None,
+        "aupro": None,
+    }
+    if n_pos == 0:
+        return out
+    ge, gt = _normal_counts(neg, ranked.score)
+    tp = ranked.tp
+    step = np.diff(tp, prepend=0)  # anomalous rows at each distinct score
+    if "auroc" in want and n_neg > 0:
+        # Integer numerator (exact: Σ ≤ 2PN < 2^63 for any realistic group), one division.
+        twice = int(np.dot(step, 2 * (n_neg - ge) + (ge - gt)))
+        out["auroc"] = twice / (2.0 * n_pos * n_neg)
+    if "ap" in want:
+        out["ap"] = float(np.sum(step * (tp / (tp + ge)))) / n_pos
+    if "aupro" in want and n_regions > 0 and n_neg > 0:
+        k = tp.size
+        y = np.minimum(ranked.pro / n_regions, 1.0)  # clipped as the MVTec reference (round-off)
+        x = np.empty(2 * k + 2)
+        x[0], x[1:-1:2], x[2:-1:2], x[-1] = 0.0, gt / n_neg, ge / n_neg, 1.0
+        ys = np.empty(2 * k + 2)
+        ys[0], ys[1], ys[3:-1:2], ys[2:-1:2], ys[-1] = 0.0, 0.0, y[:-1], y, y[-1]
+        out["aupro"] = _trapezoid_to(np.minimum(x, 1.0), ys, fpr_limit) / fpr_limit
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One evaluation group's pixels, ready for every metric
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The pixels of one group, reduced once, split by image class.
+
+    neg: class code → ascending-sorted scores of its normal pixels (1-D, score dtype).
+    pos_score / pos_weight / pos_cls: anomalous pixels sorted by score, highest first: score,
+        float64 1/|component|, int64 class code.
+    n_regions: class code → number of GT components in its images.
+    names: class code → defect type (codes other than _NORMAL / _ALL).
+    """
+
+    neg: dict[int, np.ndarray]
+    pos_score: np.ndarray
+    pos_weight: np.ndarray
+    pos_cls: np.ndarray
+    n_regions: dict[int, int]
+    names: dict[int, str]
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(p.size for p in self.neg.values()) + self.pos_score.size)
+
+    def metrics(
+        self,
+        classes: Sequence[int] | None,
+        fpr_limit: float,
+        want: frozenset[str] = frozenset(("auroc", "ap", "aupro")),
+    ) -> dict[str, Any]:
+        """Pixel metrics and counts over the given class codes (None: every class)."""
+        if classes is None:
+            score, weight = self.pos_score, self.pos_weight
+            neg, n_regions = list(self.neg.values()), sum(self.n_regions.values())
+        else:  # boolean selection keeps the descending order: no second sort
+            keep = np.isin(self.pos_cls, list(classes))
+            score, weight = self.pos_score[keep], self.pos_weight[keep]
+            neg = [self.neg[c] for c in classes if c in self.neg]
+            n_regions = sum(self.n_regions.get(c, 0) for c in classes)
+        res = _integrals(_rank_descending(score, weight), neg, n_regions, fpr_limit, want)
+        return {
+            "p_auroc": res["auroc"],
+            "p_ap": res["ap"],
+            "aupro": res["aupro"],
+            "n_pixels": res["n_pos"] + res["n_neg"],
+            "n_anomalous_pixels": res["n_pos"],
+            "n_regions": n_regions,
+        }
+
+
+def _image_class() -> pl.Expr:
+    """Defect type of an anomalous image, null for a normal image (label 0)."""
+    return pl.when(pl.col("label") == 0).then(pl.lit(None, pl.String)).otherwise(pl.col("defect_type").cast(pl.String))
+
+
+def _class_codes(frame: pl.DataFrame, names: dict[str, int]) -> np.ndarray:
+    """int64 class code per row of ``frame[_CLS]`` (Categorical, null = normal); extends ``names``."""
+    cls = frame[_CLS]
+    distinct = cls.unique()  # on the integer codes: cheap even for 100 M rows
+    physical = cls.to_physical().fill_null(np.iinfo(np.uint32).max).to_numpy()
+    lookup: dict[int, int] = {}
+    for code, name in zip(
+        distinct.to_physical().to_list(),
+        distinct.cast(pl.String).to_list(),
+        strict=True,
+    ):
+        lookup[np.iinfo(np.uint32).max if code is None else code] = (
+            _NORMAL if name is None else names.setdefault(name, len(names) + 1)
         )
+    keys = np.fromiter(lookup, np.int64, len(lookup))
+    values = np.fromiter(lookup.values(), np.int64, len(lookup))
+    order = np.argsort(keys)
+    return values[order][np.searchsorted(keys[order], physical)]
+
+
+def _load_group(pixels: pl.LazyFrame, by_class: bool, where: str) -> _Group:
+    """Read ONE group's pixels (filter to the group first) and reduce them to a :class:`_Group`.
+
+    Two streaming queries: the normal pixels' scores [+ class], and the rows with gt != 0 or a
+    region id (few) with score, gt, image_id, region [+ class]. Components are keyed by
+    (image_id, region) as the pipeline writes them; sizes come from the second query alone,
+    whose row order therefore does not matter.
+    """
+    cls = [_image_class().cast(pl.Categorical).alias(_CLS)] if by_class else []
+    normal_q = pixels.filter(pl.col("gt") == 0).select("score", *cls)
+    anomalous_q = pixels.filter((pl.col("gt") != 0) | (pl.col("region") > 0)).select(
+        "score", (pl.col("gt") != 0).alias("pos"), "image_id", "region", *cls
     )
-    normal = pixels.filter(pl.col("gt") == 0).select(
-        score,
-        *cls,
-        n_pos=pl.lit(0, pl.UInt32),
-        n_neg=pl.lit(1, pl.UInt32),
-        pro=pl.lit(0.0, pl.Float64),
-        unlabelled=pl.lit(0, pl.UInt32),
-    )
-    counts = (
-        pl.concat([anomalous, normal.select(anomalous.collect_schema().names())])
-        .group_by(*group)
-        .agg(pl.col("n_pos", "n_neg", "unlabelled").sum(), pl.col("pro").sum())
-        .sort("score", descending=True)  # once; later sorts of (filtered) counts see the sorted flag
-        .collect(engine=STREAMING)
-    )
-    _check_scores(counts, where)
-    n_pos = int(counts["n_pos"].sum())
-    unlabelled = int(counts["unlabelled"].sum())
-    in_regions = int(regions["size"].sum())
+    normal, anomalous = pl.collect_all([normal_q, anomalous_q], engine=STREAMING)
+    names: dict[str, int] = {}
+    # Normal scores: one ascending sort per class (one class unless by_class).
+    neg_score = normal["score"].to_numpy(writable=True)
+    if by_class:
+        codes = _class_codes(normal, names)
+        del normal
+        neg = {int(c): _sorted_scores(neg_score[codes == c], where) for c in np.unique(codes)}
+    else:
+        del normal
+        neg = {_ALL: _sorted_scores(neg_score, where)} if neg_score.size else {}
+    del neg_score
+    # Anomalous rows: consistency of gt and region, component sizes, weights.
+    pos = anomalous["pos"].to_numpy()
+    region = anomalous["region"].fill_null(0).to_numpy()
+    n_pos = int(pos.sum())
+    unlabelled = int((pos & (region <= 0)).sum())
+    in_regions = int((region > 0).sum())
     if unlabelled or in_regions != n_pos:
         raise RaydiffError(
             where,
@@ -195,42 +327,38 @@ def _pixel_counts(pixels: pl.LazyFrame, by_class: bool, where: str) -> tuple[pl.
             f"{in_regions - (n_pos - unlabelled)} pixels with a region id have gt=0.",
             "derive region from the same mask as gt with raydiff.metrics.label_regions(gt).",
         )
-    return counts.drop("unlabelled"), regions
+    score = anomalous["score"].to_numpy()
+    if _has_nan(score):
+        raise _nan_error(where)
+    pos_cls = _class_codes(anomalous, names) if by_class else np.full(score.size, _ALL, np.int64)
+    comp = anomalous.select(pl.struct("image_id", "region").rank("dense").cast(pl.Int64)).to_series().to_numpy() - 1
+    sizes = np.bincount(comp) if comp.size else np.zeros(0, np.int64)
+    comp_cls = np.full(sizes.size, _ALL, np.int64)
+    comp_cls[comp] = pos_cls  # a component lies in one image, hence one class
+    n_regions = {int(c): int(n) for c, n in zip(*np.unique(comp_cls, return_counts=True), strict=True)}
+    pos_score, pos_weight, pos_cls = _sort_descending(score, 1.0 / sizes[comp], pos_cls)
+    return _Group(neg, pos_score, pos_weight, pos_cls, n_regions, {v: k for k, v in names.items()})
 
 
-def _pixel_metrics(counts: pl.DataFrame, regions: pl.DataFrame, fpr_limit: float) -> dict[str, Any]:
-    """P-AUROC, pixel AP, AUPRO and pixel counts from one group's counts and components."""
-    res = _integrals(_curve(counts.lazy()), regions.height, fpr_limit)
-    return {
-        "p_auroc": res["auroc"],
-        "p_ap": res["ap"],
-        "aupro": res["aupro"],
-        "n_pixels": res["n_pos"] + res["n_neg"],
-        "n_anomalous_pixels": res["n_pos"],
-        "n_regions": regions.height,
-    }
-
-
-def _image_metrics(images: pl.LazyFrame, where: str) -> dict[str, Any]:
-    """I-AUROC and image counts of ONE group (image score vs label, higher = more anomalous)."""
-    counts = (
-        images.select("score", anomalous=pl.col("label") != 0)
-        .group_by("score")
-        .agg(
-            n_pos=pl.col("anomalous").sum().cast(pl.UInt32),
-            n_neg=(~pl.col("anomalous")).sum().cast(pl.UInt32),
-            pro=pl.lit(0.0, pl.Float64),
-        )
-        .collect()
+def _image_metrics(scores: np.ndarray, labels: np.ndarray, where: str) -> dict[str, Any]:
+    """I-AUROC and image counts (image score vs label != 0, higher = more anomalous)."""
+    anomalous = labels != 0
+    pos = scores[anomalous]
+    if _has_nan(pos):
+        raise _nan_error(where)
+    neg = _sorted_scores(scores[~anomalous], where)
+    res = _integrals(
+        _rank_descending(*_sort_descending(pos), None),
+        [neg],
+        0,
+        DEFAULT_FPR_LIMIT,
+        frozenset({"auroc"}),
     )
-    _check_scores(counts, where)
-    res = _integrals(_curve(counts.lazy()), 0, DEFAULT_FPR_LIMIT)
-    return {"i_auroc": res["auroc"], "n_images": res["n_pos"] + res["n_neg"], "n_anomalous_images": res["n_pos"]}
-
-
-def _defect_subset(frame: pl.LazyFrame | pl.DataFrame, defect: str) -> Any:
-    """Rows of the per-defect group: images of ``defect`` plus every normal image."""
-    return frame.filter(pl.col(_CLS).is_null() | (pl.col(_CLS) == defect))
+    return {
+        "i_auroc": res["auroc"],
+        "n_images": res["n_pos"] + res["n_neg"],
+        "n_anomalous_images": res["n_pos"],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +381,10 @@ def _group_filter(key: tuple[Any, ...]) -> pl.Expr:
     return pl.all_horizontal([pl.col(k) == v for k, v in zip(KEYS, key, strict=True)])
 
 
+def _group_images(img: pl.DataFrame, where: str) -> dict[str, Any]:
+    return _image_metrics(img["score"].to_numpy(), img["label"].to_numpy(), where)
+
+
 def _group_rows(
     pixels: pl.LazyFrame,
     img: pl.DataFrame,
@@ -265,23 +397,29 @@ def _group_rows(
     where = "pixels " + "/".join(f"{k}={v}" for k, v in zip(KEYS, key, strict=True))
     base = dict(zip(KEYS, key, strict=True))
     group_images = img.filter(_group_filter(key))
-    counts, regions = _pixel_counts(pixels.filter(_group_filter(key)), by_defect, where)
+    group = _load_group(pixels.filter(_group_filter(key)), by_defect, where)
     if not by_defect:
-        out.append({**base, **_image_metrics(group_images.lazy(), where), **_pixel_metrics(counts, regions, fpr_limit)})
+        out.append(
+            {
+                **base,
+                **_group_images(group_images, where),
+                **group.metrics(None, fpr_limit),
+            }
+        )
     else:
-        defects = set(counts[_CLS].drop_nulls()) | set(group_images[_CLS].drop_nulls())
-        for defect in sorted(defects):
+        codes = {name: code for code, name in group.names.items()}
+        for defect in sorted(set(codes) | set(group_images[_CLS].drop_nulls())):
+            subset = group_images.filter(pl.col(_CLS).is_null() | (pl.col(_CLS) == defect))
+            classes = [_NORMAL, codes[defect]] if defect in codes else [_NORMAL]
             out.append(
                 {
                     **base,
                     "defect_type": defect,
-                    **_image_metrics(_defect_subset(group_images.lazy(), defect), f"{where}/defect_type={defect}"),
-                    **_pixel_metrics(
-                        _defect_subset(counts, defect).drop(_CLS), _defect_subset(regions, defect), fpr_limit
-                    ),
+                    **_group_images(subset, f"{where}/defect_type={defect}"),
+                    **group.metrics(classes, fpr_limit),
                 }
             )
-    return int(counts["n_pos"].sum() + counts["n_neg"].sum())
+    return group.n_rows
 
 
 def compute_metrics(
@@ -333,21 +471,30 @@ def pixel_curves(pixels: pl.LazyFrame) -> pl.DataFrame:
     pro (PRO at threshold ``score >= s``, mean over GT components). fpr/tpr/recall are NaN
     when the class they divide by is empty.
     """
-    counts, regions = _pixel_counts(pixels, False, "pixel_curves")
-    curve = _curve(counts.lazy())
-    p, n = pl.col("tp").last(), pl.col("fp").last()
-    return curve.select(
-        "score",
-        fpr=pl.col("fp") / n,
-        tpr=pl.col("tp") / p,
-        precision=pl.col("tp") / (pl.col("tp") + pl.col("fp")),
-        recall=pl.col("tp") / p,
-        pro=pl.col("pro") / regions.height if regions.height else pl.lit(None, pl.Float64),
-    ).collect()
+    group = _load_group(pixels, False, "pixel_curves")
+    neg = group.neg.get(_ALL, np.zeros(0, group.pos_score.dtype))
+    pos_ascending = group.pos_score[::-1]
+    score = np.unique(np.concatenate([neg, group.pos_score]))[::-1]  # every distinct score, highest first
+    n_neg, n_pos = neg.size, group.pos_score.size
+    fp = n_neg - np.searchsorted(neg, score, side="left")
+    tp = n_pos - np.searchsorted(pos_ascending, score, side="left")
+    cum = np.concatenate([[0.0], np.cumsum(group.pos_weight)])
+    n_regions = sum(group.n_regions.values())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pl.DataFrame(
+            {
+                "score": score,
+                "fpr": fp / n_neg,
+                "tpr": tp / n_pos,
+                "precision": tp / (tp + fp),
+                "recall": tp / n_pos,
+                "pro": cum[tp] / n_regions if n_regions else pl.Series([None] * score.size, dtype=pl.Float64),
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------------
-# Array conveniences (the same code path, from numpy)
+# Arrays: the same core, straight from numpy
 # --------------------------------------------------------------------------------------------
 
 
@@ -369,12 +516,16 @@ def _as_polars_float(a: np.ndarray) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
-def _pixel_frame(maps: np.ndarray, masks: np.ndarray) -> pl.LazyFrame:
-    """One row per pixel in the pipeline's schema (image_id = index in the batch)."""
+def _check_maps(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     maps, masks = np.asarray(maps), np.asarray(masks)
     if maps.ndim != 3 or maps.shape != masks.shape:
         raise ValueError(f"maps and masks must both be (N, H, W); got {maps.shape} and {masks.shape}")
-    maps = _as_polars_float(maps)
+    return _as_polars_float(maps), masks
+
+
+def _pixel_frame(maps: np.ndarray, masks: np.ndarray) -> pl.LazyFrame:
+    """One row per pixel in the pipeline's schema (image_id = index in the batch)."""
+    maps, masks = _check_maps(maps, masks)
     n, h, w = maps.shape
     gt = masks != 0
     regions = np.stack([label_regions(m) for m in gt]) if n else np.zeros(maps.shape, np.int32)
@@ -391,10 +542,46 @@ def _pixel_frame(maps: np.ndarray, masks: np.ndarray) -> pl.LazyFrame:
     )
 
 
-def _pixel_result(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, Any]:
+def _array_group(maps: np.ndarray, masks: np.ndarray, regions: bool) -> _Group:
+    """A :class:`_Group` straight from (N, H, W) maps and masks; components only if ``regions``.
+
+    One ``ndimage.label`` call over the whole batch with an in-plane structure gives component
+    ids unique across the batch (8-connected within each image, never across images).
+    """
+    maps, masks = _check_maps(maps, masks)
+    gt = masks != 0
+    neg = _sorted_scores(maps[~gt], "arrays")  # boolean indexing copies: sorting it is safe
+    score = maps[gt]
+    if _has_nan(score):
+        raise _nan_error("arrays")
+    if regions and score.size:
+        labels, n_regions = ndimage.label(gt, structure=_STRUCTURE_2D_IN_3D, output=np.int32)
+        comp = labels[gt]
+        del labels
+        weight = 1.0 / np.bincount(comp)[comp]
+    else:
+        n_regions, weight = 0, np.zeros(score.size)
+    pos_score, pos_weight = _sort_descending(score, weight)
+    return _Group(
+        {_ALL: neg} if neg.size else {},
+        pos_score,
+        pos_weight,
+        np.full(score.size, _ALL, np.int64),
+        {_ALL: int(n_regions)} if n_regions else {},
+        {},
+    )
+
+
+def pixel_metrics(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, Any]:
+    """Every pixel metric of one group in one pass (one sort of the scores).
+
+    maps: (N, H, W) float (other dtypes are widened exactly to float64), higher = more anomalous;
+    masks: (N, H, W), nonzero = anomalous; components are the 8-connected components of each mask.
+    Returns {"p_auroc", "p_ap", "aupro"} (float, None where undefined, as in
+    :func:`compute_metrics`) and {"n_pixels", "n_anomalous_pixels", "n_regions"} (int).
+    """
     _check_limit(fpr_limit)
-    counts, regions = _pixel_counts(_pixel_frame(maps, masks), False, "arrays")
-    return _pixel_metrics(counts, regions, fpr_limit)
+    return _array_group(maps, masks, regions=True).metrics(None, fpr_limit)
 
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -402,19 +589,24 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     scores, labels = np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels must have the same length; got {scores.shape} and {labels.shape}")
-    scores = _as_polars_float(scores)
-    frame = pl.LazyFrame({"score": scores, "label": (labels != 0).astype(np.int8)})
-    return _image_metrics(frame, "arrays")["i_auroc"]
+    return _image_metrics(_as_polars_float(scores), labels, "arrays")["i_auroc"]
 
 
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float | None:
-    """P-AUROC over all pixels: maps (N,H,W) float, higher = more anomalous; masks (N,H,W) nonzero = anomalous."""
-    return _pixel_result(maps, masks)["p_auroc"]
+    """P-AUROC over all pixels: maps (N,H,W) float, higher = more anomalous; masks (N,H,W) nonzero = anomalous.
+
+    Does only what AUROC needs (no component labelling); for several metrics call
+    :func:`pixel_metrics` once instead.
+    """
+    return _array_group(maps, masks, regions=False).metrics(None, DEFAULT_FPR_LIMIT, frozenset({"auroc"}))["p_auroc"]
 
 
 def pixel_ap(maps: np.ndarray, masks: np.ndarray) -> float | None:
-    """Pixel average precision (step-wise, as sklearn ``average_precision_score``); None without anomalies."""
-    return _pixel_result(maps, masks)["p_ap"]
+    """Pixel average precision (step-wise, as sklearn ``average_precision_score``); None without anomalies.
+
+    Does only what AP needs (no component labelling); see :func:`pixel_metrics` for all at once.
+    """
+    return _array_group(maps, masks, regions=False).metrics(None, DEFAULT_FPR_LIMIT, frozenset({"ap"}))["p_ap"]
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = DEFAULT_FPR_LIMIT) -> float | None:
@@ -423,4 +615,5 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = DEFAULT_FPR_LI
     Components are the 8-connected components of each mask. None without components or without
     normal pixels.
     """
-    return _pixel_result(maps, masks, fpr_limit)["aupro"]
+    _check_limit(fpr_limit)
+    return _array_group(maps, masks, regions=True).metrics(None, fpr_limit, frozenset({"aupro"}))["aupro"]

@@ -21,9 +21,19 @@ from skimage.measure import label as sk_label
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from raydiff.errors import RaydiffError
-from raydiff.metrics import aupro, compute_metrics, image_auroc, label_regions, pixel_ap, pixel_auroc, pixel_curves
+from raydiff.metrics import (
+    aupro,
+    compute_metrics,
+    image_auroc,
+    label_regions,
+    pixel_ap,
+    pixel_auroc,
+    pixel_curves,
+    pixel_metrics,
+)
 
 TOL = 1e-6
+EXACT = 1e-9  # issue 18: values equal to sklearn / the numpy AUPRO reference to 1e-9
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,3 +393,86 @@ def test_bench_metrics_smoke(tmp_path: Path) -> None:
     assert result["max_abs_diff"] < 1e-9
     assert result["polars"]["peak_mb"] > 0 and result["sklearn+numpy"]["seconds"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary Parquet is removed
+
+
+# --------------------------------------------------------------------------------------------
+# One pass: pixel_metrics and the single-metric views, to 1e-9
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", [0.0, 2.0, 16.0])
+def test_pixel_metrics_equals_references_to_1e9(quant: float) -> None:
+    from raydiff.metrics_bench import reference_aupro
+
+    rng = np.random.default_rng(11)
+    masks = blob_masks(rng, 6, 40, 40, 3)
+    maps = scored(rng, masks, 0.7)
+    if quant:  # heavy ties shared by both classes
+        maps = (np.round(maps * quant) / quant).astype(np.float32)
+    y, s = (masks != 0).ravel(), maps.ravel()
+    regions = np.stack([label_regions(m) for m in masks])
+    res = pixel_metrics(maps, masks)
+    assert res["p_auroc"] == pytest.approx(roc_auc_score(y, s), abs=EXACT)
+    assert res["p_ap"] == pytest.approx(average_precision_score(y, s), abs=EXACT)
+    assert res["aupro"] == pytest.approx(reference_aupro(maps, regions), abs=EXACT)
+    assert res["aupro"] == pytest.approx(naive_aupro(maps, masks), abs=EXACT)
+    assert res["n_pixels"] == maps.size and res["n_anomalous_pixels"] == y.sum()
+    assert res["n_regions"] == regions.reshape(len(masks), -1).max(axis=1).sum()
+    # the single-metric functions are views of the same computation
+    assert pixel_auroc(maps, masks) == res["p_auroc"]
+    assert pixel_ap(maps, masks) == res["p_ap"]
+    assert aupro(maps, masks) == res["aupro"]
+    for limit in (0.01, 0.05, 0.5, 1.0):
+        assert pixel_metrics(maps, masks, fpr_limit=limit)["aupro"] == pytest.approx(
+            reference_aupro(maps, regions, limit), abs=EXACT
+        )
+
+
+def test_fpr_limit_exactly_on_a_curve_point() -> None:
+    masks = np.zeros((1, 1, 20), np.uint8)
+    masks[0, 0, 10:] = 1
+    maps = np.arange(20, dtype=np.float64)[None, None, ::-1].copy()  # normal pixels ranked first
+    maps[0, 0, 12:15] = 30.0  # some anomalous pixels above everything
+    x_at = 3 / 10  # the third normal pixel lands exactly on FPR 0.3
+    assert x_at == 0.3
+    assert aupro(maps, masks) == pytest.approx(naive_aupro(maps, masks), abs=EXACT)
+
+
+def test_signed_zero_is_one_threshold() -> None:
+    masks = np.zeros((1, 2, 4), np.uint8)
+    masks[0, 0, :2] = 1
+    maps = np.array([[[0.0, -0.0, -0.0, 0.0], [1.0, -1.0, 0.0, -0.0]]])
+    y, s = masks.ravel() != 0, maps.ravel()
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(y, s), abs=EXACT)
+    assert pixel_ap(maps, masks) == pytest.approx(average_precision_score(y, s), abs=EXACT)
+    assert aupro(maps, masks) == pytest.approx(naive_aupro(maps, masks), abs=EXACT)
+
+
+def test_parquet_path_equals_array_path(tmp_path: Path) -> None:
+    truth = write_partitions(tmp_path, seed=4)
+    table = compute_metrics(scan(tmp_path, "pixels"), scan(tmp_path, "images"))
+    for row in table.iter_rows(named=True):
+        t = truth[(row["dataset"], row["category"], row["variant"])]
+        res = pixel_metrics(t["maps"], t["masks"])
+        for ours, theirs in (
+            ("p_auroc", "p_auroc"),
+            ("p_ap", "p_ap"),
+            ("aupro", "aupro"),
+        ):
+            assert row[ours] == pytest.approx(res[theirs], abs=1e-12)
+        assert row["n_regions"] == res["n_regions"] and row["n_pixels"] == res["n_pixels"]
+
+
+def test_pixel_curves_integrate_to_the_metrics() -> None:
+    rng = np.random.default_rng(12)
+    masks = blob_masks(rng, 3, 16, 16, 2)
+    maps = np.round(scored(rng, masks) * 3) / 3
+    from raydiff.metrics import _pixel_frame
+
+    curve = pixel_curves(_pixel_frame(maps, masks))
+    fpr = np.concatenate([[0.0], curve["fpr"].to_numpy()])
+    tpr = np.concatenate([[0.0], curve["tpr"].to_numpy()])
+    assert np.sum(np.diff(fpr) * 0.5 * (tpr[1:] + tpr[:-1])) == pytest.approx(pixel_auroc(maps, masks), abs=EXACT)
+    recall = np.concatenate([[0.0], curve["recall"].to_numpy()])
+    ap = np.sum(np.diff(recall) * curve["precision"].to_numpy())
+    assert ap == pytest.approx(pixel_ap(maps, masks), abs=EXACT)
