@@ -3,6 +3,9 @@
     # on a cluster (see README "Cluster"):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/sweep.py --config configs/mvtec.yaml
+    # any config key from the submission line (repeatable), e.g. a smaller GPU budget:
+    ray job submit ... -- python jobs/sweep.py --config configs/mvtec.yaml \
+        --set models.train_steps=2000 --set ray.scoring_batch_size=16
     # CPU smoke run, anywhere:
     python jobs/sweep.py --config configs/textures.yaml --smoke-test
 
@@ -26,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="overrides output.root (use shared storage on a cluster)")
     p.add_argument("--overwrite", action="store_true", help="delete a run folder written by a different config")
     p.add_argument("--smoke-test", action="store_true", help="tiny budget: few steps, few images, to check the set-up")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set ray.accelerator=gpu (repeatable; applied last)")
     return p.parse_args(argv)
 
 
@@ -40,6 +45,8 @@ def main(args: argparse.Namespace) -> dict:
         output=args.output,
         smoke_test=args.smoke_test,
         overwrite=args.overwrite,
+        sets=args.sets,
+        progress=lambda line: print(line, flush=True),
     )
 
 
@@ -54,4 +61,10 @@ if __name__ == "__main__":
             raise
         print(f"error: {err}", file=sys.stderr)  # one line that names the file and the fix
         sys.exit(2)
+    from raydiff.workflow import describe_stages
+
+    tables = result.pop("tables")
+    print(tables["metrics"])
+    for line in describe_stages(result["stages"]):
+        print(line)
     print(json.dumps(result, indent=2, default=str))

@@ -16,6 +16,9 @@ Sub-benchmarks (each prints a table; ``--json FILE`` writes all results):
 - ``train``: training images/s and MFU of the preset (raydiff.train.bench).
 - ``metrics``: exact polars metrics vs sklearn + a numpy MVTec-style AUPRO on the same synthetic
   pixel table: seconds, peak memory, largest difference (raydiff.metrics_bench).
+- ``schedule`` (alone, not in the default set; ``raydiff bench schedule --help``): the sweep's
+  orchestration with stand-in work on simulated GPU nodes, against the lower bound
+  (raydiff.schedule_bench).
 
 Numbers are printed, never asserted; BENCHMARKS.md records measured ones.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +59,7 @@ def matmul_peak(device: str = "cpu", n: int | None = None, repeats: int = 5) -> 
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from raydiff.cli import DEFAULT_CONFIG
+    from raydiff.config import DEFAULT_CONFIG
     from raydiff.config import load_config
 
     overrides: dict[str, Any] = {"dataset.image_size": args.size}
@@ -140,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["schedule"]:  # the orchestration benchmark: its own cluster and options
+        from raydiff.schedule_bench import main as schedule
+
+        return schedule(argv[1:])
     return run(build_parser().parse_args(argv))
 
 

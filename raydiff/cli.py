@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from raydiff.config import Config, load_config
+from raydiff.config import DEFAULT_CONFIG, Config, load_config, parse_overrides
 from raydiff.errors import RaydiffError
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "textures.yaml"
 
 
 class RaydiffGroup(click.Group):
@@ -47,17 +44,6 @@ def main(debug: bool) -> None:
     """
 
 
-def parse_set(values: tuple[str, ...]) -> dict[str, Any]:
-    """``--set models.lr=3e-4`` → ``{"models.lr": 0.0003}`` (values parsed as YAML scalars/lists)."""
-    out: dict[str, Any] = {}
-    for item in values:
-        if "=" not in item:
-            raise click.BadParameter(f"'{item}' is not KEY=VALUE (e.g. models.train_steps=200)", param_hint="--set")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
-
-
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the commands that read a config; they override the YAML's keys."""
 
@@ -83,7 +69,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         sets: tuple[str, ...],
         **kwargs: Any,
     ) -> Any:
-        overrides = parse_set(sets)
+        overrides = parse_overrides(sets)
         if dataset_root is not None:
             overrides["dataset.root"] = str(dataset_root.resolve())
         if output_root is not None:
@@ -202,7 +188,8 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
 @main.command()
 @config_options
 @click.option("--category", help="Category to fit (default: the first).")
-@click.option("--device", default=None, help="cpu / cuda (default: cuda when available).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="What torch computes on (default: the config's ray.device).")
 def fit(cfg: Config, category: str | None, device: str | None) -> None:
     """Fit one category's KNN prior and normalisation statistics (after training).
 
@@ -221,7 +208,8 @@ def fit(cfg: Config, category: str | None, device: str | None) -> None:
 @click.option("--category", help="Category to score (default: the first).")
 @click.option("--variant", "variants", multiple=True, help="Variant id(s) (default: the config's enabled ones).")
 @click.option("--limit", type=int, default=None, help="Score only N test images (half good, half defective).")
-@click.option("--device", default=None, help="cpu / cuda for the scoring actors (default: cuda when the cluster has GPUs).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="cuda: the actors ask Ray for GPUs and compute on them (default: the config's ray section).")
 def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: int | None, device: str | None) -> None:
     """Score one category's test images with the chosen variants (Ray Data → Parquet).
 
@@ -232,15 +220,18 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
     from dataclasses import replace
 
     from raydiff.pipeline import score_category
-    from raydiff.workflow import init_ray, write_run_metadata
+    from raydiff.runs import write_run_metadata
+    from raydiff.workflow import init_ray
 
     if variants:
         cfg = replace(cfg, variants=replace(cfg.variants, enabled=tuple(variants)))
+    if device:
+        cfg = replace(cfg, ray=replace(cfg.ray, device=device, accelerator="gpu" if device == "cuda" else cfg.ray.accelerator))
     cfg, category, manifest = _category(cfg, category)
     write_run_metadata(cfg)
     started = init_ray(cfg)
     try:
-        s = score_category(cfg, category, manifest, limit=limit, device=device)
+        s = score_category(cfg, category, manifest, limit=limit)
     finally:
         if started:
             import ray
@@ -279,8 +270,23 @@ def sweep(cfg: Config, limit: int | None, overwrite: bool) -> None:
     """
     from raydiff.workflow import sweep as run_sweep
 
-    result = run_sweep(cfg, limit=limit, overwrite=overwrite)
-    click.echo(f"run: {result['run_dir']}")
+    result = run_sweep(cfg, limit=limit, overwrite=overwrite, progress=click.echo)
+    show_sweep(result)
+
+
+def show_sweep(result: dict[str, Any]) -> None:
+    """The end of a sweep: the metrics table best first per category, placement, where things are."""
+    from raydiff.workflow import describe_stages
+
+    table = result["tables"]["metrics"]
+    cols = [c for c in ("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "seconds_per_image") if c in table.columns]
+    print_table(table.select(cols).sort(["category", "i_auroc"], descending=[False, True], nulls_last=True))
+    for line in describe_stages(result["stages"]):
+        click.echo(line)
+    click.echo(f"run folder: {result['run_dir']}")
+    click.echo(f"metrics:    {result['metrics']}")
+    if "report" in result:
+        click.echo(f"report:     {result['report']}")
 
 
 @main.command()
@@ -337,9 +343,18 @@ def demo(output_root: Path | None) -> None:
     Example:
       raydiff demo
     """
-    from raydiff.workflow import demo as run_demo
+    import time
 
-    run_demo(output_root)
+    from raydiff.workflow import demo_config, sweep, validate_dataset_for
+
+    start = time.perf_counter()
+    cfg = demo_config(output_root)
+    click.echo(f"[data] texture benchmark -> {cfg.dataset.root}")
+    summary = validate_dataset_for(cfg)
+    print_table(summary.table())
+    click.echo(f"ok: {summary.describe()}")
+    show_sweep(sweep(cfg, progress=click.echo))
+    click.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -331,14 +331,25 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Resources. Only used where work is distributed (training launch, scoring pipeline)."""
+    """Resources. Only used where work is distributed (training launch, fitting, scoring pipeline).
+
+    Every request comes from here, never from a snapshot of the cluster: on an autoscaling
+    cluster the GPU nodes exist only once something asks for GPUs.
+    """
 
     #: ``null`` = start a local Ray; ``auto`` = the cluster this job was submitted to; or an address.
     address: str | None = None
-    #: Per training run (one category x kind). GPUs are only asked for when the cluster has them.
+    #: What trainings, fits and scoring actors ask Ray for: ``gpu`` = GPUs (an autoscaler adds
+    #: GPU nodes for them), ``cpu`` = CPUs only.
+    accelerator: Literal["gpu", "cpu"] = "cpu"
+    #: What torch computes on in those workers. ``auto``: cuda when ``accelerator`` is gpu, else
+    #: cpu. ``cpu`` with ``accelerator: gpu`` asks for GPU resources but computes on the CPU
+    #: (simulating a GPU cluster on machines without one, as the tests do).
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    #: Per training run (one category x model kind); GPUs only with ``accelerator: gpu``.
     cpus_per_training: float = field(default=1.0, metadata=_range(0.0, 1024.0))
     gpus_per_training: float = field(default=1.0, metadata=_range(0.0, 64.0))
-    #: 0 = as many concurrent trainings as the resources allow.
+    #: 0 = no limit beyond what the requested resources allow (an autoscaler sees all the demand).
     max_concurrent_trainings: int = field(default=0, metadata=_range(0, 100_000))
     #: 0 = one Train run per (category, kind). N > 0 = pack the pending trainings into at most N
     #: runs that train their models one after another: each run costs a few processes' start-up
@@ -347,11 +358,24 @@ class RayConfig:
     #: Training worker restarts after a failure (resumes from the last checkpoint).
     max_failures: int = field(default=2, metadata=_range(-1, 1000))
     scoring_batch_size: int = field(default=8, metadata=_range(1, 65536))
-    #: 0 = one actor per GPU (one CPU actor when there are no GPUs).
+    #: Images per backward pass of trend's uncertainty gradient (0 = the whole batch). A backward
+    #: pass keeps the forward's activations: bound it on small GPUs (see cluster.yaml).
+    gradient_chunk: int = field(default=0, metadata=_range(0, 65536))
+    #: Most scoring actors per category (each category's pool grows from 1 while it has queued
+    #: batches and free resources); 0 = as many as the category has batches.
     scoring_actors: int = field(default=0, metadata=_range(0, 100_000))
     cpus_per_scoring_actor: float = field(default=1.0, metadata=_range(0.0, 1024.0))
+    #: Per scoring actor and per fit task, with ``accelerator: gpu`` (0.5 = two actors per GPU).
+    gpus_per_scoring_actor: float = field(default=1.0, metadata=_range(0.0, 64.0))
     #: Interface the dashboard of a Ray started by raydiff listens on.
     dashboard_host: str = "127.0.0.1"
+
+    @property
+    def torch_device(self) -> str:
+        """``cuda`` or ``cpu``: what the workers compute on (``device`` with ``auto`` resolved)."""
+        if self.device == "auto":
+            return "cuda" if self.accelerator == "gpu" else "cpu"
+        return self.device
 
 
 @dataclass(frozen=True)
@@ -375,6 +399,9 @@ class Config:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+#: The embedded default benchmark's config (what ``make demo`` runs).
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "textures.yaml"
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -543,6 +570,19 @@ def _check_consistency(obj: Any, prefix: str, where: str) -> None:
 
 
 def _check_config(cfg: Config, where: str) -> None:
+    if "://" in cfg.output.root:
+        raise ConfigError(
+            where,
+            f"'output.root' is a URI ({cfg.output.root}); raydiff commits results with atomic renames, "
+            "which object stores do not have.",
+            "use a POSIX path that every node mounts at the same place (NFS, EFS, FSx for Lustre).",
+        )
+    if cfg.ray.device == "cuda" and cfg.ray.accelerator != "gpu":
+        raise ConfigError(
+            where,
+            "'ray.device' is cuda but 'ray.accelerator' is cpu: the workers would get no GPU from Ray.",
+            "set ray.accelerator: gpu (or ray.device: auto / cpu).",
+        )
     missing = sorted({VARIANT_MODEL_KIND[v] for v in cfg.variants.enabled} - set(cfg.models.kinds))
     if missing:
         needing = [v for v in cfg.variants.enabled if VARIANT_MODEL_KIND[v] in missing]
@@ -578,6 +618,21 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError("command line", f"'{dotted}': '{part}' is not a section.", "check the key.")
         node = nxt
     node[parts[-1]] = value
+
+
+def parse_overrides(items: typing.Iterable[str], where: str = "--set") -> dict[str, Any]:
+    """``["models.lr=3e-4"]`` → ``{"models.lr": 0.0003}`` (values parsed as YAML scalars/lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(where, f"'{item}' is not KEY=VALUE.", "write it like models.train_steps=200.")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(where, f"'{item}': the value is not valid YAML ({err}).".replace("\n", " "),
+                              "quote it, e.g. --set 'dataset.root=\"/data/x\"'.") from None
+    return out
 
 
 def config_from_dict(

@@ -34,3 +34,19 @@ class CheckpointError(RaydiffError):
 
 class OutputError(RaydiffError):
     """An output folder cannot be written or belongs to a different config."""
+
+
+def user_error_in(err: BaseException) -> RaydiffError | None:
+    """The RaydiffError a worker raised, found inside the exceptions Ray wraps it in (a task's
+    ``RayTaskError.cause``, Ray Data's chained ``__cause__``), or None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaydiffError):
+            return e
+        todo.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return None

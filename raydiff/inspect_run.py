@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from raydiff.pipeline import scan_images, scan_pixels
+from raydiff.runs import scan_images, scan_pixels
 
 KEYS: tuple[str, ...] = ("dataset", "category", "variant")
 STREAMING = "streaming"

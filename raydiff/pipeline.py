@@ -1,23 +1,35 @@
-"""Ray Data scoring pipeline: test manifest → CPU preprocessing → scoring actors → Parquet.
+"""Ray Data scoring pipeline for one category: test rows → scoring actors → Parquet, written by the actors.
 
-Shape of the pipeline (the pattern of Ray's batch-inference release test):
+    from_items(test rows: id, paths, index) ─map_batches(ScoringActor, autoscaling pool 1..N)─▶
+        each actor: load images/masks → every pending variant → one Parquet part per (table,
+        variant, batch) written straight into the run folder's staging area
+    ─iter_batches──▶ driver: a few bytes per image (which part, where it ran) → commit
 
-    from_items(test rows) ─map_batches(load_batch)──────────▶ CPU tasks: images, masks, regions
-                          ─map_batches(ScoringActor, ActorPoolStrategy)▶ GPU actors (CPU without GPUs):
-                                                               every configured variant per batch
-                          ─iter_batches──▶ driver: per-variant Parquet, written atomically
+Design (why a pool per category, why the actors load their own inputs):
 
-Each (category, variant) partition is written under a temporary name, renamed when complete and
-then given a success marker; a re-run skips complete partitions and rewrites the others, so there
-are no duplicates and nothing already complete is touched. Readers (``scan_pixels``) only see
-complete partitions.
+- An actor loads a category's models and fitted state once, in its constructor, and keeps them
+  for every batch of that category; the pool grows from one actor to ``ray.scoring_actors``
+  (default: as many as the category has batches) while batches are queued and GPUs are free, so
+  the last category still running spreads over every idle GPU. ``raydiff.workflow`` runs the
+  pipelines of all ready categories at once (one thread each), so the categories share the
+  cluster's GPUs and no GPU idles while any category has batches left. One pool serving all
+  categories would have to reload models whenever its input switches category and could not
+  start before every category's models exist.
+- Image decoding happens inside the actor (a few ms per image against seconds of UNet work):
+  a separate CPU stage would need CPUs that the actors of concurrent categories and the
+  trainings may hold all of, which deadlocks a small node.
+- Pixel rows never reach the driver: each actor writes its parts itself (``raydiff.runs``: parts
+  are renamed into place whole, a retried batch replaces its own part) and returns only which
+  part it wrote and where it ran. The driver checks that every batch reported, then commits
+  each partition (rename + marker), so a killed actor or driver leaves no partial or duplicate
+  rows, and a re-run skips complete partitions and recomputes the others.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,223 +38,112 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raydiff.config import Config, config_from_dict, config_to_dict
-from raydiff.io import MARKER, is_complete, write_marker
+from raydiff.errors import user_error_in
 from raydiff.paths import partition_dir, run_dir
-
-PIXEL_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("defect_type", pa.string()),
-        ("label", pa.int8()),
-        ("y", pa.int16()),
-        ("x", pa.int16()),
-        ("score", pa.float32()),
-        ("gt", pa.int8()),
-        ("region", pa.int32()),
-    ]
-)
-IMAGE_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("defect_type", pa.string()),
-        ("label", pa.int8()),
-        ("score", pa.float32()),
-        ("forwards_per_image", pa.float32()),
-        ("seconds_per_image", pa.float32()),
-    ]
+from raydiff.placement import gpus_for, utc_now, where_ran, worker_device
+from raydiff.runs import (
+    TABLES,
+    commit_staged,
+    discard_staged,
+    image_set_digest,
+    image_table,
+    part_name,
+    pending_variants,
+    pixel_table,
+    remove_stale,
+    require_visible,
+    write_part,
 )
 
 #: Test hook (reliability tests): an actor exits hard after this many batches, once per run.
 KILL_ENV = "RAYDIFF_TEST_KILL_ACTOR_AFTER"
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 1: CPU preprocessing (plain function, Ray tasks)
-# --------------------------------------------------------------------------------------------
-
-
-def load_batch(batch: dict[str, np.ndarray], size: int, channels: int, fit: str) -> dict[str, np.ndarray]:
-    """Load images (B,C,H,W float32 in [-1,1]), GT masks (B,H,W int8) and 8-connected regions."""
+def load_batch(batch: dict[str, np.ndarray], size: int, channels: int, resize: str) -> dict[str, np.ndarray]:
+    """Load images (B,C,H,W float32 in [-1,1]), GT masks (B,H,W int8) and 8-connected regions (B,H,W int32)."""
     from raydiff.data.images import load_image, load_mask
     from raydiff.metrics import label_regions
 
     images, gts, regions = [], [], []
     for img_path, mask_path in zip(batch["image_path"], batch["mask_path"], strict=True):
-        images.append(load_image(img_path, size, channels, fit))  # type: ignore[arg-type]
+        images.append(load_image(img_path, size, channels, resize))  # type: ignore[arg-type]
         if not isinstance(mask_path, str) or mask_path == "":  # "" (see score_category), or a null turned NaN
             gt = np.zeros((size, size), np.uint8)
         else:
-            gt = load_mask(mask_path, size, fit)  # type: ignore[arg-type]
+            gt = load_mask(mask_path, size, resize)  # type: ignore[arg-type]
         gts.append(gt.astype(np.int8))
         regions.append(label_regions(gt).astype(np.int32))
     return {
         "image_id": batch["image_id"],
         "defect_type": batch["defect_type"],
-        "label": batch["label"].astype(np.int8),
+        "label": np.asarray(batch["label"]).astype(np.int8),
         "image": np.stack(images),
         "gt": np.stack(gts),
         "region": np.stack(regions),
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 2: scoring actors
-# --------------------------------------------------------------------------------------------
-
-
 class ScoringActor:
-    """Holds one category's models and fitted state; scores every variant per batch."""
+    """Holds one category's models and fitted state; scores every pending variant per batch and
+    writes the batch's Parquet parts. Returns one small row per image: its part and placement."""
 
-    def __init__(self, cfg_data: dict[str, Any], category: str, variants: Sequence[str], device: str) -> None:
+    def __init__(self, cfg_data: dict[str, Any], category: str, variants: Sequence[str], attempt: str,
+                 channels: int) -> None:
         import torch
 
         from raydiff.scoring.fit import load_category_context
 
         self.cfg = config_from_dict(cfg_data)
-        self.variants = list(variants)
-        self.device = torch.device(device)
-        self.ctx = load_category_context(self.cfg, category, self.device)
+        self.category, self.variants, self.attempt, self.channels = category, list(variants), attempt, channels
+        require_visible(self.cfg, f"the scoring actor on {socket.gethostname()}")
+        self.device = worker_device(self.cfg)
+        self.ctx = load_category_context(self.cfg, category, torch.device(self.device))
         self.batches = 0
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         from raydiff.scoring import score_batch
 
+        started = utc_now()
+        self._maybe_die()
+        self.batches += 1
+        d = self.cfg.dataset
+        batch = load_batch(rows, d.image_size, self.channels, d.fit)
+        images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
+        results = score_batch(self.ctx, images, [str(i) for i in batch["image_id"]], self.variants)
+        first = int(np.min(rows["index"]))
+        for vid, res in results.items():
+            n = len(res.scores)
+            batch[f"map:{vid}"] = res.maps.astype(np.float32)
+            batch[f"score:{vid}"] = res.scores.astype(np.float32)
+            batch[f"forwards:{vid}"] = np.full(n, res.forwards_per_image, np.float32)
+            batch[f"seconds:{vid}"] = np.full(n, res.seconds_per_image, np.float32)
+            write_part(partition_dir(self.cfg, "pixels", self.category, vid), self.attempt, first, pixel_table(batch, vid))
+            write_part(partition_dir(self.cfg, "images", self.category, vid), self.attempt, first, image_table(batch, vid))
+        n = len(rows["index"])
+        record = json.dumps(where_ran(self.device, started))
+        return {"index": np.asarray(rows["index"]), "first": np.full(n, first), "placement": np.array([record] * n)}
+
+    def _maybe_die(self) -> None:
         kill_after = os.environ.get(KILL_ENV)
         if kill_after and self.batches >= int(kill_after.split(":")[0]):
             marker = Path(kill_after.split(":", 1)[1])
             if not marker.exists():  # die once per test run, then behave
                 marker.write_text("killed")
                 os._exit(1)
-        self.batches += 1
-        images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
-        results = score_batch(self.ctx, images, [str(i) for i in batch["image_id"]], self.variants)
-        out = {k: batch[k] for k in ("image_id", "defect_type", "label", "gt", "region")}
-        for vid, res in results.items():
-            out[f"map:{vid}"] = res.maps.astype(np.float32)
-            out[f"score:{vid}"] = res.scores.astype(np.float32)
-            n = len(res.scores)
-            out[f"forwards:{vid}"] = np.full(n, res.forwards_per_image, np.float32)
-            out[f"seconds:{vid}"] = np.full(n, res.seconds_per_image, np.float32)
-        return out
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 3: atomic per-variant Parquet partitions (driver)
-# --------------------------------------------------------------------------------------------
-
-
-def pixel_table(batch: dict[str, np.ndarray], variant: str) -> pa.Table:
-    """One row per pixel for one variant, built from whole arrays (no per-pixel Python)."""
-    maps = batch[f"map:{variant}"]
-    b, h, w = maps.shape
-    hw = h * w
-    yy, xx = np.indices((h, w), dtype=np.int16)
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.repeat(np.asarray(batch["image_id"], dtype=object), hw), pa.string()),
-            pa.array(np.repeat(np.asarray(batch["defect_type"], dtype=object), hw), pa.string()),
-            pa.array(np.repeat(batch["label"].astype(np.int8), hw)),
-            pa.array(np.tile(yy.ravel(), b)),
-            pa.array(np.tile(xx.ravel(), b)),
-            pa.array(maps.reshape(-1).astype(np.float32)),
-            pa.array(batch["gt"].reshape(-1).astype(np.int8)),
-            pa.array(batch["region"].reshape(-1).astype(np.int32)),
-        ],
-        schema=PIXEL_SCHEMA,
-    )
-
-
-def image_table(batch: dict[str, np.ndarray], variant: str) -> pa.Table:
-    return pa.Table.from_arrays(
-        [
-            pa.array(np.asarray(batch["image_id"], dtype=object), pa.string()),
-            pa.array(np.asarray(batch["defect_type"], dtype=object), pa.string()),
-            pa.array(batch["label"].astype(np.int8)),
-            pa.array(batch[f"score:{variant}"]),
-            pa.array(batch[f"forwards:{variant}"]),
-            pa.array(batch[f"seconds:{variant}"]),
-        ],
-        schema=IMAGE_SCHEMA,
-    )
-
-
-class PartitionWriter:
-    """Writes one partition under a temporary sibling name; ``commit`` renames and marks it."""
-
-    def __init__(self, final: Path, schema: pa.Schema) -> None:
-        self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
-        self.writer = pq.ParquetWriter(self.tmp / "part-0.parquet", schema, compression="zstd")
-        self.rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        self.writer.write_table(table)
-        self.rows += table.num_rows
-
-    def commit(self, info: dict[str, Any]) -> None:
-        self.writer.close()
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
-        write_marker(self.final, {**info, "rows": self.rows})
-
-    def abort(self) -> None:
-        try:
-            self.writer.close()
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def remove_stale(cfg: Config, category: str) -> None:
-    """Delete temporaries a killed run left in this category's partition folders."""
-    for table in ("pixels", "images"):
-        parent = partition_dir(cfg, table, category, "x").parent
-        if parent.is_dir():
-            for p in parent.glob(".tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def image_set_digest(image_ids: Sequence[str]) -> str:
-    """A short digest of which test images a partition holds (a ``--limit`` subset differs)."""
-    import hashlib
-
-    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()[:16]
-
-
-def _marker_info(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def pending_variants(cfg: Config, category: str, variants: Sequence[str], image_set: str | None = None) -> list[str]:
-    """Variants whose pixel or image partition is not complete (for this set of test images) yet."""
-
-    def done(folder: Path) -> bool:
-        if not is_complete(folder):
-            return False
-        return image_set is None or _marker_info(folder).get("image_set") == image_set
-
-    return [
-        v
-        for v in variants
-        if not (done(partition_dir(cfg, "pixels", category, v)) and done(partition_dir(cfg, "images", category, v)))
-    ]
-
-
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
+def test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
+    """A category's test rows sorted by image id (``limit``: a subset with both classes, half good)."""
+    rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
+    if limit is not None:
+        good = rows.filter(pl.col("label") == 0)
+        n_good = min(good.height, limit // 2)
+        rows = pl.concat([good.head(n_good), rows.filter(pl.col("label") == 1).head(limit - n_good)]).sort("image_id")
+    return rows
 
 
 def score_category(
@@ -251,116 +152,77 @@ def score_category(
     manifest: pl.DataFrame,
     variants: Sequence[str] | None = None,
     limit: int | None = None,
-    device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score one category's test images with every pending variant; write their partitions.
+    """Score one category's test images with every pending variant; commit their partitions.
 
-    Needs a running Ray (``ray.init``) and the category's trained models and fitted state.
-    Returns a summary: images, seconds, images/s, variants written / skipped.
+    Needs a running Ray and the category's trained models and fitted state. Resources come from
+    the config (``ray.accelerator``, ``ray.gpus_per_scoring_actor``, ``ray.scoring_actors``).
+    Returns a summary: images, seconds, images/s, variants written / skipped, and one placement
+    record per scored batch.
     """
     import ray
 
     from raydiff.data.images import dataset_channels
 
     variants = list(variants or cfg.variants.enabled)
-    rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
-    if limit is not None:  # a debugging subset with both classes: half good, half defective
-        good = rows.filter(pl.col("label") == 0)
-        n_good = min(good.height, limit // 2)
-        rows = pl.concat([good.head(n_good), rows.filter(pl.col("label") == 1).head(limit - n_good)]).sort("image_id")
+    rows = test_rows(manifest, category, limit)
     image_set = image_set_digest(rows["image_id"].to_list())
     todo = pending_variants(cfg, category, variants, image_set)
-    summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo], "written": todo}
+    summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo],
+                               "written": todo, "placement": []}
     if not todo:
         summary.update(images=0, seconds=0.0, images_per_s=0.0)
         return summary
     remove_stale(cfg, category)
     channels = dataset_channels(manifest.filter(pl.col("category") == category), cfg.dataset.channels)
-    gpus = cluster_gpus()
-    device = device or ("cuda" if gpus else "cpu")
-    actors = cfg.ray.scoring_actors or max(1, gpus if device == "cuda" else 1)
     batch_size = cfg.ray.scoring_batch_size
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
+    ray.data.DataContext.get_current().enable_progress_bars = progress
 
     # "" for "no mask": a block of good images only would otherwise hold an all-null column.
-    items = rows.select("image_id", "defect_type", "label", "image_path", pl.col("mask_path").fill_null("")).to_dicts()
-    n_blocks = max(1, min(len(items), -(-len(items) // batch_size)))
+    items = rows.select("image_id", "defect_type", "label", "image_path", pl.col("mask_path").fill_null("")).with_row_index(
+        "index").to_dicts()
+    n_blocks = max(1, -(-len(items) // batch_size))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
-    ds = ds.map_batches(
-        load_batch,
-        batch_size=batch_size,
-        batch_format="numpy",
-        fn_kwargs={"size": cfg.dataset.image_size, "channels": channels, "fit": cfg.dataset.fit},
-        num_cpus=1,
-    )
+    attempt = uuid.uuid4().hex[:12]
     ds = ds.map_batches(
         ScoringActor,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs={"cfg_data": config_to_dict(cfg), "category": category, "variants": todo, "device": device},
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if device == "cuda" else 0,
+        fn_constructor_kwargs={"cfg_data": config_to_dict(cfg), "category": category, "variants": todo,
+                               "attempt": attempt, "channels": channels},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.ray.scoring_actors or n_blocks),
+        num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor),
         num_cpus=cfg.ray.cpus_per_scoring_actor,
         # A killed actor is restarted and its batches retried: Ray Data's defaults for actor
         # pools (max_restarts=-1, max_task_retries=-1), exercised by tests/test_end_to_end.py.
     )
-
-    writers: dict[tuple[str, str], PartitionWriter] = {}
+    finals = {(t, v): partition_dir(cfg, t, category, v) for t in TABLES for v in todo}
     start = time.perf_counter()
-    n_images = 0
+    firsts: dict[int, str] = {}
+    scored: set[int] = set()
     try:
-        for v in todo:
-            writers[("pixels", v)] = PartitionWriter(partition_dir(cfg, "pixels", category, v), PIXEL_SCHEMA)
-            writers[("images", v)] = PartitionWriter(partition_dir(cfg, "images", category, v), IMAGE_SCHEMA)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            n_images += len(batch["image_id"])
-            for v in todo:
-                writers[("pixels", v)].write(pixel_table(batch, v))
-                writers[("images", v)].write(image_table(batch, v))
-        if n_images != len(items):
-            raise RuntimeError(f"scored {n_images} images of {len(items)} in category {category}")
-        info = {"category": category, "images": n_images, "image_set": image_set, "limit": limit, "config_run_id": run_dir(cfg).name}
-        for (_table, _v), w in writers.items():
-            w.commit(info)
-    except BaseException:
-        for w in writers.values():
-            if w.tmp.exists():
-                w.abort()
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            scored.update(int(i) for i in out["index"])
+            firsts.update(zip((int(f) for f in out["first"]), (str(p) for p in out["placement"]), strict=True))
+        if scored != set(range(len(items))):
+            raise RuntimeError(f"scored {len(scored)} images of {len(items)} in category {category}")
+        size = cfg.dataset.image_size
+        info = {"category": category, "images": len(items), "image_set": image_set, "limit": limit,
+                "config_run_id": run_dir(cfg).name, "attempt": attempt,
+                "placement": [json.loads(p) for _, p in sorted(firsts.items())]}
+        parts = [part_name(f) for f in sorted(firsts)]
+        for (table, _v), final in finals.items():
+            rows_per_image = size * size if table == "pixels" else 1
+            commit_staged(final, attempt, parts, len(items) * rows_per_image, info)
+    except BaseException as err:
+        for final in finals.values():
+            discard_staged(final, attempt)
+        cause = user_error_in(err)  # e.g. an actor without CUDA: its one-line error, not Ray's wrapping
+        if cause is not None and cause is not err:
+            raise cause from None
         raise
     seconds = time.perf_counter() - start
-    summary.update(images=n_images, seconds=seconds, images_per_s=n_images / seconds if seconds else 0.0)
+    summary.update(images=len(items), seconds=seconds, images_per_s=len(items) / seconds if seconds else 0.0,
+                   placement=info["placement"])
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# Readers: only complete partitions
-# --------------------------------------------------------------------------------------------
-
-
-def complete_files(root: Path, table: str) -> list[str]:
-    base = Path(root) / table
-    files: list[str] = []
-    for marker in sorted(base.glob("dataset=*/category=*/variant=*/_SUCCESS")):
-        files.extend(str(p) for p in sorted(marker.parent.glob("*.parquet")))
-    return files
-
-
-def _scan(root: Path, table: str) -> pl.LazyFrame:
-    files = complete_files(root, table)
-    if not files:
-        raise FileNotFoundError(f"{Path(root) / table}: no complete partitions")
-    # Pinned: category "01" (BTAD) must stay a string, not be inferred as an integer.
-    hive = {"dataset": pl.String, "category": pl.String, "variant": pl.String}
-    return pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
-
-
-def scan_pixels(root: Path) -> pl.LazyFrame:
-    """The per-pixel table of a run folder (complete partitions only), with hive columns."""
-    return _scan(root, "pixels")
-
-
-def scan_images(root: Path) -> pl.LazyFrame:
-    """The per-image table of a run folder (complete partitions only), with hive columns."""
-    return _scan(root, "images")

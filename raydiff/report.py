@@ -33,7 +33,7 @@ from raydiff.config import Config, load_config
 from raydiff.errors import OutputError, RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics, pixel_curves
-from raydiff.pipeline import scan_images, scan_pixels
+from raydiff.runs import scan_images, scan_pixels
 from raydiff.report_figures import CurveSet, Example, plot_cost, plot_curves, plot_examples
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
 
@@ -207,7 +207,7 @@ def manifest_paths(cfg: Config | None, categories: Sequence[str]) -> tuple[dict[
     """(category, image_id) → image path from the run's dataset, or ({}, why not)."""
     if cfg is None:
         return {}, "config.yaml is missing from the run folder"
-    from raydiff.workflow import scan
+    from raydiff.data.manifest import scan_config as scan
 
     sub = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, categories=tuple(categories)))
     try:

@@ -1,62 +1,50 @@
-"""Library entry points behind the CLI and jobs/: each does one whole step for a config."""
+"""Library entry points behind the CLI and jobs/: each does one whole step for a config.
+
+The sweep runs one chain per category, train → fit → score, and every chain at once
+(``raydiff.chains``):
+
+- the main thread runs every pending training (one Tune run, ``raydiff.train.launch``); each
+  Train run asks for the resources the config names, so an autoscaler sees the whole demand;
+- one thread per category waits until that category's models are complete, then fits it (a Ray
+  task) and scores it (its own Ray Data pipeline, ``raydiff.pipeline``), while other categories
+  still train or score. Ray's scheduler shares the GPUs between all of them.
+
+Nothing here prints: progress goes to a callback, and ``sweep`` returns its tables.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import polars as pl
 
 from raydiff.config import Config
+from raydiff.data.manifest import scan_config
 from raydiff.errors import DatasetError
-
-
-def scan(cfg: Config, root: Path | None = None, kind: str | None = None) -> pl.DataFrame:
-    """The manifest of the config's dataset, or of ``root`` read with layout ``kind``."""
-    from raydiff.data.manifest import scan_dataset
-
-    if root is not None:  # a folder named on the command line: its own layout and name
-        return scan_dataset(kind or "mvtec", Path(root), seed=cfg.seed)
-    root = Path(cfg.dataset.root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset folder does not exist.", "check dataset.root / --dataset-root.")
-    return scan_dataset(
-        kind or cfg.dataset.kind, root, categories=cfg.dataset.categories, dataset_name=cfg.dataset.name, seed=cfg.seed
-    )
 
 
 def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None = None) -> Any:
     """Scan and validate the dataset a config names (or ``root`` with layout ``kind``)."""
     from raydiff.data.validate import validate_dataset
 
-    manifest = scan(cfg, root, kind)
+    manifest = scan_config(cfg, root, kind)
     kind = kind or ("mvtec" if root is not None else cfg.dataset.kind)
     return validate_dataset(manifest, Path(root or cfg.dataset.root), kind=kind)
 
 
-def demo(output_root: Path | None = None) -> dict[str, Any]:
-    """The main job on the embedded default benchmark (configs/textures.yaml), end to end."""
-    from raydiff.cli import DEFAULT_CONFIG, print_table
-    from raydiff.config import load_config
+def demo_config(output_root: Path | None = None) -> Config:
+    """The embedded default benchmark's config (configs/textures.yaml), its textures written."""
+    from raydiff.config import DEFAULT_CONFIG, load_config
     from raydiff.data.textures import make_textures
 
     overrides = {"output.root": str(output_root)} if output_root else {}
     cfg = load_config(DEFAULT_CONFIG, overrides)
-    start = time.perf_counter()
-    click.echo(f"[data] texture benchmark -> {cfg.dataset.root}")
     make_textures(Path(cfg.dataset.root), size=cfg.dataset.image_size, seed=cfg.seed)
-    summary = validate_dataset_for(cfg)
-    print_table(summary.table())
-    click.echo(f"ok: {summary.describe()}")
-    result = sweep(cfg)
-    click.echo(f"run folder: {result['run_dir']}")
-    click.echo(f"metrics:    {result['metrics']}")
-    if "report" in result:
-        click.echo(f"report:     {result['report']}")
-    click.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return result
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,67 +57,13 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.data.manifest import assign_holdout
     from raydiff.data.validate import validate_dataset
 
-    manifest = scan(cfg)
+    manifest = scan_config(cfg)
     validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.kind)
     return assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
 
 
 def categories_of(manifest: pl.DataFrame) -> list[str]:
     return sorted(manifest["category"].unique().to_list())
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("raydiff", "torch", "diffusers", "ray", "polars", "pyarrow", "faiss-cpu", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def write_run_metadata(cfg: Config, overwrite: bool = False) -> Path:
-    """Write config.yaml + versions.json into the run folder; refuse a folder of another config
-    (``overwrite``: delete that folder's scores first)."""
-    import json
-
-    from raydiff.config import dump_config, model_id, run_id
-    from raydiff.errors import OutputError
-    from raydiff.io import atomic_write_text
-    from raydiff.paths import run_dir
-
-    folder = run_dir(cfg)
-    existing = folder / "config.yaml"
-    if existing.is_file():
-        import yaml
-
-        from raydiff.config import config_from_dict
-
-        try:
-            other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
-        except Exception as err:  # a damaged or foreign file: never mix outputs
-            raise OutputError(existing, f"cannot be read as a raydiff config ({err}).", "pick a new --output.") from None
-        if run_id(other) != run_id(cfg) and overwrite:
-            import shutil
-
-            click.echo(f"--overwrite: deleting {folder} (written by another config)")
-            shutil.rmtree(folder)
-        elif run_id(other) != run_id(cfg):
-            raise OutputError(
-                folder,
-                "this output folder was written by a different config.",
-                "pick a new --output, or pass --overwrite to delete it.",
-            )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(existing, dump_config(cfg))
-        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg), "model_id": model_id(cfg)}
-        atomic_write_text(folder / "versions.json", json.dumps(meta, indent=2))
-    except OSError as err:
-        raise OutputError(folder, f"cannot write the output folder ({err.strerror}).", "check free space and permissions, or pick another --output.") from None
-    return folder
 
 
 def init_ray(cfg: Config) -> bool:
@@ -171,7 +105,15 @@ def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
     return torch.from_numpy(np.stack(arrays))
 
 
-def train_models(cfg: Config, manifest: pl.DataFrame, categories: list[str], use_ray: bool = True) -> list[Path]:
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def train_models(cfg: Config, manifest: pl.DataFrame, categories: list[str], use_ray: bool = True,
+                 progress: Progress = _quiet) -> list[Path]:
     """Train every missing (category, kind) the enabled variants need."""
     kinds = list(cfg.model_kinds_needed())
     if use_ray:
@@ -180,23 +122,27 @@ def train_models(cfg: Config, manifest: pl.DataFrame, categories: list[str], use
         return train_all(cfg, categories, kinds, manifest)
     from raydiff.train.loop import train_one
 
-    return [train_one(cfg, c, k, manifest, progress=click.echo) for c in categories for k in kinds]
+    return [train_one(cfg, c, k, manifest, progress=progress) for c in categories for k in kinds]
 
 
 def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | None = None) -> Path:
-    """Fit the KNN prior and normalisation statistics of one category (skipped when complete)."""
+    """Fit the KNN prior and normalisation statistics of one category (skipped when complete).
+
+    ``device``: what torch computes on (default: the config's ``ray.device``, checked).
+    """
     import torch
 
     from raydiff.data.images import dataset_channels
     from raydiff.io import is_complete
     from raydiff.models.checkpoint import load_model
     from raydiff.paths import fitted_dir, model_dir
+    from raydiff.placement import worker_device
     from raydiff.scoring.fit import fit_category
 
     folder = fitted_dir(cfg, category)
     if is_complete(folder):
         return folder
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device or worker_device(cfg))
     rows = manifest.filter(pl.col("category") == category)
     channels = dataset_channels(rows, cfg.dataset.channels)
     models = {k: load_model(model_dir(cfg, category, k), dev) for k in cfg.model_kinds_needed()}
@@ -223,8 +169,35 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
     return folder
 
 
+def fit_task(cfg: Config, category: str, manifest: pl.DataFrame) -> dict[str, Any]:
+    """``fit_one`` as a Ray task body: checks the worker, returns where it ran (None if skipped)."""
+    import socket
+
+    from raydiff.io import is_complete
+    from raydiff.paths import fitted_dir
+    from raydiff.placement import utc_now, where_ran, worker_device
+    from raydiff.runs import require_visible
+
+    if is_complete(fitted_dir(cfg, category)):
+        return {}
+    require_visible(cfg, f"the fit task on {socket.gethostname()}")
+    started, device = utc_now(), worker_device(cfg)
+    fit_one(cfg, category, manifest, device)
+    return where_ran(device, started)
+
+
+def _ray_fit(cfg: Config) -> Any:
+    import ray
+
+    from raydiff.placement import gpus_for
+
+    return ray.remote(fit_task).options(
+        num_cpus=1, num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor), max_retries=2
+    )
+
+
 def fit_all(cfg: Config, manifest: pl.DataFrame, categories: list[str]) -> list[Path]:
-    """Fit every category as a Ray task (one GPU each when the cluster has GPUs)."""
+    """Fit every category as a Ray task (GPUs as ``ray.accelerator`` says)."""
     import ray
 
     from raydiff.io import is_complete
@@ -232,10 +205,40 @@ def fit_all(cfg: Config, manifest: pl.DataFrame, categories: list[str]) -> list[
 
     pending = [c for c in categories if not is_complete(fitted_dir(cfg, c))]  # no task for finished ones
     if pending:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
-        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(fit_one)
-        ray.get([remote.remote(cfg, c, manifest) for c in pending])
+        remote = _ray_fit(cfg)
+        _get(ray, [remote.remote(cfg, c, manifest) for c in pending])
     return [fitted_dir(cfg, c) for c in categories]
+
+
+def _get(ray: Any, refs: Any) -> Any:
+    """``ray.get`` that raises a worker's RaydiffError as itself (one line, not a traceback)."""
+    from raydiff.errors import user_error_in
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = user_error_in(err)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def check_storage(cfg: Config) -> int:
+    """Every live node must see the run folder the driver just wrote (``config.yaml``); nodes an
+    autoscaler adds later check it when their first worker starts. Returns the nodes checked."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raydiff.runs import require_visible
+
+    probe = ray.remote(num_cpus=0)(require_visible)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(cfg, f"Ray node {n}")
+        for n in nodes
+    ]
+    _get(ray, refs)
+    return len(nodes)
 
 
 def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -244,9 +247,10 @@ def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
     Returns (per category × variant, per category × variant × defect type).
     """
     from raydiff.io import atomic_write_text
+    from raydiff.runs import write_parquet_atomic
     from raydiff.metrics import compute_metrics
     from raydiff.paths import run_dir
-    from raydiff.pipeline import scan_images, scan_pixels
+    from raydiff.runs import scan_images, scan_pixels
 
     folder = run_dir(cfg)
     pixels, images = scan_pixels(folder), scan_images(folder)
@@ -258,76 +262,137 @@ def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
     table = compute_metrics(pixels, images).join(cost.collect(), on=keys, how="left").sort(keys)
     by_defect = compute_metrics(pixels, images, by_defect=True)
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
-        tmp = folder / f".{name}.parquet.tmp"
-        df.write_parquet(tmp)
-        tmp.replace(folder / f"{name}.parquet")
+        write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())
     return table, by_defect
 
 
-def score_all(
-    cfg: Config, manifest: pl.DataFrame, categories: list[str], limit: int | None = None, progress: bool = True
-) -> list[dict[str, Any]]:
+def _models_ready(cfg: Config, category: str) -> bool:
+    from raydiff.io import is_complete
+    from raydiff.paths import model_dir
+
+    return all(is_complete(model_dir(cfg, category, k)) for k in cfg.model_kinds_needed())
+
+
+def training_records(cfg: Config, categories: list[str], since: str) -> list[dict[str, Any]]:
+    """Placement records of the training segments that started at or after ``since`` (ISO UTC)."""
+    from raydiff.models.checkpoint import META
+    from raydiff.paths import model_dir
+    from raydiff.placement import parse_utc
+
+    out = []
+    for c in categories:
+        for k in cfg.model_kinds_needed():
+            try:
+                meta = json.loads((model_dir(cfg, c, k) / META).read_text())
+            except (OSError, ValueError):
+                continue
+            out.extend(seg for seg in meta.get("segments", []) if seg.get("started")
+                       and seg.get("ended") and parse_utc(seg["started"]) >= parse_utc(since))
+    return out
+
+
+def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str], limit: int | None = None,
+                     progress: Progress = _quiet, bars: bool = True) -> dict[str, Any]:
+    """Train, fit and score every category, each category's chain starting as soon as it can
+    (``raydiff.chains``). Needs a running Ray.
+
+    Returns ``{"scoring": [summary per category], "placement": {stage: [records]}}``.
+    """
+    import ray
+
+    from raydiff.chains import ChainStages, run_chains
     from raydiff.pipeline import score_category
+    from raydiff.placement import utc_now
 
-    summaries = []
-    for category in categories:
-        s = score_category(cfg, category, manifest, limit=limit, progress=progress)
+    since = utc_now()
+    fit = _ray_fit(cfg)
+
+    def train() -> None:
+        t0 = time.perf_counter()
+        train_models(cfg, manifest, categories)
+        progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
+
+    def score(category: str) -> dict[str, Any]:
+        s = score_category(cfg, category, manifest, limit=limit, progress=bars)
         if s["images"]:
-            click.echo(
-                f"scored {category}: {s['images']} images, {len(s['written'])} variants, "
-                f"{s['seconds']:.1f} s, {s['images_per_s']:.2f} images/s"
-            )
+            progress(f"[score] {category}: {s['images']} images, {len(s['written'])} variants, "
+                     f"{s['seconds']:.1f} s, {s['images_per_s']:.2f} images/s")
         else:
-            click.echo(f"scored {category}: all {len(s['skipped'])} variants already complete, skipped")
-        summaries.append(s)
-    return summaries
+            progress(f"[score] {category}: all {len(s['skipped'])} variants already complete, skipped")
+        return s
+
+    kinds = cfg.model_kinds_needed()
+    progress(f"[train] {len(categories)} categories x {len(kinds)} model kinds ({', '.join(kinds)}); "
+             "each category is fitted and scored as soon as its models exist")
+    stages = ChainStages(
+        train=train,
+        ready=lambda c: _models_ready(cfg, c),
+        fit=lambda c: _get(ray, fit.remote(cfg, c, manifest)),
+        score=score,
+    )
+    out = run_chains(categories, stages, progress)
+    placement = {
+        "train": training_records(cfg, categories, since),
+        "fit": out["fits"],
+        "score": [r for s in out["scoring"] for r in s["placement"]],
+    }
+    return {"scoring": out["scoring"], "placement": placement}
 
 
-def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite: bool = False,
+          progress: Progress = _quiet, bars: bool = True) -> dict[str, Any]:
     """Everything for a config on the current (or a local) Ray: train → fit → score → metrics → report.
 
     Idempotent: finished trainings, fitted states and (category, variant) partitions are skipped.
+    Returns paths, per-category scoring summaries, per-stage placement (tasks, nodes, GPUs, GPU
+    busy fraction) and ``tables`` (the metrics DataFrame) for the caller to show.
     """
-    from raydiff.cli import print_table
-    from raydiff.paths import run_dir
+    from raydiff.placement import stage_summary
+    from raydiff.runs import write_run_metadata
 
     start = time.perf_counter()
     manifest = prepare(cfg)
     categories = categories_of(manifest)
-    folder = write_run_metadata(cfg, overwrite=overwrite)
+    folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress)
     started = init_ray(cfg)
     try:
+        nodes = check_storage(cfg)
+        progress(f"[storage] run folder {folder} visible from {nodes} node(s)")
         t0 = time.perf_counter()
-        click.echo(f"[train] {len(categories)} categories x {len(cfg.model_kinds_needed())} model kinds")
-        train_models(cfg, manifest, categories)
+        chains = run_sweep_chains(cfg, manifest, categories, limit=limit, progress=progress, bars=bars)
         t1 = time.perf_counter()
-        click.echo(f"[fit] KNN prior + normalisation statistics ({t1 - t0:.0f} s training)")
-        fit_all(cfg, manifest, categories)
-        t2 = time.perf_counter()
-        click.echo(f"[score] {len(cfg.variants.enabled)} variants ({t2 - t1:.0f} s fitting)")
-        summaries = score_all(cfg, manifest, categories, limit=limit)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    t3 = time.perf_counter()
     metrics, by_defect = evaluate(cfg)
-    print_table(metrics.select("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "seconds_per_image"))
     result: dict[str, Any] = {
         "run_dir": str(folder),
         "categories": categories,
-        "scoring": summaries,
+        "scoring": chains["scoring"],
+        "stages": {stage: stage_summary(records) for stage, records in chains["placement"].items()},
         "metrics": str(folder / "metrics.csv"),
         "seconds": round(time.perf_counter() - start, 1),
-        "scoring_seconds": round(t3 - t2, 1),
+        "chains_seconds": round(t1 - t0, 1),
+        "tables": {"metrics": metrics},
     }
     if report:
         from raydiff.report import write_report
 
         result["report"] = str(write_report(folder, metrics=metrics, by_defect=by_defect))
     return result
+
+
+def describe_stages(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per stage: tasks, nodes, GPUs and their busy fraction."""
+    lines = []
+    for stage, s in stages.items():
+        busy = "n/a" if s["gpu_busy_fraction"] is None else f"{100 * s['gpu_busy_fraction']:.0f} %"
+        lines.append(f"{stage:>5}: {s['tasks']} tasks on {s['nodes']} node(s), {s['gpus']} GPU(s), "
+                     f"{s['seconds']:.0f} s wall, GPUs busy {busy}")
+    return lines
 
 
 def smoke_overrides() -> dict[str, Any]:
@@ -349,9 +414,12 @@ def sweep_from_args(
     output: str | None = None,
     smoke_test: bool = False,
     overwrite: bool = False,
+    sets: list[str] | None = None,
+    progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """What ``jobs/sweep.py`` calls: parse overrides, run the sweep."""
-    from raydiff.config import load_config
+    """What ``jobs/sweep.py`` calls: parse overrides (``sets``: ``KEY=VALUE`` strings, applied
+    last), run the sweep."""
+    from raydiff.config import load_config, parse_overrides
 
     overrides: dict[str, Any] = smoke_overrides() if smoke_test else {}
     if categories:
@@ -360,10 +428,11 @@ def sweep_from_args(
         overrides["dataset.root"] = str(Path(dataset_root).resolve())
     if output:
         overrides["output.root"] = output
+    overrides.update(parse_overrides(sets or ()))
     cfg = load_config(config, overrides)
     if smoke_test and not cfg.dataset.categories:
-        first = categories_of(scan(cfg))[:1]
+        first = categories_of(scan_config(cfg))[:1]
         from dataclasses import replace
 
         cfg = replace(cfg, dataset=replace(cfg.dataset, categories=tuple(first)))
-    return sweep(cfg, limit=4 if smoke_test else None, overwrite=overwrite)
+    return sweep(cfg, limit=4 if smoke_test else None, overwrite=overwrite, progress=progress)

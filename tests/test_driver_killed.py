@@ -64,7 +64,7 @@ def _run_twice(cmd: list[str], out: Path, env: dict[str, str]) -> None:
 
     runs = [p for p in out.iterdir() if (p / "metrics.csv").is_file()]
     assert len(runs) == 1
-    from raydiff.pipeline import scan_pixels
+    from raydiff.runs import scan_pixels
 
     pixels = scan_pixels(runs[0]).select("variant", "image_id", "y", "x").collect()
     assert pixels.height == pixels.unique().height > 0  # no duplicate rows

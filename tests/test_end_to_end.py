@@ -30,7 +30,7 @@ def _markers(root: Path) -> dict[str, float]:
 
 
 def _scores(folder: Path, table: str) -> pl.DataFrame:
-    from raydiff.pipeline import scan_images, scan_pixels
+    from raydiff.runs import scan_images, scan_pixels
 
     if table == "pixels":
         return scan_pixels(folder).select("variant", "image_id", "y", "x", "score", "gt", "region").collect().sort(
@@ -144,8 +144,15 @@ def test_killed_scoring_actor_same_parquet_any_batch_size(run: SimpleNamespace) 
     summary = score_category(cfg, "brick", prepare(cfg), progress=False)
     assert run.killed.read_text() == "killed", "the kill hook did not fire"
     assert summary["images"] == N_TEST
-    assert _scores(run.folder, "pixels").equals(reference_pixels)
-    assert _scores(run.folder, "images").equals(reference_images)
+    # Same rows, no duplicates, no partial partition. The scores equal the batch-2 reference to
+    # float32 rounding only: torch's CPU convolutions pick kernels by batch size, so a batch of 3
+    # and a batch of 2 differ in the last bits (same batch size: bit for bit, as the repair test
+    # checks). Every other column is exact.
+    for table, reference in (("pixels", reference_pixels), ("images", reference_images)):
+        got = _scores(run.folder, table)
+        assert got.height == reference.height
+        assert got.drop("score").equals(reference.drop("score")), table
+        np.testing.assert_allclose(got["score"].to_numpy(), reference["score"].to_numpy(), rtol=1e-4, atol=1e-5)
     assert not [p for p in run.folder.rglob("*") if p.name.startswith(".tmp")]  # no temporaries left
 
 

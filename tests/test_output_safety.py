@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from raydiff.config import config_from_dict, dump_config
 from raydiff.errors import OutputError
 from raydiff.paths import run_dir
-from raydiff.workflow import write_run_metadata
+from raydiff.runs import write_run_metadata
 
 
 def _cfg(out: Path, seed: int = 0):  # noqa: ANN202

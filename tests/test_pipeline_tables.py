@@ -11,7 +11,7 @@ import pytest
 from raydiff.config import config_from_dict
 from raydiff.io import is_complete
 from raydiff.paths import partition_dir, run_dir
-from raydiff.pipeline import (
+from raydiff.runs import (
     IMAGE_SCHEMA,
     PIXEL_SCHEMA,
     PartitionWriter,

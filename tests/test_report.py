@@ -14,7 +14,7 @@ from raydiff.config import config_from_dict, dump_config
 from raydiff.inspect_run import inspect_run
 from raydiff.metrics import METRIC_COLUMNS, compute_metrics, label_regions
 from raydiff.paths import partition_dir, run_dir
-from raydiff.pipeline import IMAGE_SCHEMA, PIXEL_SCHEMA, PartitionWriter, image_table, pixel_table, scan_images, scan_pixels
+from raydiff.runs import IMAGE_SCHEMA, PIXEL_SCHEMA, PartitionWriter, image_table, pixel_table, scan_images, scan_pixels
 from raydiff.report import category_means, manifest_paths, write_report
 
 SIZE = 64

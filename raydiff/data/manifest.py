@@ -54,7 +54,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -469,3 +469,15 @@ __all__ = [
     "scan_visa",
     "split_good",
 ]
+
+
+def scan_config(cfg: Any, root: Path | None = None, kind: str | None = None) -> pl.DataFrame:
+    """The manifest of the config's dataset, or of ``root`` read with layout ``kind``."""
+    if root is not None:  # a folder named on the command line: its own layout and name
+        return scan_dataset(kind or "mvtec", Path(root), seed=cfg.seed)
+    root = Path(cfg.dataset.root)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset folder does not exist.", "check dataset.root / --dataset-root.")
+    return scan_dataset(
+        kind or cfg.dataset.kind, root, categories=cfg.dataset.categories, dataset_name=cfg.dataset.name, seed=cfg.seed
+    )

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from raydiff import diffusion as D
+from raydiff.models import latent as L
 from raydiff.errors import CheckpointError
 from raydiff.io import MARKER, is_complete
 
@@ -91,19 +92,15 @@ class DiffusionModel:
 
     def encode(self, x: Tensor) -> Tensor:
         """Images (B,C,H,W) in [-1,1] → scaled latents (posterior mean; ``latent`` kind only)."""
-        from raydiff.models.latent import encode
-
         if self.vae is None or self.latent_scale is None:
             raise ValueError(f"model kind {self.kind!r} has no VAE")
-        return encode(self.vae, x, self.latent_scale)
+        return L.encode(self.vae, x, self.latent_scale)
 
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latents → images (B,C,H,W), nominally in [-1, 1] (not clamped)."""
-        from raydiff.models.latent import decode
-
         if self.vae is None or self.latent_scale is None:
             raise ValueError(f"model kind {self.kind!r} has no VAE")
-        return decode(self.vae, z, self.latent_scale, self.channels)
+        return L.decode(self.vae, z, self.latent_scale, self.channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +298,6 @@ def load_model(folder: Path, device: torch.device | str = "cpu", require_complet
     schedule = D.Schedule.build(sch["kind"], sch["timesteps"], sch["beta_start"], sch["beta_end"]).to(device)
     vae = None
     if meta["kind"] == "latent":
-        from raydiff.models.latent import load_vae_for_checkpoint
-
         vae = load_vae_for_checkpoint(folder, meta, device)
     scale = meta.get("latent_scale")
     if meta["kind"] == "latent" and (scale is None or not math.isfinite(scale) or scale <= 0):
@@ -340,3 +335,36 @@ def load_training_state(folder: Path, device: torch.device | str = "cpu") -> Tra
         check_finite(tensors, opt_path)
         opt_state = unflatten_optimizer_state(tensors, state["optimizer"])
     return TrainingState(step=int(state["step"]), unet=unet, ema_unet=ema, optimizer_state=opt_state, meta=read_meta(folder))
+
+
+def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.device | str) -> AutoencoderKL:
+    """The VAE a ``latent`` checkpoint was trained with: its own ``vae/`` folder, or the pretrained path."""
+    folder = Path(folder)
+    source = (meta.get("vae") or {}).get("source", "trained")
+    if source == "pretrained":
+        path = Path(meta["vae"]["path"])
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                folder / "meta.json", f"the pretrained VAE it was trained with ({path}) is not there any more.",
+                "restore that folder, or delete this checkpoint folder and re-train with `raydiff train`.",
+            )
+        return L.load_pretrained_vae(path, device)
+    sub = folder / VAE
+    if not (sub / "config.json").is_file() or not (sub / WEIGHTS).is_file():
+        raise CheckpointError(folder, f"'{VAE}/' (config.json + {WEIGHTS}) is missing.",
+                              "re-train with `raydiff train`, or delete the folder.")
+    try:
+        vae = AutoencoderKL.from_config(json.loads((sub / "config.json").read_text()))
+        from safetensors.torch import load_file
+
+        state = load_file(str(sub / WEIGHTS))
+    except Exception as err:
+        raise CheckpointError(sub, f"cannot read the VAE ({err}).".replace("\n", " "),
+                              "re-train with `raydiff train`, or delete the folder.") from None
+    check_finite(state, sub / WEIGHTS)
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(sub / WEIGHTS, f"weights do not fit config.json: {str(err)[:400]}".replace("\n", " "),
+                              "re-train with `raydiff train`, or delete the folder.") from None
+    return vae.to(device).eval().requires_grad_(False)

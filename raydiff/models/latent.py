@@ -17,17 +17,15 @@ the saved VAE's config (``scaling_factor``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from raydiff.errors import CheckpointError, ConfigError
+from raydiff.errors import ConfigError
 
 #: preset → (widths per level at full depth, res blocks per level).
 VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -160,38 +158,3 @@ def train_vae(
         if log is not None:
             log(step + 1, loss.item())
     return vae.eval().requires_grad_(False)
-
-
-def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.device | str) -> AutoencoderKL:
-    """The VAE a ``latent`` checkpoint was trained with: its own ``vae/`` folder, or the pretrained path."""
-    from raydiff.models.checkpoint import VAE, WEIGHTS, check_finite
-
-    folder = Path(folder)
-    source = (meta.get("vae") or {}).get("source", "trained")
-    if source == "pretrained":
-        path = Path(meta["vae"]["path"])
-        if not (path / "config.json").is_file():
-            raise CheckpointError(
-                folder / "meta.json", f"the pretrained VAE it was trained with ({path}) is not there any more.",
-                "restore that folder, or delete this checkpoint folder and re-train with `raydiff train`.",
-            )
-        return load_pretrained_vae(path, device)
-    sub = folder / VAE
-    if not (sub / "config.json").is_file() or not (sub / WEIGHTS).is_file():
-        raise CheckpointError(folder, f"'{VAE}/' (config.json + {WEIGHTS}) is missing.",
-                              "re-train with `raydiff train`, or delete the folder.")
-    try:
-        vae = AutoencoderKL.from_config(json.loads((sub / "config.json").read_text()))
-        from safetensors.torch import load_file
-
-        state = load_file(str(sub / WEIGHTS))
-    except Exception as err:
-        raise CheckpointError(sub, f"cannot read the VAE ({err}).".replace("\n", " "),
-                              "re-train with `raydiff train`, or delete the folder.") from None
-    check_finite(state, sub / WEIGHTS)
-    try:
-        vae.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(sub / WEIGHTS, f"weights do not fit config.json: {str(err)[:400]}".replace("\n", " "),
-                              "re-train with `raydiff train`, or delete the folder.") from None
-    return vae.to(device).eval().requires_grad_(False)

@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from raydiff.cli import DEFAULT_CONFIG
+    from raydiff.config import DEFAULT_CONFIG
 
     args = parse_args(argv)
     overrides: dict[str, Any] = {}

@@ -85,8 +85,11 @@ class BatchCache:
 
     def unet(self, kind: str, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One counted UNet call of model ``kind``: → (ε, v or None), fp32."""
-        model = self.model(kind)
         self.count_forward()
+        return self._call_unet(kind, x_t, t)
+
+    def _call_unet(self, kind: str, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.model(kind)
         dtype = self.ctx.autocast_dtype
         with torch.autocast(self.ctx.device.type, dtype=dtype, enabled=dtype is not None):
             eps, v = model.model_output(x_t, t)
@@ -139,15 +142,26 @@ class BatchCache:
             )
         key = ("forward_eps", kind, t, noise_kind, space, draw)
         noise = self.noise(kind, noise_kind, tuple(self.x0.shape), draw)
-        xt = self.x_t(kind, self.x0, t, noise).detach().requires_grad_(True)
+        xt = self.x_t(kind, self.x0, t, noise).detach()
         tt = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
-        with torch.enable_grad():
-            eps, v = self.unet(kind, xt, tt)
-            (grad,) = torch.autograd.grad((eps * probe).sum(), xt)
+        # The backward pass keeps every activation of the forward pass: ``ray.gradient_chunk``
+        # images at a time bounds that memory (one counted forward per batch, as without chunks).
+        chunk = self.ctx.cfg.ray.gradient_chunk or xt.shape[0]
+        parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        self.count_forward()
+        for s in range(0, xt.shape[0], chunk):
+            x_part = xt[s : s + chunk].detach().requires_grad_(True)
+            with torch.enable_grad():
+                e, vv = self._call_unet(kind, x_part, tt[s : s + chunk])
+                (g,) = torch.autograd.grad((e * probe[s : s + chunk]).sum(), x_part)
+            parts.append((e.detach(), None if vv is None else vv.detach(), g))
+        eps = torch.cat([p[0] for p in parts])
+        v = None if parts[0][1] is None else torch.cat([p[1] for p in parts])  # type: ignore[misc]
+        grad = torch.cat([p[2] for p in parts])
         if key not in self._memo:
-            out = {"x_t": xt.detach(), "eps": eps.detach(), "noise": noise}
+            out = {"x_t": xt, "eps": eps, "noise": noise}
             if v is not None:
-                out["v"] = v.detach()
+                out["v"] = v
             self._memo[key] = out
         return self._memo[key], grad
 

@@ -4,10 +4,13 @@ The pattern Ray 2.60 documents for many independent Train runs ("Hyperparameter 
 Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`` and calls
 ``fit()``; the TorchTrainer runs ``train_one`` (raydiff.train.loop) in one worker.
 
-- Resources: ``ScalingConfig(num_workers=1, use_gpu=<the cluster has GPUs>,
-  resources_per_worker={"CPU": ray.cpus_per_training, "GPU": ray.gpus_per_training})``.
-  Concurrent trials are bounded by ``TuneConfig(max_concurrent_trials)``: ``ray.max_concurrent_trainings``
-  or, when 0, what the cluster's CPUs / GPUs allow. The driver itself asks for no CPU (it only waits).
+- Resources come from the config, never from ``ray.cluster_resources()`` (an autoscaling cluster
+  has no GPU node until something asks for one): ``ScalingConfig(num_workers=1,
+  use_gpu=<ray.accelerator is gpu>, resources_per_worker={"CPU": ray.cpus_per_training, "GPU":
+  ray.gpus_per_training})``. Every trial starts at once (``ray.max_concurrent_trainings`` = 0) and
+  its Train run waits for its worker's resources, so the autoscaler sees the whole demand. The
+  Tune trial itself asks for no CPU (it only waits). With ``ray.device: cpu`` the worker computes
+  on the CPU over the gloo backend even when it holds a (simulated) GPU.
 - Checkpoints: every ``models.checkpoint_every`` steps the worker writes the checkpoint folder
   (``raydiff.paths.model_dir``) and reports it with ``ray.train.report(metrics,
   checkpoint=Checkpoint.from_directory(folder))``: the loss appears in Ray's results/dashboard
@@ -18,9 +21,10 @@ Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`
   continues. Train runs are named after (model id, dataset, category, kind), so a relaunched
   sweep also finds Ray's checkpoint of a half-finished run.
 - Finished folders (success marker) are skipped before anything is submitted.
-- Packing (``ray.training_runs: N``): the pending trainings are packed into at most N Train runs,
-  balanced by estimated cost (longest first onto the least-loaded run); each run trains its
-  models one after another in the same worker. Each Train run starts a trial actor, a controller,
+- Packing (``ray.training_runs: N``): the pending trainings, in category order, are cut into at
+  most N contiguous runs of similar cost (FLOPs counted by ``raydiff.models.flops``); each run
+  trains its models one after another in the same worker, so a category's models finish together
+  and its fit and scoring can start while other categories still train. Each Train run starts a trial actor, a controller,
   a placement-group cleaner and a worker process (~25 CPU-seconds on a small CPU), which dominates
   a dozen tiny CPU trainings. A packed run resumes from the model folders themselves (each
   finished model has its success marker, a partial one its latest checkpoint).
@@ -33,7 +37,6 @@ Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 import uuid
@@ -46,6 +49,8 @@ import polars as pl
 from raydiff.config import Config, config_from_dict, config_to_dict, model_id
 from raydiff.io import is_complete
 from raydiff.paths import model_dir, output_root
+from raydiff.placement import assigned_gpus, node_id, worker_device
+from raydiff.runs import require_visible
 
 # torch / diffusers are imported inside the worker only: the Tune trial and the Train controller
 # processes unpickle this module and should start fast.
@@ -110,6 +115,11 @@ def train_worker(config: dict[str, Any]) -> None:
     jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
     manifest: pl.DataFrame = config["manifest"]
+    import socket
+
+    require_visible(cfg, f"the training worker on {socket.gethostname()}")
+    device = ray.train.torch.get_device() if worker_device(cfg) == "cuda" else "cpu"
+    where = {"node_id": node_id(), "host": socket.gethostname(), "gpu_ids": assigned_gpus()}
     for job in jobs:
         category, kind = job["category"], job["kind"]
         folder = model_dir(cfg, category, kind)
@@ -133,20 +143,21 @@ def train_worker(config: dict[str, Any]) -> None:
 
         print(f"[train] {category}/{kind}: starting", flush=True)
         train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
-                  device=ray.train.torch.get_device(), resume=True, on_checkpoint=report)
+                  device=device, resume=True, on_checkpoint=report, where=where)
         print(f"[train] {category}/{kind}: done", flush=True)
 
 
 def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
-           use_gpu: bool, hook: CheckpointHook | None) -> None:
-    """One Tune trial = the driver of one Train run for (category, kind)."""
+           hook: CheckpointHook | None) -> None:
+    """One Tune trial = the driver of one Train run for (category, kind), or of a pack of them."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = config_from_dict(cfg_data)
     jobs: list[dict[str, str]] = trial_config["jobs"]
     categories = sorted({j["category"] for j in jobs})
+    use_gpu = uses_gpu(cfg)
     resources = {"CPU": cfg.ray.cpus_per_training}
     if use_gpu:
         resources["GPU"] = cfg.ray.gpus_per_training
@@ -156,6 +167,8 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
         name = f"train-{model_id(cfg)}-{cfg.dataset.dataset_name}-pack-{_digest_jobs(jobs)}"
     trainer = TorchTrainer(
         train_worker,
+        # nccl needs CUDA: a simulated GPU (ray.device: cpu) trains over gloo.
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.torch_device == "cuda" else "gloo"),
         train_loop_config={"cfg": cfg_data, "jobs": jobs, "hook": hook,
                            "manifest": manifest.filter(pl.col("category").is_in(categories))},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
@@ -177,38 +190,35 @@ def _digest_jobs(jobs: Sequence[dict[str, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def uses_gpu(cfg: Config) -> bool:
+    """Whether training workers ask for GPUs (the config says so; nothing is read off the cluster)."""
+    return cfg.ray.accelerator == "gpu" and cfg.ray.gpus_per_training > 0
+
+
 def estimated_cost(cfg: Config, kind: str) -> float:
-    """Relative cost of one training (for packing): UNet steps x pixels, plus the VAE for latent."""
-    pixels = float(cfg.dataset.image_size**2)
-    if kind != "latent":
-        return cfg.models.train_steps * pixels
-    lat = cfg.models.latent
-    return lat.vae_train_steps * pixels + cfg.models.train_steps * pixels / lat.vae_downsample**2
+    """FLOP of one training of ``kind`` (for packing; see ``raydiff.models.flops``)."""
+    from raydiff.models.flops import training_flops
+
+    return training_flops(cfg, kind)
 
 
 def pack_jobs(cfg: Config, jobs: Sequence[dict[str, str]], runs: int) -> list[list[dict[str, str]]]:
-    """``jobs`` split into at most ``runs`` groups of similar total cost (longest first, onto the
-    least-loaded group); ``runs`` = 0 → one group per job. Deterministic."""
+    """``jobs`` in category order, cut into at most ``runs`` contiguous groups of similar total cost;
+    ``runs`` = 0 → one group per job. Deterministic."""
     if runs <= 0 or runs >= len(jobs):
         return [[j] for j in jobs]
-    groups: list[list[dict[str, str]]] = [[] for _ in range(runs)]
-    loads = [0.0] * runs
-    order = sorted(range(len(jobs)), key=lambda i: (-estimated_cost(cfg, jobs[i]["kind"]), i))
-    for i in order:
-        g = min(range(runs), key=lambda r: (loads[r], r))
-        groups[g].append(jobs[i])
-        loads[g] += estimated_cost(cfg, jobs[i]["kind"])
-    return [g for g in groups if g]
-
-
-def max_concurrent(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> int:
-    """``ray.max_concurrent_trainings``, or as many runs as the cluster's CPUs (and GPUs) hold."""
-    if cfg.ray.max_concurrent_trainings:
-        return cfg.ray.max_concurrent_trainings
-    limits = [cluster.get("CPU", 1.0) / cfg.ray.cpus_per_training] if cfg.ray.cpus_per_training > 0 else []
-    if use_gpu and cfg.ray.gpus_per_training > 0:
-        limits.append(cluster.get("GPU", 0.0) / cfg.ray.gpus_per_training)
-    return max(1, math.floor(min(limits))) if limits else 1
+    ordered = sorted(jobs, key=lambda j: j["category"])  # stable: kinds keep their order
+    costs = [estimated_cost(cfg, j["kind"]) for j in ordered]
+    target = sum(costs) / runs
+    groups: list[list[dict[str, str]]] = [[]]
+    done = 0.0
+    for job, cost in zip(ordered, costs, strict=True):
+        # Start the next group when this job would end nearer the next cut than the current one.
+        if groups[-1] and len(groups) < runs and done + cost / 2 > target * len(groups):
+            groups.append([])
+        groups[-1].append(job)
+        done += cost
+    return groups
 
 
 def train_all(
@@ -235,16 +245,14 @@ def train_all(
         return folders
     if not ray.is_initialized():
         raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
-    cluster = ray.cluster_resources()
-    use_gpu = cluster.get("GPU", 0) > 0 and cfg.ray.gpus_per_training > 0
     trainable = ray.tune.with_parameters(
         _trial, cfg_data=config_to_dict(cfg), manifest=manifest.filter(pl.col("category").is_in(list(categories))),
-        use_gpu=use_gpu, hook=on_checkpoint,
+        hook=on_checkpoint,
     )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, DRIVER_RESOURCES),
         param_space={"jobs": ray.tune.grid_search(pack_jobs(cfg, pending, cfg.ray.training_runs))},
-        tune_config=ray.tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg, cluster, use_gpu)),
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trainings or None),
         run_config=ray.tune.RunConfig(
             name=f"sweep-{model_id(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
             storage_path=str(storage_path(cfg)),

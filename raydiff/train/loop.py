@@ -36,7 +36,6 @@ import copy
 import csv
 import io
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +53,8 @@ from raydiff.io import is_complete, write_marker
 from raydiff.models import checkpoint as ckpt
 from raydiff.models.presets import build_unet, describe_unet
 from raydiff.paths import model_dir
+from raydiff.placement import utc_now
+from raydiff.runs import versions
 from raydiff.seeding import derive_seed, generator
 
 #: Model kind → noise kind used for x_t, as the regression target and in the reverse process.
@@ -142,22 +143,6 @@ def diffusion_loss(
     return simple + vlb_weight * s.timesteps * vlb, simple, vlb
 
 
-def versions() -> dict[str, str]:
-    import diffusers
-
-    import raydiff
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-           "raydiff": getattr(raydiff, "__version__", "unknown")}
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
-    return out
-
-
 def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
     """Loss per step (light) and its running mean (dark), log scale; PNG via matplotlib Agg."""
     import matplotlib
@@ -230,6 +215,7 @@ def train_one(
     resume: bool = True,
     on_checkpoint: CheckpointHook | None = None,
     progress: Callable[[str], None] | None = None,
+    where: dict[str, Any] | None = None,
 ) -> Path:
     """Train model ``kind`` for ``category``; return its checkpoint folder.
 
@@ -237,6 +223,10 @@ def train_one(
     a folder holding a checkpoint continues from its step; otherwise it is overwritten. A
     checkpoint is written every ``cfg.models.checkpoint_every`` steps and at the end, then
     ``on_checkpoint(folder, step, metrics)`` is called; the marker is written last.
+
+    ``meta.json`` records each training segment (a start or a resume): the step it started at,
+    the torch device, UTC start/end times and ``where`` (the Ray node id and GPU ids of a Ray
+    worker).
     """
     folder = Path(out_dir) if out_dir is not None else model_dir(cfg, category, kind)
     if is_complete(folder):
@@ -298,10 +288,12 @@ def train_one(
         segments = list(start_state.meta.get("segments", []))
         elapsed = rows[-1]["seconds"] if rows else 0.0
         say(f"{category}/{kind}: resuming at step {step}")
-    segments.append({"start_step": step, "device": str(dev)})
+    segment = {"start_step": step, "device": str(dev), **(where or {}), "started": utc_now(), "ended": None}
+    segments.append(segment)
     meta.update(unet=describe_unet(unet), segments=segments)
 
     def save(step_now: int, final: bool) -> None:
+        segment["ended"] = utc_now()
         files = {"loss.csv": loss_csv(rows)}
         ckpt.save_checkpoint(folder, unet, ema, opt, step_now, meta, vae=vae_to_save, files=files)
         try:
@@ -376,7 +368,7 @@ def _prepare_vae(
         info: dict[str, Any] = {"source": "pretrained", "path": str(Path(lc.vae_path).resolve())}
         to_save = None
     elif start_state is not None:
-        vae = L.load_vae_for_checkpoint(folder, start_state.meta, dev)
+        vae = ckpt.load_vae_for_checkpoint(folder, start_state.meta, dev)
         return vae, vae, float(start_state.meta["latent_scale"]), dict(start_state.meta["vae"])
     else:
         torch.manual_seed(derive_seed(seed, "vae-init"))

@@ -1,0 +1,352 @@
+"""The run-folder format: result schemas, the partition commit protocol, readers, run metadata.
+
+No Ray here: the scoring actors (``raydiff.pipeline``) write through these functions, and
+metrics, report and inspect read through them.
+
+    OUT/<run_id>/
+      config.yaml, versions.json                          what produced the run
+      pixels/dataset=<d>/category=<c>/variant=<v>/        one row per pixel
+        part-<first>.parquet ..., _SUCCESS                one file per scored batch, marker last
+      images/dataset=<d>/category=<c>/variant=<v>/        one row per image (same layout)
+
+Commit protocol (workers write, the driver commits). For one scoring attempt of a category,
+every (table, variant) partition gets a hidden staging folder ``.staging-variant=<v>-<attempt>``
+next to its final folder. A worker writes each batch as ``part-<first>.parquet``, where
+``<first>`` is the position of the batch's first image in the category's sorted test list:
+under a temporary name, then renamed, so a file is either whole or absent, and a retried batch
+replaces its own file instead of adding rows. When every batch has reported, the driver keeps
+exactly the files the successful batches named (a killed attempt's leftovers are deleted),
+checks the row count, renames the staging folder into place and writes the success marker
+last. Readers see only partitions with a marker. All of it needs a POSIX file system that
+every node mounts at the same path (local disk on one node; NFS, EFS, FSx, Lustre on many):
+renames within a folder are atomic there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raydiff.config import Config
+from raydiff.errors import OutputError
+from raydiff.io import MARKER, atomic_write_text, is_complete, write_marker
+from raydiff.paths import partition_dir, run_dir
+
+PIXEL_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("defect_type", pa.string()),
+        ("label", pa.int8()),
+        ("y", pa.int16()),
+        ("x", pa.int16()),
+        ("score", pa.float32()),
+        ("gt", pa.int8()),
+        ("region", pa.int32()),
+    ]
+)
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("defect_type", pa.string()),
+        ("label", pa.int8()),
+        ("score", pa.float32()),
+        ("forwards_per_image", pa.float32()),
+        ("seconds_per_image", pa.float32()),
+    ]
+)
+TABLES = ("pixels", "images")
+#: Parquet dictionary-encodes the string columns on disk (pyarrow's default), so a repeated image id
+#: costs a few bits per row.
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+
+Progress = Callable[[str], None]
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that determine results (for run and model metadata)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("raydiff", "torch", "diffusers", "ray", "polars", "pyarrow", "faiss-cpu", "faiss-gpu-cu12", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables from whole arrays (no per-pixel Python objects)
+# --------------------------------------------------------------------------------------------
+
+
+def _repeat_strings(values: Any, times: int) -> pa.Array:
+    """``values`` (B strings) each repeated ``times`` times, gathered in Arrow from B strings."""
+    small = pa.array([str(v) for v in values], pa.string())
+    return pc.take(small, pa.array(np.repeat(np.arange(len(small), dtype=np.int32), times)))
+
+
+def pixel_table(batch: dict[str, np.ndarray], variant: str) -> pa.Table:
+    """One row per pixel for one variant: maps ``map:<variant>`` (B,H,W), gt (B,H,W), region (B,H,W)."""
+    maps = batch[f"map:{variant}"]
+    b, h, w = maps.shape
+    hw = h * w
+    yy, xx = np.indices((h, w), dtype=np.int16)
+    return pa.Table.from_arrays(
+        [
+            _repeat_strings(batch["image_id"], hw),
+            _repeat_strings(batch["defect_type"], hw),
+            pa.array(np.repeat(np.asarray(batch["label"]).astype(np.int8), hw)),
+            pa.array(np.tile(yy.ravel(), b)),
+            pa.array(np.tile(xx.ravel(), b)),
+            pa.array(maps.reshape(-1).astype(np.float32)),
+            pa.array(np.asarray(batch["gt"]).reshape(-1).astype(np.int8)),
+            pa.array(np.asarray(batch["region"]).reshape(-1).astype(np.int32)),
+        ],
+        schema=PIXEL_SCHEMA,
+    )
+
+
+def image_table(batch: dict[str, np.ndarray], variant: str) -> pa.Table:
+    """One row per image for one variant (score, UNet forwards and seconds per image)."""
+    return pa.Table.from_arrays(
+        [
+            _repeat_strings(batch["image_id"], 1),
+            _repeat_strings(batch["defect_type"], 1),
+            pa.array(np.asarray(batch["label"]).astype(np.int8)),
+            pa.array(np.asarray(batch[f"score:{variant}"], np.float32)),
+            pa.array(np.asarray(batch[f"forwards:{variant}"], np.float32)),
+            pa.array(np.asarray(batch[f"seconds:{variant}"], np.float32)),
+        ],
+        schema=IMAGE_SCHEMA,
+    )
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` under a temporary sibling name, then rename it to ``path``."""
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions written by one process (tests, synthetic runs)
+# --------------------------------------------------------------------------------------------
+
+
+class PartitionWriter:
+    """Writes one partition under a temporary sibling name; ``commit`` renames and marks it."""
+
+    def __init__(self, final: Path, schema: pa.Schema) -> None:
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        self.writer = pq.ParquetWriter(self.tmp / "part-0.parquet", schema, **PARQUET_OPTIONS)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self, info: dict[str, Any]) -> None:
+        self.writer.close()
+        _replace_dir(self.tmp, self.final)
+        write_marker(self.final, {**info, "rows": self.rows})
+
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _replace_dir(src: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(src, final)
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions written by many workers (the scoring pipeline): staging, parts, commit
+# --------------------------------------------------------------------------------------------
+
+
+def staging_dir(final: Path, attempt: str) -> Path:
+    """The hidden folder that one scoring attempt fills with the parts of partition ``final``."""
+    return final.parent / f".staging-{final.name}-{attempt}"
+
+
+def part_name(first: int) -> str:
+    """File of the batch whose first image is number ``first`` of the category's sorted test list."""
+    return f"part-{first:06d}.parquet"
+
+
+def write_part(final: Path, attempt: str, first: int, table: pa.Table) -> str:
+    """Write one batch's rows of partition ``final`` into the attempt's staging folder (atomic)."""
+    folder = staging_dir(final, attempt)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = part_name(first)
+    write_parquet_atomic(table, folder / name)
+    return name
+
+
+def commit_staged(final: Path, attempt: str, parts: Sequence[str], rows: int, info: dict[str, Any]) -> None:
+    """Make the staged partition visible: keep exactly ``parts``, check ``rows``, rename, mark.
+
+    Raises OutputError (nothing renamed) when a part is missing or the row count differs.
+    """
+    folder = staging_dir(final, attempt)
+    keep = set(parts)
+    missing = sorted(p for p in keep if not (folder / p).is_file())
+    if missing:
+        raise OutputError(folder, f"scored parts {missing[:3]} are missing (written on another file system?).",
+                          "make output.root storage that every node sees at the same path.")
+    for p in folder.iterdir():  # a killed attempt's temporaries or batches no successful task reported
+        if p.name not in keep:
+            p.unlink()
+    found = sum(pq.ParquetFile(folder / p).metadata.num_rows for p in keep)
+    if found != rows:
+        raise OutputError(folder, f"holds {found} rows, expected {rows}.", "re-run: the partition is recomputed.")
+    _replace_dir(folder, final)
+    write_marker(final, {**info, "rows": rows, "files": len(keep)})
+
+
+def discard_staged(final: Path, attempt: str) -> None:
+    shutil.rmtree(staging_dir(final, attempt), ignore_errors=True)
+
+
+def remove_stale(cfg: Config, category: str) -> None:
+    """Delete temporaries and staging folders that killed runs left in a category's partitions."""
+    for table in TABLES:
+        parent = partition_dir(cfg, table, category, "x").parent
+        if parent.is_dir():
+            for p in [*parent.glob(".tmp-*"), *parent.glob(".staging-*")]:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def image_set_digest(image_ids: Sequence[str]) -> str:
+    """A short digest of which test images a partition holds (a ``--limit`` subset differs)."""
+    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()[:16]
+
+
+def marker_info(folder: Path) -> dict[str, Any]:
+    """The JSON a success marker holds ({} when absent or unreadable)."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pending_variants(cfg: Config, category: str, variants: Sequence[str], image_set: str | None = None) -> list[str]:
+    """Variants whose pixel or image partition is not complete (for this set of test images) yet."""
+
+    def done(folder: Path) -> bool:
+        if not is_complete(folder):
+            return False
+        return image_set is None or marker_info(folder).get("image_set") == image_set
+
+    return [v for v in variants if not all(done(partition_dir(cfg, t, category, v)) for t in TABLES)]
+
+
+# --------------------------------------------------------------------------------------------
+# Run metadata and the shared-storage check
+# --------------------------------------------------------------------------------------------
+
+
+def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Write config.yaml + versions.json into the run folder; refuse a folder of another config
+    (``overwrite``: delete that folder's scores first)."""
+    import yaml
+
+    from raydiff.config import config_from_dict, dump_config, model_id, run_id
+
+    folder = run_dir(cfg)
+    existing = folder / "config.yaml"
+    if existing.is_file():
+        try:
+            other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
+        except Exception as err:  # a damaged or foreign file: never mix outputs
+            raise OutputError(existing, f"cannot be read as a raydiff config ({err}).", "pick a new --output.") from None
+        if run_id(other) != run_id(cfg) and overwrite:
+            if progress is not None:
+                progress(f"--overwrite: deleting {folder} (written by another config)")
+            shutil.rmtree(folder)
+        elif run_id(other) != run_id(cfg):
+            raise OutputError(
+                folder,
+                "this output folder was written by a different config.",
+                "pick a new --output, or pass --overwrite to delete it.",
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(existing, dump_config(cfg))
+        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg), "model_id": model_id(cfg)}
+        atomic_write_text(folder / "versions.json", json.dumps(meta, indent=2))
+    except OSError as err:
+        raise OutputError(folder, f"cannot write the output folder ({err.strerror}).", "check free space and permissions, or pick another --output.") from None
+    return folder
+
+
+def require_visible(cfg: Config, where: str) -> None:
+    """Fail with one clear line when this process (a worker on ``where``) cannot see the run folder.
+
+    The driver writes ``config.yaml`` into the run folder before any work starts; a worker that
+    does not find it is on a node whose ``output.root`` is not the driver's storage.
+    """
+    probe = run_dir(cfg) / "config.yaml"
+    if not probe.is_file():
+        raise OutputError(
+            probe,
+            f"not visible from {where}: the output root is not storage that every node sees.",
+            "set output.root (or --output) to a path on shared storage (NFS/EFS/FSx) mounted at the same path on every node.",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: only complete partitions
+# --------------------------------------------------------------------------------------------
+
+
+def complete_files(root: Path, table: str) -> list[str]:
+    base = Path(root) / table
+    files: list[str] = []
+    for marker in sorted(base.glob(f"dataset=*/category=*/variant=*/{MARKER}")):
+        files.extend(str(p) for p in sorted(marker.parent.glob("*.parquet")))
+    return files
+
+
+def _scan(root: Path, table: str) -> pl.LazyFrame:
+    files = complete_files(root, table)
+    if not files:
+        raise FileNotFoundError(f"{Path(root) / table}: no complete partitions")
+    # Pinned: category "01" (BTAD) must stay a string, not be inferred as an integer.
+    hive = {"dataset": pl.String, "category": pl.String, "variant": pl.String}
+    return pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
+
+
+def scan_pixels(root: Path) -> pl.LazyFrame:
+    """The per-pixel table of a run folder (complete partitions only), with hive columns."""
+    return _scan(root, "pixels")
+
+
+def scan_images(root: Path) -> pl.LazyFrame:
+    """The per-image table of a run folder (complete partitions only), with hive columns."""
+    return _scan(root, "images")
