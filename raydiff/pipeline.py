@@ -28,12 +28,10 @@ Design (why a pool per category, why the actors load their own inputs):
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,10 +54,6 @@ from raydiff.runs import (
     require_visible,
     write_part,
 )
-
-#: Test hook (reliability tests): an actor exits hard after this many batches, once per run.
-KILL_ENV = "RAYDIFF_TEST_KILL_ACTOR_AFTER"
-
 
 def load_batch(batch: dict[str, np.ndarray], size: int, channels: int, resize: str) -> dict[str, np.ndarray]:
     """Load images (B,C,H,W float32 in [-1,1]), GT masks (B,H,W int8) and 8-connected regions (B,H,W int32)."""
@@ -100,7 +94,6 @@ class ScoringActor:
         require_visible(self.cfg, f"the scoring actor on {socket.gethostname()}")
         self.device = worker_device(self.cfg)
         self.ctx = load_category_context(self.cfg, category, torch.device(self.device))
-        self.batches = 0
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -108,8 +101,6 @@ class ScoringActor:
         from raydiff.scoring import score_batch
 
         started = utc_now()
-        self._maybe_die()
-        self.batches += 1
         d = self.cfg.dataset
         batch = load_batch(rows, d.image_size, self.channels, d.fit)
         images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
@@ -126,14 +117,6 @@ class ScoringActor:
         n = len(rows["index"])
         record = json.dumps(where_ran(self.device, started))
         return {"index": np.asarray(rows["index"]), "first": np.full(n, first), "placement": np.array([record] * n)}
-
-    def _maybe_die(self) -> None:
-        kill_after = os.environ.get(KILL_ENV)
-        if kill_after and self.batches >= int(kill_after.split(":")[0]):
-            marker = Path(kill_after.split(":", 1)[1])
-            if not marker.exists():  # die once per test run, then behave
-                marker.write_text("killed")
-                os._exit(1)
 
 
 def test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
@@ -153,13 +136,15 @@ def score_category(
     variants: Sequence[str] | None = None,
     limit: int | None = None,
     progress: bool = True,
+    actor: type = ScoringActor,
 ) -> dict[str, Any]:
     """Score one category's test images with every pending variant; commit their partitions.
 
     Needs a running Ray and the category's trained models and fitted state. Resources come from
     the config (``ray.accelerator``, ``ray.gpus_per_scoring_actor``, ``ray.scoring_actors``).
     Returns a summary: images, seconds, images/s, variants written / skipped, and one placement
-    record per scored batch.
+    record per scored batch. ``actor``: a ScoringActor subclass (the reliability tests inject
+    faults with one).
     """
     import ray
 
@@ -186,7 +171,7 @@ def score_category(
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     attempt = uuid.uuid4().hex[:12]
     ds = ds.map_batches(
-        ScoringActor,
+        actor,
         batch_size=batch_size,
         batch_format="numpy",
         fn_constructor_kwargs={"cfg_data": config_to_dict(cfg), "category": category, "variants": todo,

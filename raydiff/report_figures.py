@@ -29,12 +29,17 @@ def _fmt_pct(value: float | None) -> str:
 
 
 def variant_color(variant: str) -> str:
-    """The same colour for a variant in every figure (its position among the known variant ids)."""
+    """The same colour for a variant in every figure: its position in ``VARIANT_TABLE``, on a
+    palette as long as the table (tab10, then tab20, then evenly spaced hues), so no two
+    registered variants share a colour."""
     from raydiff.config import VARIANT_IDS
 
-    palette = plt.get_cmap("tab10").colors
-    index = VARIANT_IDS.index(variant) if variant in VARIANT_IDS else sum(map(ord, variant))
-    return matplotlib.colors.to_hex(palette[index % len(palette)])
+    n = len(VARIANT_IDS)
+    index = VARIANT_IDS.index(variant) if variant in VARIANT_IDS else sum(map(ord, variant)) % n
+    if n <= 20:
+        palette = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
+        return matplotlib.colors.to_hex(palette[index % len(palette)])
+    return matplotlib.colors.to_hex(plt.get_cmap("hsv")(index / n))
 
 
 def _resample(x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.ndarray, np.ndarray]:

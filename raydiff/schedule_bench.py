@@ -71,7 +71,9 @@ def forwards_per_image(cfg: Any) -> dict[str, float]:
     models = random_models(tiny, 3, torch.device("cpu"), kinds)
     features, _ = build_features(tiny.features, seed=0)
     knn = None
-    if any(v in ("dynamic", "dynamic-pixel") for v in variants):
+    from raydiff.scoring.fit import DYNAMIC_VARIANTS
+
+    if any(v in DYNAMIC_VARIANTS for v in variants):
         from raydiff.features import knn_features
         from raydiff.knn_prior import KNNPrior
         from raydiff.scoring.fit import dynamic_params
@@ -94,6 +96,7 @@ def forwards_per_image(cfg: Any) -> dict[str, float]:
 
 def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu: float) -> dict[str, Any]:
     """GPU-seconds of every piece of the sweep of ``cfg`` over ``sizes``' categories."""
+    from raydiff.config import MODEL_KIND_TABLE
     from raydiff.models.flops import training_flops, unet_forward_flops
 
     rate = gpu_tflops * 1e12 * mfu
@@ -101,8 +104,9 @@ def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu
     kinds = list(cfg.model_kinds_needed())
     train_s = {k: training_flops(cfg, k) / rate for k in kinds}
     fwd = {k: (unet_forward_flops(mc.preset, lat.latent_channels, lat.latent_channels, size >> lat.vae_downsample,
-                                  mc.base_channels) if k == "latent" else
-               unet_forward_flops(mc.preset, 3, 3 * (2 if k == "pixel" else 1), size, mc.base_channels))
+                                  mc.base_channels) if MODEL_KIND_TABLE[k].latent else
+               unet_forward_flops(mc.preset, 3, 3 * (2 if MODEL_KIND_TABLE[k].learned_variance else 1), size,
+                                  mc.base_channels))
            for k in kinds}
     counts = forwards_per_image(cfg)
     image_s = sum(counts.get(k, 0.0) * fwd[k] for k in kinds) / rate

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,6 @@ nothing duplicated, re-runs bit-identical.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -45,7 +44,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     from raydiff import workflow
     from raydiff.config import load_config
     from raydiff.data.textures import make_textures
-    from raydiff.pipeline import KILL_ENV
 
     base = tmp_path_factory.mktemp("e2e")
     root = make_textures(base / "data", size=SIZE, n_train=12, n_test_good=3, n_test_defect=3, categories=("brick",))
@@ -55,12 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "models.latent.vae_train_steps": 2, "ray.scoring_batch_size": 2, "ray.training_runs": 1,
     }
     cfg = load_config(REPO / "configs" / "textures.yaml", overrides)
-    # The scoring actor's kill hook, disarmed (its marker exists) until a test removes the marker.
-    # Workers inherit the driver's environment at ray.init, hence set before it.
-    killed = base / "killed-once"
-    killed.write_text("disarmed")
-    old = os.environ.get(KILL_ENV)
-    os.environ[KILL_ENV] = f"1:{killed}"
+    killed = base / "killed-once"  # the dying actor's flag (tests/faults.py)
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         first = workflow.sweep(cfg, limit=2)  # a debugging subset first: the full run must redo it
@@ -70,10 +63,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                               folder=Path(result["run_dir"]), overrides=overrides)
     finally:
         ray.shutdown()
-        if old is None:
-            os.environ.pop(KILL_ENV, None)
-        else:
-            os.environ[KILL_ENV] = old
 
 
 def test_sweep_writes_every_pixel_once_per_variant(run: SimpleNamespace) -> None:
@@ -132,6 +121,8 @@ def test_rerun_skips_then_repairs_a_lost_partition(run: SimpleNamespace) -> None
 
 
 def test_killed_scoring_actor_same_parquet_any_batch_size(run: SimpleNamespace) -> None:
+    from faults import dying_scoring_actor
+
     from raydiff.config import load_config
     from raydiff.pipeline import score_category
     from raydiff.workflow import prepare
@@ -139,9 +130,9 @@ def test_killed_scoring_actor_same_parquet_any_batch_size(run: SimpleNamespace) 
     reference_pixels, reference_images = _scores(run.folder, "pixels"), _scores(run.folder, "images")
     for table in ("pixels", "images"):
         shutil.rmtree(run.folder / table)
-    run.killed.unlink()  # arm: the actor exits hard at its second batch, once
     cfg = load_config(REPO / "configs" / "textures.yaml", {**run.overrides, "ray.scoring_batch_size": 3})
-    summary = score_category(cfg, "brick", prepare(cfg), progress=False)
+    dying = dying_scoring_actor(after_batches=0, flag=run.killed)  # exits hard after writing its first batch, once
+    summary = score_category(cfg, "brick", prepare(cfg), progress=False, actor=dying)
     assert run.killed.read_text() == "killed", "the kill hook did not fire"
     assert summary["images"] == N_TEST
     # Same rows, no duplicates, no partial partition. The scores equal the batch-2 reference to

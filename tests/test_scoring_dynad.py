@@ -388,6 +388,7 @@ def test_fit_category_needs_holdout_images(small: SimpleNamespace) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_pasted_foreign_patch_scores_higher_inside(texture_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Fit → save → load_category_context → score, as the pipeline does, on trained tiny models."""
     import shutil

@@ -268,6 +268,7 @@ def patched_results(scoring: Scoring) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 @pytest.mark.parametrize("variant", OURS)
 def test_pasted_foreign_patch_scores_higher_inside(scoring: Scoring, patched_results: dict, variant: str) -> None:
     res = patched_results[variant]
@@ -292,6 +293,7 @@ def _expected_forwards(cfg) -> dict[str, int]:  # noqa: ANN001
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_forward_passes_per_variant_and_shared(scoring: Scoring) -> None:
     from raydiff.scoring import raw_components, score_batch
 
@@ -319,6 +321,7 @@ def test_forward_passes_per_variant_and_shared(scoring: Scoring) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_same_seed_same_maps_across_batch_size_and_composition(scoring: Scoring) -> None:
     from raydiff.scoring import score_batch
 
@@ -392,6 +395,7 @@ def test_kl_components_vanish_for_a_model_equal_to_the_posterior() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_bf16_autocast_scores_match_fp32(scoring: Scoring, patched_results: dict) -> None:
     """The GPU path (bf16 autocast of the UNet calls) against the fp32 path, on the CPU.
 

@@ -21,6 +21,8 @@ from raydiff.models.presets import build_unet
 from raydiff.paths import model_dir
 from raydiff.train.loop import augment_batch, diffusion_loss, train_one
 
+pytestmark = pytest.mark.trains
+
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +173,7 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, textures: P
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.parametrize("training_runs", [0, 2])
 def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: pl.DataFrame, training_runs: int) -> None:
     """2 categories × 2 kinds on a local Ray (one Train run each, or packed into 2 runs): one
@@ -178,7 +181,9 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
     continues; a packed run skips what it finished); a second launch skips all four."""
     import ray
 
-    from raydiff.train.launch import FailOnceAfterCheckpoint, train_all
+    from faults import fail_once_after_checkpoint
+
+    from raydiff.train.launch import train_all
 
     cfg = make_cfg(tmp_path, textures, train_steps=4, checkpoint_every=2)
     cfg = config_from_dict({**config_to_dict(cfg), "ray": {"cpus_per_training": 0.5,  # all at once
@@ -189,7 +194,7 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         folders = train_all(cfg, ["brick", "grass"], ["pixel", "latent"], manifest,
-                            on_checkpoint=FailOnceAfterCheckpoint(flag))
+                            on_checkpoint=fail_once_after_checkpoint(flag))
         assert len(folders) == 4 and all(is_complete(f) for f in folders)
         assert flag.is_file()
         starts = {f"{f.parent.name}/{f.name}": [s["start_step"] for s in json.loads((f / "meta.json").read_text())["segments"]]

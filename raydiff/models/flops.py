@@ -12,7 +12,7 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from raydiff.config import Config
+from raydiff.config import MODEL_KIND_TABLE, Config
 
 #: Forward + backward of a training step, in forwards.
 TRAIN_STEP_FORWARDS = 3.0
@@ -50,8 +50,9 @@ def vae_flops(preset: str, channels: int, size: int, latent_channels: int, downs
 def training_flops(cfg: Config, kind: str, channels: int = 3) -> float:
     """FLOP of training one model of ``kind`` with ``cfg.models`` (UNet steps, plus the VAE for latent)."""
     mc, lat, size = cfg.models, cfg.models.latent, cfg.dataset.image_size
-    learned = 2 if kind == "pixel" else 1  # the pixel kind also predicts the variance (Σ)
-    if kind != "latent":
+    spec = MODEL_KIND_TABLE[kind]
+    learned = 2 if spec.learned_variance else 1  # the UNet also predicts v (the variance)
+    if not spec.latent:
         per_sample = unet_forward_flops(mc.preset, channels, channels * learned, size, mc.base_channels)
         return TRAIN_STEP_FORWARDS * per_sample * mc.batch_size * mc.train_steps
     z = size >> lat.vae_downsample

@@ -1,25 +1,37 @@
 """Every scoring variant, as pure library code, computed in one shared pass per batch.
 
-One file per paper:
+The variants are the rows of ``raydiff.config.VARIANT_TABLE`` (id, method module, params class,
+model kind, family, timesteps); ``METHODS`` maps a row's ``method`` to its module here, one file
+per paper:
 
-==================  ==========================  ==============================================
-variant id          file                        model kind
-==================  ==========================  ==============================================
-static-gaussian     kashihara_static.py         pixel
-static-simplex      kashihara_static.py         pixel-simplex
-static-gmm          kashihara_static.py         pixel-gmm
-no-diffusion        kashihara_no_diffusion.py   pixel
-dynamic             dynad.py                    latent
-dynamic-pixel       dynad.py                    pixel
-kl                  ran_kl.py                   pixel
-trend (+ablations)  kim_trend.py                pixel
-==================  ==========================  ==============================================
+=========================  ==========================  =====================================
+method (file)              variant ids                 paper
+=========================  ==========================  =====================================
+kashihara_static.py        static-gaussian / -simplex  Kashihara et al.; Fučka et al. (noise)
+                           / -gmm
+kashihara_no_diffusion.py  no-diffusion                Kashihara et al.
+dynad.py                   dynamic, dynamic-pixel      DynAD
+ran_kl.py                  kl                          RAN
+kim_trend.py               trend (+2 ablations)        Kim et al.
+=========================  ==========================  =====================================
 
 Each module defines ``components(cache, variant_id, params) -> {name: (B,H,W) raw map}`` and
 ``combine(variant_id, components, stats, params) -> (B,H,W)``; ``stats`` maps a component name to
 (mean, std) of that component over held-out normal images (None while fitting). Variants with the
 same ``family`` share one ``components`` call (the trend ablations). The configured smoothing and
 image-score rule are applied last (``postprocess.finish``).
+
+Adding a variant:
+
+1. its maths in a new file here (``components`` + ``combine``), added to ``METHODS``; or reuse a
+   method module;
+2. its params dataclass in ``raydiff/config/schema.py`` (or reuse one) and a field of
+   ``VariantsConfig`` holding its defaults;
+3. one row in ``VARIANT_TABLE``: id, method, params class, field, model kind, family, timesteps.
+
+Everything else (config parsing and the timestep check, fitting statistics, scoring, the
+report's colours) derives from the row; ``tests/test_variant_table.py`` walks every row through
+parsing, fitting, scoring and the report, so a half-wired row fails there.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydiff.config import VARIANT_MODEL_KIND
+from raydiff.config import VARIANT_TABLE
 from raydiff.scoring import dynad, kashihara_no_diffusion, kashihara_static, kim_trend, ran_kl
 from raydiff.scoring.context import BatchCache, CategoryContext
 from raydiff.scoring.postprocess import finish
@@ -50,24 +62,21 @@ class Variant:
 
     @property
     def model_kind(self) -> str:
-        return VARIANT_MODEL_KIND[self.id]
+        return VARIANT_TABLE[self.id].model_kind
 
 
-def _variant(vid: str, module: Any, family: str | None = None) -> Variant:
-    return Variant(vid, family or vid, module.components, module.combine)
-
+#: A ``VARIANT_TABLE`` row's ``method`` → the module with its maths.
+METHODS: dict[str, Any] = {
+    "kashihara_static": kashihara_static,
+    "kashihara_no_diffusion": kashihara_no_diffusion,
+    "dynad": dynad,
+    "ran_kl": ran_kl,
+    "kim_trend": kim_trend,
+}
 
 VARIANTS: dict[str, Variant] = {
-    "static-gaussian": _variant("static-gaussian", kashihara_static),
-    "static-simplex": _variant("static-simplex", kashihara_static),
-    "static-gmm": _variant("static-gmm", kashihara_static),
-    "no-diffusion": _variant("no-diffusion", kashihara_no_diffusion),
-    "dynamic": _variant("dynamic", dynad),
-    "dynamic-pixel": _variant("dynamic-pixel", dynad),
-    "kl": _variant("kl", ran_kl),
-    "trend": _variant("trend", kim_trend, family="trend"),
-    "trend-intensity": _variant("trend-intensity", kim_trend, family="trend"),
-    "trend-uncertainty": _variant("trend-uncertainty", kim_trend, family="trend"),
+    row.id: Variant(row.id, row.family, METHODS[row.method].components, METHODS[row.method].combine)
+    for row in VARIANT_TABLE.values()
 }
 
 

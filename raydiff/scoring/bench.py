@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from raydiff.config import VARIANT_MODEL_KIND, Config, load_config
+from raydiff.config import MODEL_KIND_TABLE, VARIANT_MODEL_KIND, Config, load_config
 
 
 def random_models(cfg: Config, channels: int, device: torch.device, kinds: Sequence[str]) -> dict[str, Any]:
@@ -30,7 +30,6 @@ def random_models(cfg: Config, channels: int, device: torch.device, kinds: Seque
     from raydiff.models.checkpoint import DiffusionModel
     from raydiff.models.latent import build_vae
     from raydiff.models.presets import build_unet
-    from raydiff.train.loop import NOISE_KIND
 
     mc, size = cfg.models, cfg.dataset.image_size
     schedule = D.Schedule.from_config(mc).to(device)
@@ -38,15 +37,16 @@ def random_models(cfg: Config, channels: int, device: torch.device, kinds: Seque
     for i, kind in enumerate(kinds):
         torch.manual_seed(cfg.seed + i)
         vae, scale, sample_channels, sample_size = None, None, channels, size
-        if kind == "latent":
+        spec = MODEL_KIND_TABLE[kind]
+        if spec.latent:
             lat = mc.latent
             vae = build_vae(mc.preset, channels, size, lat.latent_channels, lat.vae_downsample).to(device).eval()
             scale, sample_channels, sample_size = 1.0, lat.latent_channels, size >> lat.vae_downsample
-        learned = kind == "pixel"
+        learned = spec.learned_variance
         unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned else 1), sample_size, mc.base_channels)
         out[kind] = DiffusionModel(
             unet=unet.to(device).eval().requires_grad_(False), kind=kind, channels=channels, learned_variance=learned,
-            noise_kind=NOISE_KIND[kind], schedule=schedule, vae=vae, latent_scale=scale,
+            noise_kind=spec.noise, schedule=schedule, vae=vae, latent_scale=scale,
         )
     return out
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from raydiff.config import VARIANT_TABLE
 from raydiff.errors import CheckpointError
 from raydiff.io import atomic_dir, is_complete
 
@@ -138,8 +139,8 @@ def normalisation_stats(
 # Orchestration: fit one category, load what scoring needs
 # --------------------------------------------------------------------------------------------
 
-#: The variants that need DynAD's KNN prior (and whose parameters set it).
-DYNAMIC_VARIANTS: tuple[str, ...] = ("dynamic", "dynamic-pixel")
+#: The variants that need DynAD's KNN prior (and whose parameters set it): the dynad rows.
+DYNAMIC_VARIANTS: tuple[str, ...] = tuple(v.id for v in VARIANT_TABLE.values() if v.method == "dynad")
 
 
 def dynamic_params(cfg: Any, variants: Sequence[str]) -> Any:
@@ -187,7 +188,7 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
             "add pixel (or latent) to models.kinds, or set features.domain_adaptation_epochs: 0.",
         )
     model = models[kind]
-    params = cfg.variants.params("dynamic-pixel" if kind == "pixel" else "dynamic")
+    params = cfg.variants.params(next(v for v in DYNAMIC_VARIANTS if VARIANT_TABLE[v].model_kind == kind))
 
     calls = [0]
 

@@ -61,21 +61,6 @@ CheckpointHook = Callable[[Path, int, dict[str, float]], None]
 DRIVER_RESOURCES = {"cpu": 0, "memory": 1 << 20}
 
 
-class FailOnceAfterCheckpoint:
-    """Fault injection: raise once, right after the first checkpoint report, to exercise
-    ``FailureConfig`` restarts (tests and recovery drills). ``flag`` is a file path visible to
-    the workers; its existence means "already failed"."""
-
-    def __init__(self, flag: Path) -> None:
-        self.flag = str(flag)
-
-    def __call__(self, folder: Path, step: int, metrics: dict[str, float]) -> None:
-        flag = Path(self.flag)
-        if not flag.exists():
-            flag.write_text(f"failed after the checkpoint at step {step}\n")
-            raise RuntimeError(f"injected failure after the checkpoint at step {step} ({folder})")
-
-
 def absolute_output(cfg: Config) -> Config:
     """The config with an absolute output root (Ray workers do not share the driver's cwd)."""
     root = output_root(cfg).resolve()

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from raydiff import diffusion as D
-from raydiff.config import AugmentConfig, Config, config_to_dict, model_id
+from raydiff.config import MODEL_KIND_TABLE, AugmentConfig, Config, config_to_dict, model_id
 from raydiff.errors import CheckpointError, DatasetError
 from raydiff.io import is_complete, write_marker
 from raydiff.models import checkpoint as ckpt
@@ -58,7 +58,6 @@ from raydiff.runs import versions
 from raydiff.seeding import derive_seed, generator
 
 #: Model kind → noise kind used for x_t, as the regression target and in the reverse process.
-NOISE_KIND: dict[str, str] = {"pixel": "gaussian", "pixel-simplex": "simplex", "pixel-gmm": "gmm", "latent": "gaussian"}
 LOSS_COLUMNS = ("step", "loss", "loss_vlb", "lr", "seconds")
 
 #: Called after every checkpoint: (folder, step, metrics). May raise (fault injection).
@@ -231,8 +230,8 @@ def train_one(
     folder = Path(out_dir) if out_dir is not None else model_dir(cfg, category, kind)
     if is_complete(folder):
         return folder
-    if kind not in NOISE_KIND:
-        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(NOISE_KIND)}")
+    if kind not in MODEL_KIND_TABLE:
+        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODEL_KIND_TABLE)}")
     say = progress or (lambda _msg: None)
     mc = cfg.models
     dev = torch.device(device) if device is not None else _default_device()
@@ -242,8 +241,8 @@ def train_one(
     images, channels = load_train_images(cfg, category, manifest)
     images = images.to(dev)
     seed = derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, kind)
-    noise_kind = NOISE_KIND[kind]
-    learned_variance = kind == "pixel"
+    noise_kind = MODEL_KIND_TABLE[kind].noise
+    learned_variance = MODEL_KIND_TABLE[kind].learned_variance
     aug = mc.augment_for(category)
     schedule = D.Schedule.from_config(mc).to(dev)
     meta: dict[str, Any] = {
@@ -260,7 +259,7 @@ def train_one(
 
     # ---- latent kind: the autoencoder first (trained once, saved with every checkpoint) ----
     vae, vae_to_save, scale = None, None, None
-    if kind == "latent":
+    if MODEL_KIND_TABLE[kind].latent:
         vae, vae_to_save, scale, vae_meta = _prepare_vae(cfg, category, folder, images, channels, seed, aug,
                                                          start_state, dev, autocast_dtype, say)
         meta.update(vae=vae_meta, latent_scale=scale, latent_channels=int(vae.config.latent_channels))

@@ -1,0 +1,401 @@
+"""Loading a config: YAML → the frozen dataclasses of ``raydiff.config.schema``, checked.
+
+``load_config`` rejects unknown keys, wrong types and out-of-range values with a
+:class:`ConfigError` that names the key, the file and the valid choices. YAML keys may use ``-``
+where the field uses ``_`` (``static-gaussian``).
+
+Two stable hashes name output folders:
+
+- ``model_id(cfg)``: what determines the trained weights (dataset minus the category list,
+  models, seed). Checkpoints live in ``OUT/models/<model_id>/<category>/<kind>/``.
+- ``run_id(cfg)``: everything that determines any score (the above plus features and every
+  variant's parameters). Scores live in ``OUT/<run_id>/``. The category list, the enabled
+  variant list, the output root and Ray resources are left out, so a later run with more
+  categories or variants extends the same folder instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from raydiff.config.schema import (
+    MODEL_KINDS,
+    VARIANT_MODEL_KIND,
+    VARIANT_TABLE,
+    Config,
+    GMMConfig,
+    KLConfig,
+    ModelsConfig,
+    NoDiffusionConfig,
+    StaticConfig,
+    TrendConfig,
+    VariantsConfig,
+)
+from raydiff.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset ``${VAR}`` without default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"path {value!r}",
+            f"environment variable {name} is not set.",
+            f"export {name}=/path/to/it, or override the key on the command line.",
+        )
+
+    return _ENV.sub(sub, value)
+
+
+def expand_path(value: str, base: Path | None = None) -> Path:
+    """``${VAR}`` substitution and ``~``; relative paths are taken from ``base`` when given."""
+    path = Path(substitute_env(value)).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = (base / path).resolve()
+    return path
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (tuple, list):
+        return "a list"
+    if origin in (Mapping, dict):
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in the dataclass's form."""
+    origin = get_origin(tp)
+    bad = ConfigError(
+        where, f"key '{key}' must be {_type_name(tp)}, got {value!r}.", f"correct '{key}' in the file."
+    )
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise bad
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                where,
+                f"key '{key}' is {value!r}; valid choices: {', '.join(map(str, choices))}.",
+                f"set '{key}' to one of them.",
+            )
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise bad
+        return _build(tp, value, key, where)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise bad
+        (item_tp, *_rest) = get_args(tp)
+        return tuple(_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise bad
+        _k_tp, v_tp = get_args(tp)
+        return {str(k): _convert(v, v_tp, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        name = str(raw_key).replace("-", "_")
+        key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
+        if name not in fields:
+            valid = ", ".join(sorted(f.replace("_", "-") if cls is VariantsConfig else f for f in fields))
+            raise ConfigError(
+                where,
+                f"unknown key '{key}'.",
+                f"use one of: {valid}.",
+            )
+        converted = _convert(value, hints[name], key, where)
+        lo, hi = fields[name].metadata.get("range", (None, None))
+        if isinstance(converted, (int, float)) and not isinstance(converted, bool):
+            if (lo is not None and converted < lo) or (hi is not None and converted > hi):
+                span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                raise ConfigError(
+                    where, f"key '{key}' = {converted} is out of range {span}.", f"pick a value in {span}."
+                )
+        kwargs[name] = converted
+    obj = cls(**kwargs)
+    _check_consistency(obj, prefix, where)
+    return obj
+
+
+def _check_consistency(obj: Any, prefix: str, where: str) -> None:
+    """Cross-field rules that a single field's type and range cannot express."""
+    if isinstance(obj, GMMConfig):
+        if obj.min_components > obj.max_components:
+            raise ConfigError(where, f"'{prefix}.min_components' > 'max_components'.", "swap them.")
+        if obj.min_sigma > obj.max_sigma:
+            raise ConfigError(where, f"'{prefix}.min_sigma' > 'max_sigma'.", "swap them.")
+    if isinstance(obj, (StaticConfig, NoDiffusionConfig)) and obj.steps > obj.t0:
+        raise ConfigError(
+            where, f"'{prefix}.steps' = {obj.steps} exceeds t0 = {obj.t0}.", "use steps <= t0."
+        )
+    if isinstance(obj, TrendConfig):
+        if len(obj.levels) < 3 or list(obj.levels) != sorted(set(obj.levels)):
+            raise ConfigError(
+                where,
+                f"'{prefix}.levels' must be at least 3 strictly increasing timesteps, got {list(obj.levels)}.",
+                "list levels such as [25, 50, 100, 200, 400].",
+            )
+    if isinstance(obj, KLConfig) and (not obj.timesteps or min(obj.timesteps) < 1):
+        raise ConfigError(where, f"'{prefix}.timesteps' must be non-empty and >= 1.", "e.g. [20, 200, 400].")
+    if isinstance(obj, ModelsConfig):
+        if not obj.kinds:
+            raise ConfigError(where, "'models.kinds' is empty.", f"list some of: {', '.join(MODEL_KINDS)}.")
+        if obj.beta_start >= obj.beta_end:
+            raise ConfigError(where, "'models.beta_start' must be < 'models.beta_end'.", "swap them.")
+    if isinstance(obj, Config):
+        _check_config(obj, where)
+
+
+def _check_config(cfg: Config, where: str) -> None:
+    if "://" in cfg.output.root:
+        raise ConfigError(
+            where,
+            f"'output.root' is a URI ({cfg.output.root}); raydiff commits results with atomic renames, "
+            "which object stores do not have.",
+            "use a POSIX path that every node mounts at the same place (NFS, EFS, FSx for Lustre).",
+        )
+    if cfg.ray.device == "cuda" and cfg.ray.accelerator != "gpu":
+        raise ConfigError(
+            where,
+            "'ray.device' is cuda but 'ray.accelerator' is cpu: the workers would get no GPU from Ray.",
+            "set ray.accelerator: gpu (or ray.device: auto / cpu).",
+        )
+    missing = sorted({VARIANT_MODEL_KIND[v] for v in cfg.variants.enabled} - set(cfg.models.kinds))
+    if missing:
+        needing = [v for v in cfg.variants.enabled if VARIANT_MODEL_KIND[v] in missing]
+        raise ConfigError(
+            where,
+            f"variants {', '.join(needing)} need model kind(s) {', '.join(missing)}, "
+            f"which 'models.kinds' does not train.",
+            f"add {', '.join(missing)} to 'models.kinds' or remove those variants from 'variants.enabled'.",
+        )
+    T = cfg.models.timesteps
+    for v in cfg.variants.enabled:
+        levels = VARIANT_TABLE[v].timesteps(cfg.variants.params(v))
+        if any(t >= T for t in levels):
+            raise ConfigError(
+                where,
+                f"variant '{v}' uses timestep {max(levels)} >= models.timesteps = {T}.",
+                f"keep every timestep below {T}.",
+            )
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict (CLI overrides of config keys)."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError("command line", f"'{dotted}': '{part}' is not a section.", "check the key.")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: typing.Iterable[str], where: str = "--set") -> dict[str, Any]:
+    """``["models.lr=3e-4"]`` → ``{"models.lr": 0.0003}`` (values parsed as YAML scalars/lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(where, f"'{item}' is not KEY=VALUE.", "write it like models.train_steps=200.")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(where, f"'{item}': the value is not valid YAML ({err}).".replace("\n", " "),
+                              "quote it, e.g. --set 'dataset.root=\"/data/x\"'.") from None
+    return out
+
+
+def config_from_dict(
+    data: Mapping[str, Any] | None, where: str = "<config>", source: str | None = None
+) -> Config:
+    """Build a :class:`Config` from plain data (as parsed from YAML)."""
+    data = dict(data or {})
+    cfg = _build(Config, data, "", where)
+    return dataclasses.replace(cfg, source=source)
+
+
+#: Path-valued keys: ``${VAR}`` expanded; the flag says whether a relative path is taken from the
+#: config file's folder (inputs) or left relative to the working directory (the output root).
+_PATH_KEYS: tuple[tuple[str, bool], ...] = (
+    ("dataset.root", True),
+    ("features.resnet34_weights", True),
+    ("models.latent.vae_path", True),
+    ("output.root", False),
+)
+
+
+def _expand_paths(data: dict[str, Any], base: Path) -> None:
+    for dotted, from_config in _PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        text = substitute_env(node[leaf])
+        if not text.strip():
+            node[leaf] = None  # "${OPTIONAL:-}" left empty: the optional path is not configured
+            continue
+        node[leaf] = str(expand_path(text, base if from_config else None))
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML config; ``overrides`` maps dotted keys (``models.train_steps``) to values.
+
+    ``dataset.root`` is resolved against the config file's folder when relative. Raises
+    :class:`ConfigError` naming the key, the file and the fix.
+    """
+    data: dict[str, Any] = {}
+    where = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(where, "config file not found.", "check the path (e.g. configs/textures.yaml).")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(where, f"not valid YAML ({err}).".replace("\n", " "), "fix the syntax.") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(where, "the top level must be a mapping of sections.", "see configs/textures.yaml.")
+        data = loaded
+        base = p.resolve().parent
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    _expand_paths(data, base)
+    return config_from_dict(data, where=where, source=str(Path(path).resolve()) if path else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Serialisation and stable ids
+# --------------------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain data (lists, dicts, scalars) with YAML key spelling; round-trips through load."""
+
+    def conv(obj: Any, in_variants: bool = False) -> Any:
+        if dataclasses.is_dataclass(obj):
+            out = {}
+            for f in dataclasses.fields(obj):
+                if f.metadata.get("internal"):
+                    continue
+                key = f.name.replace("_", "-") if isinstance(obj, VariantsConfig) and f.name != "enabled" else f.name
+                out[key] = conv(getattr(obj, f.name))
+            return out
+        if isinstance(obj, Mapping):
+            return {k: conv(v) for k, v in obj.items()}
+        if isinstance(obj, (tuple, list)):
+            return [conv(v) for v in obj]
+        return obj
+
+    return conv(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _digest(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _dataset_identity(cfg: Config) -> dict[str, Any]:
+    # The root is left out: a job submitted with --working-dir unpacks to a new path each time,
+    # and the same data under another path must not retrain everything.
+    ds = config_to_dict(cfg.dataset)
+    ds.pop("categories")
+    ds.pop("root")
+    return ds
+
+
+def model_id(cfg: Config) -> str:
+    """Stable id of what determines the trained weights."""
+    return _digest({"dataset": _dataset_identity(cfg), "models": config_to_dict(cfg.models), "seed": cfg.seed})
+
+
+def run_id(cfg: Config) -> str:
+    """Stable id of what determines every score (see the module docstring)."""
+    variants = config_to_dict(cfg.variants)
+    variants.pop("enabled")
+    return _digest(
+        {
+            "model": model_id(cfg),
+            "features": config_to_dict(cfg.features),
+            "variants": variants,
+        }
+    )
