@@ -110,10 +110,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"train: {res['images_per_s']:.1f} images/s, {res['flop_per_step'] / 1e9:.2f} GFLOP/step, "
               f"MFU {res['mfu']:.2%}" if res.get("mfu") is not None else f"train: {res['images_per_s']:.1f} images/s")
     if "metrics" in args.subs:
-        from raydiff.metrics_bench import bench_metrics
+        from raydiff.metrics_bench import bench_metrics, bench_metrics_arrays, bench_metrics_mvtec_folder
 
         print("\n== metrics ==")
-        out["metrics"] = bench_metrics(int(args.rows))
+        if args.metrics_arrays:
+            out["metrics"] = bench_metrics_arrays(int(args.rows))
+        elif args.metrics_mvtec_folder:
+            out["metrics"] = bench_metrics_mvtec_folder(args.metrics_workdir)
+        else:
+            out["metrics"] = bench_metrics(int(args.rows), args.metrics_workdir, one_group=args.metrics_one_group)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2, default=str)
@@ -138,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--rows", type=float, default=1e7, help="pixel rows for the metrics benchmark")
+    cases = p.add_mutually_exclusive_group()
+    cases.add_argument("--metrics-one-group", action="store_true", help="metrics: every image in one group")
+    cases.add_argument("--metrics-arrays", action="store_true", help="metrics: in-memory arrays (pixel_metrics)")
+    cases.add_argument("--metrics-mvtec-folder", action="store_true",
+                       help="metrics: a generated full-MVTec-sized run folder (1.13 G rows; raydiff only)")
+    p.add_argument("--metrics-workdir", default=None, help="metrics: where to write the temporary Parquet")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     p.add_argument("--json", default=None, help="write every result to this JSON file")
     return p
