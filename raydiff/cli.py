@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from raydiff.config import DEFAULT_CONFIG, Config, load_config, parse_overrides
+from raydiff.config import DATASET_LAYOUTS, DEFAULT_CONFIG, Config, load_config, parse_overrides
 from raydiff.errors import RaydiffError
 
 
@@ -115,10 +115,11 @@ def make_textures_cmd(out: Path, size: int, seed: int) -> None:
 @main.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option(
-    "--kind",
-    type=click.Choice(["mvtec", "visa", "btad", "generic"]),
+    "--layout",
+    "kind",
+    type=click.Choice(DATASET_LAYOUTS),
     default=None,
-    help="Layout of DIRECTORY (default mvtec; with --config, the config's dataset.kind).",
+    help="Layout of DIRECTORY (default mvtec; with --config, the config's dataset.layout).",
 )
 @config_options
 def validate(cfg: Config, directory: Path | None, kind: str | None) -> None:

@@ -57,11 +57,3 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete ``.tmp-*`` folders left by a killed writer (call before starting new work)."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)

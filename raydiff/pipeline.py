@@ -102,7 +102,7 @@ class ScoringActor:
 
         started = utc_now()
         d = self.cfg.dataset
-        batch = load_batch(rows, d.image_size, self.channels, d.fit)
+        batch = load_batch(rows, d.image_size, self.channels, d.resize)
         images = torch.from_numpy(np.ascontiguousarray(batch["image"]))
         results = score_batch(self.ctx, images, [str(i) for i in batch["image_id"]], self.variants)
         first = int(np.min(rows["index"]))

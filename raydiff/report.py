@@ -33,7 +33,7 @@ from raydiff.config import Config, load_config
 from raydiff.errors import OutputError, RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics, pixel_curves
-from raydiff.runs import scan_images, scan_pixels
+from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 from raydiff.report_figures import CurveSet, Example, plot_cost, plot_curves, plot_examples
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
 
@@ -276,17 +276,15 @@ def _safe(name: str) -> str:
 
 def _write_frame(frame: pl.DataFrame, path: Path) -> None:
     """CSV or Parquet under a temporary name, renamed into place."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
     if path.suffix == ".csv":
-        frame.write_csv(tmp)
+        atomic_write_text(path, frame.write_csv())
     else:
-        frame.write_parquet(tmp)
-    os.replace(tmp, path)
+        write_parquet_atomic(frame.to_arrow(), path)
 
 
 def _load_run_config(run_dir: Path) -> Config | None:
     path = run_dir / "config.yaml"
-    return load_config(path) if path.is_file() else None
+    return load_config(path, upgrade=True) if path.is_file() else None
 
 
 def fmt_published(value: float | None) -> str:
@@ -375,7 +373,7 @@ def examples_html(
         paths, why = manifest_paths(cfg, cats)
     if why:
         parts.append(f"<p class=small>Input images not shown: {_esc(why)}.</p>")
-    fit = cfg.dataset.fit if cfg else "resize"
+    fit = cfg.dataset.resize if cfg else "resize"
     for i, cat in enumerate(cats):
         for j, variant in enumerate(sorted(metrics.filter(pl.col("category") == cat)["variant"])):
             key = (dataset, cat, variant)
@@ -464,6 +462,7 @@ def write_report(
         ) from None
     out.mkdir(parents=True, exist_ok=True)
     cfg = _load_run_config(run_dir)
+    given = metrics if metrics is not None and by_defect is not None else None
     metrics = with_cost(metrics, images) if metrics is not None else metrics_table(pixels, images)
     by_defect = with_cost(by_defect, images) if by_defect is not None else metrics_table(pixels, images, by_defect=True)
     image_rows = images.select(*KEYS, "image_id", "defect_type", "label", "score").collect()
@@ -475,9 +474,10 @@ def write_report(
     except BaseException:
         shutil.rmtree(figs, ignore_errors=True)
         raise
-    for frame, name in ((metrics, "metrics"), (by_defect, "metrics_by_defect")):
-        _write_frame(frame, out / f"{name}.csv")
-        _write_frame(frame, out / f"{name}.parquet")
+    if given is None or out != run_dir:  # else the caller (raydiff.workflow.evaluate) wrote them
+        for frame, name in ((metrics, "metrics"), (by_defect, "metrics_by_defect")):
+            _write_frame(frame, out / f"{name}.csv")
+            _write_frame(frame, out / f"{name}.parquet")
     if (out / FIG_DIR).exists():
         shutil.rmtree(out / FIG_DIR)
     os.replace(figs, out / FIG_DIR)

@@ -282,7 +282,7 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     existing = folder / "config.yaml"
     if existing.is_file():
         try:
-            other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
+            other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing), upgrade=True)
         except Exception as err:  # a damaged or foreign file: never mix outputs
             raise OutputError(existing, f"cannot be read as a raydiff config ({err}).", "pick a new --output.") from None
         if run_id(other) != run_id(cfg) and overwrite:

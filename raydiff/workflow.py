@@ -32,7 +32,7 @@ def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None
     from raydiff.data.validate import validate_dataset
 
     manifest = scan_config(cfg, root, kind)
-    kind = kind or ("mvtec" if root is not None else cfg.dataset.kind)
+    kind = kind or ("mvtec" if root is not None else cfg.dataset.layout)
     return validate_dataset(manifest, Path(root or cfg.dataset.root), kind=kind)
 
 
@@ -58,7 +58,7 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.data.validate import validate_dataset
 
     manifest = scan_config(cfg)
-    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.kind)
+    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout)
     return assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
 
 
@@ -101,7 +101,7 @@ def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
     size = cfg.dataset.image_size
     if rows.height == 0:
         return torch.zeros((0, channels, size, size))
-    arrays = [load_image(p, size, channels, cfg.dataset.fit) for p in rows["image_path"]]  # type: ignore[arg-type]
+    arrays = [load_image(p, size, channels, cfg.dataset.resize) for p in rows["image_path"]]  # type: ignore[arg-type]
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -242,25 +242,20 @@ def check_storage(cfg: Config) -> int:
 
 
 def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Exact metrics of the run folder → metrics.parquet / metrics.csv (+ per defect type).
+    """Exact metrics of the run folder, with the cost columns → metrics.parquet / metrics.csv
+    (+ per defect type). The report reuses these tables instead of writing them again.
 
     Returns (per category × variant, per category × variant × defect type).
     """
     from raydiff.io import atomic_write_text
-    from raydiff.runs import write_parquet_atomic
-    from raydiff.metrics import compute_metrics
     from raydiff.paths import run_dir
-    from raydiff.runs import scan_images, scan_pixels
+    from raydiff.report import metrics_table
+    from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 
     folder = run_dir(cfg)
     pixels, images = scan_pixels(folder), scan_images(folder)
-    cost = images.group_by("dataset", "category", "variant").agg(
-        pl.col("forwards_per_image").mean().alias("unet_forwards_per_image"),
-        pl.col("seconds_per_image").mean().alias("seconds_per_image"),
-    )
-    keys = ["dataset", "category", "variant"]
-    table = compute_metrics(pixels, images).join(cost.collect(), on=keys, how="left").sort(keys)
-    by_defect = compute_metrics(pixels, images, by_defect=True)
+    table = metrics_table(pixels, images)
+    by_defect = metrics_table(pixels, images, by_defect=True)
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())

@@ -70,7 +70,7 @@ def texture_models(tmp_path_factory: pytest.TempPathFactory) -> TextureModels:
     root = make_textures(base / "data", size=32, n_train=24, n_test_good=2, n_test_defect=2,
                          categories=("brick", "grass"))
     cfg = config_from_dict({
-        "dataset": {"kind": "mvtec", "root": str(root), "image_size": 32, "categories": ["brick"]},
+        "dataset": {"layout": "mvtec", "root": str(root), "image_size": 32, "categories": ["brick"]},
         "models": {"kinds": ["pixel", "pixel-simplex", "pixel-gmm", "latent"], "preset": "tiny",
                    "base_channels": 8, "batch_size": 8, "lr": 2e-3, "ema_decay": 0.99,
                    "latent": {"vae_train_steps": 100, "latent_channels": 2, "vae_downsample": 1}},

@@ -35,7 +35,7 @@ def test_validate_directory_prints_counts(textures: Path) -> None:
 
 def test_validate_config_with_overrides(textures: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"dataset": {"kind": "mvtec", "root": str(textures), "image_size": 32}}))
+    cfg.write_text(yaml.safe_dump({"dataset": {"layout": "mvtec", "root": str(textures), "image_size": 32}}))
     result = CliRunner().invoke(main, ["validate", "--config", str(cfg), "--categories", "grass"])
     assert result.exit_code == 0, result.output
     assert "grass" in result.output and "brick" not in result.output

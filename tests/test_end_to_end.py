@@ -81,7 +81,7 @@ def test_sweep_writes_every_pixel_once_per_variant(run: SimpleNamespace) -> None
     for image_id, rows in one.group_by("image_id"):
         image_id = image_id[0]
         mask = run.root / "brick" / "ground_truth" / Path(image_id).parent.name / f"{Path(image_id).stem}_mask.png"
-        expected = load_mask(mask, SIZE, run.cfg.dataset.fit) if mask.exists() else np.zeros((SIZE, SIZE), np.uint8)
+        expected = load_mask(mask, SIZE, run.cfg.dataset.resize) if mask.exists() else np.zeros((SIZE, SIZE), np.uint8)
         got = np.zeros((SIZE, SIZE), np.int8)
         got[rows["y"].to_numpy(), rows["x"].to_numpy()] = rows["gt"].to_numpy()
         np.testing.assert_array_equal(got, expected.astype(np.int8), err_msg=image_id)

@@ -60,7 +60,7 @@ def make_run(
     rng = np.random.default_rng(0)
     images = [t for t in TEST_IMAGES if t[0] == "good"] if only_good else list(TEST_IMAGES)
     cfg_data = {
-        "dataset": {"kind": "mvtec", "name": name, "root": str(data), "image_size": SIZE},
+        "dataset": {"layout": "mvtec", "name": name, "root": str(data), "image_size": SIZE},
         "output": {"root": str(tmp_path / "out")},
     }
     cfg = config_from_dict(cfg_data)

@@ -2,6 +2,7 @@
 and variant tables) and its loader (``raydiff.config.loader``: YAML, checks, stable ids)."""
 
 from raydiff.config.loader import (
+    RENAMED,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -14,6 +15,8 @@ from raydiff.config.loader import (
     substitute_env,
 )
 from raydiff.config.schema import (
+    DATASET_LAYOUTS,
+    DatasetLayout,
     AugmentConfig,
     Config,
     DEFAULT_CONFIG,
@@ -46,6 +49,9 @@ from raydiff.config.schema import (
 )
 
 __all__ = [
+    "DATASET_LAYOUTS",
+    "DatasetLayout",
+    "RENAMED",
     "AugmentConfig",
     "Config",
     "DEFAULT_CONFIG",

@@ -157,6 +157,22 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
 
 
+#: Keys that were renamed: old dotted key → new one (an old key is an error naming the new one;
+#: stored run and model configs are upgraded silently, see ``config_from_dict(upgrade=True)``).
+RENAMED: dict[str, str] = {"dataset.kind": "dataset.layout", "dataset.fit": "dataset.resize"}
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the old key names, renamed to the new ones (a copy)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for old, new in RENAMED.items():
+        (section, leaf), (_, new_leaf) = old.split("."), new.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and leaf in node and new_leaf not in node:
+            node[new_leaf] = node.pop(leaf)
+    return out
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -164,6 +180,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
     for raw_key, value in data.items():
         name = str(raw_key).replace("-", "_")
         key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
+        if key in RENAMED:
+            raise ConfigError(where, f"key '{key}' was renamed to '{RENAMED[key]}'.", f"write '{RENAMED[key]}' instead.")
         if name not in fields:
             valid = ", ".join(sorted(f.replace("_", "-") if cls is VariantsConfig else f for f in fields))
             raise ConfigError(
@@ -276,10 +294,14 @@ def parse_overrides(items: typing.Iterable[str], where: str = "--set") -> dict[s
 
 
 def config_from_dict(
-    data: Mapping[str, Any] | None, where: str = "<config>", source: str | None = None
+    data: Mapping[str, Any] | None, where: str = "<config>", source: str | None = None, upgrade: bool = False
 ) -> Config:
-    """Build a :class:`Config` from plain data (as parsed from YAML)."""
-    data = dict(data or {})
+    """Build a :class:`Config` from plain data (as parsed from YAML).
+
+    ``upgrade``: the data is a config raydiff stored earlier (a run folder's config.yaml, a
+    model's meta.json): renamed keys (``RENAMED``) are read under their new names.
+    """
+    data = _upgrade(dict(data or {})) if upgrade else dict(data or {})
     cfg = _build(Config, data, "", where)
     return dataclasses.replace(cfg, source=source)
 
@@ -309,11 +331,13 @@ def _expand_paths(data: dict[str, Any], base: Path) -> None:
         node[leaf] = str(expand_path(text, base if from_config else None))
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,
+                upgrade: bool = False) -> Config:
     """Load a YAML config; ``overrides`` maps dotted keys (``models.train_steps``) to values.
 
     ``dataset.root`` is resolved against the config file's folder when relative. Raises
-    :class:`ConfigError` naming the key, the file and the fix.
+    :class:`ConfigError` naming the key, the file and the fix. ``upgrade``: a config raydiff
+    stored (a run folder's config.yaml), whose renamed keys are read under their new names.
     """
     data: dict[str, Any] = {}
     where = "<defaults>"
@@ -336,7 +360,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     _expand_paths(data, base)
-    return config_from_dict(data, where=where, source=str(Path(path).resolve()) if path else None)
+    return config_from_dict(data, where=where, source=str(Path(path).resolve()) if path else None, upgrade=upgrade)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,10 +400,14 @@ def _digest(data: Any) -> str:
 
 def _dataset_identity(cfg: Config) -> dict[str, Any]:
     # The root is left out: a job submitted with --working-dir unpacks to a new path each time,
-    # and the same data under another path must not retrain everything.
+    # and the same data under another path must not retrain everything. Renamed keys are hashed
+    # under their old names, so models and run folders of earlier versions keep their ids.
     ds = config_to_dict(cfg.dataset)
     ds.pop("categories")
     ds.pop("root")
+    for old, new in RENAMED.items():
+        if old.startswith("dataset.") and new.split(".")[1] in ds:
+            ds[old.split(".")[1]] = ds.pop(new.split(".")[1])
     return ds
 
 

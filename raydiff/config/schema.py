@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 NoiseKind = Literal["gaussian", "simplex", "gmm"]
+#: Dataset folder layouts (``raydiff.data.manifest.SCANNERS`` has one scanner each).
+DatasetLayout = Literal["mvtec", "visa", "btad", "generic"]
+DATASET_LAYOUTS: tuple[str, ...] = get_args(DatasetLayout)
 Smoothing = Literal["none", "mean", "gaussian"]
 ImageScore = Literal["max", "avgpool-max", "topk-mean", "mean"]
 
@@ -60,11 +63,11 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 class DatasetConfig:
     """Where the images are and how they are turned into tensors."""
 
-    kind: Literal["mvtec", "visa", "btad", "generic"] = "mvtec"
+    layout: DatasetLayout = "mvtec"
     #: Folder of the dataset; ``${VAR}`` and ``~`` are expanded, relative paths are taken
     #: relative to the config file's folder.
     root: str = "data"
-    #: Value of the ``dataset`` column; defaults to ``kind``.
+    #: Value of the ``dataset`` column; defaults to ``layout``.
     name: str | None = None
     #: Categories to use; empty = every category found under ``root``.
     categories: tuple[str, ...] = ()
@@ -72,7 +75,7 @@ class DatasetConfig:
     #: ``auto`` keeps the dataset's channel count (1 for grayscale, 3 for RGB).
     channels: Literal["auto", "gray", "rgb"] = "auto"
     #: Non-square images: ``resize`` squashes to a square, ``center-crop`` crops first.
-    fit: Literal["resize", "center-crop"] = "resize"
+    resize: Literal["resize", "center-crop"] = "resize"
     #: Fraction of train/good held out of training, for normalisation statistics.
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5))
     #: At least this many held-out normal images per category (when there are enough).
@@ -80,7 +83,7 @@ class DatasetConfig:
 
     @property
     def dataset_name(self) -> str:
-        return self.name or self.kind
+        return self.name or self.layout
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,15 +54,16 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
+from raydiff.config import DATASET_LAYOUTS
 from raydiff.errors import DatasetError
 from raydiff.seeding import derive_seed
 
-LayoutKind = Literal["mvtec", "visa", "btad", "generic"]
-LAYOUTS: tuple[str, ...] = ("mvtec", "visa", "btad", "generic")
+#: The layouts (one home: ``raydiff.config.DATASET_LAYOUTS``; SCANNERS has one scanner each).
+LAYOUTS: tuple[str, ...] = DATASET_LAYOUTS
 
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "dataset": pl.String(),
@@ -393,7 +394,7 @@ def scan_dataset(
     ``test_fraction`` and ``seed`` only apply to the generic layout (its good/test split).
     """
     if kind not in SCANNERS:
-        raise DatasetError("dataset.kind", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
+        raise DatasetError("dataset.layout", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
     if kind == "generic":
         return scan_generic(Path(root), categories, dataset_name, test_fraction=test_fraction, seed=seed)
     return SCANNERS[kind](Path(root), categories, dataset_name)
@@ -479,5 +480,5 @@ def scan_config(cfg: Any, root: Path | None = None, kind: str | None = None) -> 
     if not root.is_dir():
         raise DatasetError(root, "dataset folder does not exist.", "check dataset.root / --dataset-root.")
     return scan_dataset(
-        kind or cfg.dataset.kind, root, categories=cfg.dataset.categories, dataset_name=cfg.dataset.name, seed=cfg.seed
+        kind or cfg.dataset.layout, root, categories=cfg.dataset.categories, dataset_name=cfg.dataset.name, seed=cfg.seed
     )

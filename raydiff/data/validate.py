@@ -263,10 +263,10 @@ def validate_dataset(
     if not root.is_dir():
         raise DatasetError(root, "dataset folder does not exist.", "point dataset.root (or DIR) at the dataset.")
     if manifest.height == 0:
-        raise DatasetError(root, "no images found.", "check the dataset folder and dataset.kind.")
+        raise DatasetError(root, "no images found.", "check the dataset folder and dataset.layout.")
     kind = kind or infer_kind(manifest)
     if kind not in LAYOUTS:
-        raise DatasetError("dataset.kind", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
+        raise DatasetError("dataset.layout", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
     manifest = manifest.sort(["category", "split", "image_id"])
     categories = manifest["category"].unique().sort().to_list()
 

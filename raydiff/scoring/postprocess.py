@@ -6,7 +6,6 @@ None of them takes a statistic over the batch: each image's output depends on th
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +82,3 @@ def finish(maps: torch.Tensor, params: object) -> tuple[torch.Tensor, torch.Tens
     smoothed = smooth(maps, params.smoothing, params.smoothing_size, params.sigma)  # type: ignore[attr-defined]
     scores = image_score(smoothed, params.image_score, params.pool_size, params.top_k)  # type: ignore[attr-defined]
     return smoothed, scores
-
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

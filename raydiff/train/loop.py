@@ -109,7 +109,7 @@ def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tup
             "check dataset.root and the category name; train/good must hold normal images.",
         )
     channels = dataset_channels(rows, cfg.dataset.channels)
-    arrays = [load_image(p, cfg.dataset.image_size, channels, cfg.dataset.fit) for p in train["image_path"]]  # type: ignore[arg-type]
+    arrays = [load_image(p, cfg.dataset.image_size, channels, cfg.dataset.resize) for p in train["image_path"]]  # type: ignore[arg-type]
     return torch.from_numpy(np.stack(arrays)), channels
 
 
