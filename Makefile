@@ -26,7 +26,7 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
-	$(VENV)/bin/raydiff bench --json bench.json
+	$(VENV)/bin/raydiff bench all --json bench.json
 
 clean:
 	rm -rf $(VENV) raydiff-out .pytest_cache

@@ -358,16 +358,10 @@ def demo(output_root: Path | None) -> None:
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args: tuple[str, ...]) -> None:
-    """Performance benchmarks: engine, naive, train, metrics (`raydiff bench --help` for options).
+def _add_bench() -> None:
+    from raydiff.bench.cli import bench
 
-    \b
-    Example:
-      raydiff bench engine naive --json bench.json
-      raydiff bench engine --device cuda --size 256 --preset ddad --batch 64
-    """
-    from raydiff.bench import main as run_bench
+    main.add_command(bench)
 
-    run_bench(list(args))
+
+_add_bench()

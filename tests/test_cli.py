@@ -68,3 +68,19 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     cfg.write_text("seed: [")
     result = CliRunner().invoke(main, ["--debug", "validate", "--config", str(cfg)])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_bench_is_one_click_group_over_every_benchmark() -> None:
+    from click.testing import CliRunner
+
+    from raydiff.bench.cli import SUBCOMMANDS
+    from raydiff.cli import main
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["bench", "--help"])
+    assert listed.exit_code == 0
+    for name in ("all", "engine", "naive", "train", "metrics", "noise", "schedule"):
+        assert name in SUBCOMMANDS and name in listed.output
+    noise = runner.invoke(main, ["bench", "noise", "--size", "16", "--maps", "1", "--repeats", "1"])
+    assert noise.exit_code == 0, noise.output
+    assert "gmm" in noise.output and "ms per map" in noise.output

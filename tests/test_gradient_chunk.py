@@ -12,7 +12,7 @@ from raydiff.config import config_from_dict
 def _score(chunk: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     from raydiff.features import build_features
     from raydiff.scoring import score_batch
-    from raydiff.scoring.bench import random_models
+    from raydiff.bench.engine import random_models
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import FittedState
 

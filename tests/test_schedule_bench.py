@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_lower_bound_formula() -> None:
-    from raydiff.schedule_bench import lower_bound
+    from raydiff.bench.schedule import lower_bound
 
     w = {"train_s": {"pixel": 100.0, "latent": 200.0}, "fit_s": {"a": 10.0, "b": 10.0},
          "test_images": {"a": 8, "b": 8}, "batch": 4, "image_s": 1.0}
@@ -24,7 +24,7 @@ def test_lower_bound_formula() -> None:
 
 def test_both_orders_run_and_respect_the_bound() -> None:
     from raydiff.config import load_config
-    from raydiff.schedule_bench import bench_schedule
+    from raydiff.bench.schedule import bench_schedule
 
     cfg = load_config(REPO / "configs" / "textures.yaml", {"dataset.root": str(REPO)})
     # A slow "GPU", so that the tiny models' work lasts ~15 s of real time at this scale.

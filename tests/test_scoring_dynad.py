@@ -184,7 +184,7 @@ def small_cfg(seed: int = 0, **features: object) -> Config:
 
 
 def random_models(cfg: Config) -> dict[str, object]:
-    from raydiff.scoring.bench import random_models as build
+    from raydiff.bench.engine import random_models as build
 
     return build(cfg, 3, torch.device("cpu"), ["latent", "pixel"])
 

@@ -67,7 +67,7 @@ def test_the_timestep_check_reads_the_table() -> None:
 def test_each_variant_fits_and_scores(variant: str) -> None:
     from raydiff.features import build_features
     from raydiff.scoring import VARIANTS, score_batch
-    from raydiff.scoring.bench import random_models
+    from raydiff.bench.engine import random_models
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import fit_category
 

@@ -18,7 +18,7 @@ anoddpm   128    (1, 1, 2, 2, 4, 4)      levels 3-5 (32/16/8 @256)   125.4 M
 ========  =====  ======================  ==========================  ======================
 
 Counts for C = 3 in / 6 out (ε and v); checked in tests/test_models.py. ``tiny`` trains at
-~25 images/s at 64 px on one CPU core (batch 16); see raydiff/train/bench.py.
+~25 images/s at 64 px on one CPU core (batch 16); see raydiff/bench/train.py.
 The middle block always has self-attention (diffusers' default, as guided-diffusion).
 """
 

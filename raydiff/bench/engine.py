@@ -1,7 +1,7 @@
 """Scoring benchmark: UNet forward passes and wall time per image, per variant and all together.
 
-    .venv/bin/python -m raydiff.scoring.bench                       # CPU, tiny preset, 64 px
-    .venv/bin/python -m raydiff.scoring.bench --device cuda --size 256 --preset ddad --batch 32 \\
+    .venv/bin/python -m raydiff.bench.engine                       # CPU, tiny preset, 64 px
+    .venv/bin/python -m raydiff.bench.engine --device cuda --size 256 --preset ddad --batch 32 \\
         --n-images 128 --peak-tflops 989     # H100 bf16 dense: images/s and model-FLOP utilisation
 
 Models are freshly initialised (random weights: the cost of a forward pass does not depend on

@@ -1,7 +1,7 @@
 """Time the noise generators (prints; nothing asserted).
 
-    python -m raydiff.noise.benchmark                      # CPU, 256 px, 6 octaves
-    python -m raydiff.noise.benchmark --device cuda --maps 96 --check
+    python -m raydiff.bench.noise                      # CPU, 256 px, 6 octaves
+    python -m raydiff.bench.noise --device cuda --maps 96 --check
 
 ``--check`` also prints the largest difference between the torch port on ``--device`` and the
 opensimplex reference (CPU) for the same seeds (expected < 1e-5 after standardisation).

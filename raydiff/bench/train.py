@@ -1,7 +1,7 @@
 """Training throughput of a UNet preset: images/s and model FLOP/s (printed, never asserted).
 
-    python -m raydiff.train.bench --preset tiny --image-size 64 --batch 16 --steps 20            # CPU
-    python -m raydiff.train.bench --preset ddad --image-size 256 --batch 32 --steps 30 --device cuda
+    python -m raydiff.bench.train --preset tiny --image-size 64 --batch 16 --steps 20            # CPU
+    python -m raydiff.bench.train --preset ddad --image-size 256 --batch 32 --steps 30 --device cuda
 
 One step = what ``train_one`` does for the ``pixel`` kind (RGB, ε + learned variance, hybrid
 loss, AdamW, grad clipping, EMA; bf16 autocast on CUDA) on random data, so data loading and

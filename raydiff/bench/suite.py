@@ -1,24 +1,22 @@
-"""``python -m raydiff.bench`` / ``raydiff bench``: the performance benchmarks in one place.
+"""``raydiff bench`` with no subcommand (= ``python -m raydiff.bench.suite``): the engine, naive,
+training and metrics benchmarks in one run, at CPU sizes unless told otherwise.
 
 Example::
 
-    python -m raydiff.bench engine naive train metrics                 # CPU sizes (tiny, 32 px)
-    python -m raydiff.bench engine naive --device cuda --size 256 --preset ddad --batch 64
-    python -m raydiff.bench metrics --rows 1e8
+    raydiff bench --json bench.json                                   # CPU sizes (tiny, 32 px)
+    python -m raydiff.bench.suite engine naive --device cuda --size 256 --preset ddad --batch 64
+    python -m raydiff.bench.suite metrics --rows 1e8
 
 Sub-benchmarks (each prints a table; ``--json FILE`` writes all results):
 
-- ``engine``: the all-variants shared pass (raydiff.scoring.bench) on random images: images/s,
+- ``engine``: the all-variants shared pass (raydiff.bench.engine) on random images: images/s,
   UNet forwards per image, model FLOP/s (``torch.utils.flop_counter``) and MFU against a matmul
   peak measured in the same run (bf16 on CUDA, fp32 on the CPU; see :func:`matmul_peak`).
 - ``naive``: the same variants the reference scripts' way: one variant at a time, fp32, batch 1,
   nothing shared; and the engine's speed-up over it.
-- ``train``: training images/s and MFU of the preset (raydiff.train.bench).
+- ``train``: training images/s and MFU of the preset (raydiff.bench.train).
 - ``metrics``: exact polars metrics vs sklearn + a numpy MVTec-style AUPRO on the same synthetic
-  pixel table: seconds, peak memory, largest difference (raydiff.metrics_bench).
-- ``schedule`` (alone, not in the default set; ``raydiff bench schedule --help``): the sweep's
-  orchestration with stand-in work on simulated GPU nodes, against the lower bound
-  (raydiff.schedule_bench).
+  pixel table: seconds, peak memory, largest difference (raydiff.bench.metrics).
 
 Numbers are printed, never asserted; BENCHMARKS.md records measured ones.
 """
@@ -28,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -83,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"measured matmul peak: {peak['tflops']:.3f} TFLOP/s ({peak['dtype']}, {peak['n']}^3)")
     cfg = _cfg(args) if {"engine", "naive"} & set(args.subs) else None
     if "engine" in args.subs or "naive" in args.subs:
-        from raydiff.scoring.bench import bench_scoring
+        from raydiff.bench.engine import bench_scoring
 
         print("\n== engine: every variant in one shared, batched pass ==")
         engine = bench_scoring(cfg, args.device, args.batch, args.n_images, channels=args.channels,
@@ -101,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"naive, all variants one after another: {naive_s:.4f} s/img; engine {all_s:.4f} s/img "
                   f"-> speed-up {naive_s / all_s:.1f}x")
     if "train" in args.subs:
-        from raydiff.train.bench import bench_train
+        from raydiff.bench.train import bench_train
 
         print("\n== train ==")
         res = bench_train(args.preset or "tiny", args.size, args.train_batch, args.train_steps, args.device,
@@ -110,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"train: {res['images_per_s']:.1f} images/s, {res['flop_per_step'] / 1e9:.2f} GFLOP/step, "
               f"MFU {res['mfu']:.2%}" if res.get("mfu") is not None else f"train: {res['images_per_s']:.1f} images/s")
     if "metrics" in args.subs:
-        from raydiff.metrics_bench import bench_metrics, bench_metrics_arrays, bench_metrics_mvtec_folder
+        from raydiff.bench.metrics import bench_metrics, bench_metrics_arrays, bench_metrics_mvtec_folder
 
         print("\n== metrics ==")
         if args.metrics_arrays:
@@ -155,11 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    if argv[:1] == ["schedule"]:  # the orchestration benchmark: its own cluster and options
-        from raydiff.schedule_bench import main as schedule
-
-        return schedule(argv[1:])
     return run(build_parser().parse_args(argv))
 
 

@@ -1,9 +1,9 @@
 """Benchmark: exact raydiff metrics vs sklearn + a numpy AUPRO on the same data.
 
-    python -m raydiff.metrics_bench --rows 1e7                  # Parquet, ~117 images per group
-    python -m raydiff.metrics_bench --rows 1e8 --one-group      # Parquet, every image in one group
-    python -m raydiff.metrics_bench --rows 1e8 --arrays         # numpy arrays, one group
-    python -m raydiff.metrics_bench --mvtec-folder              # 1.13 G rows, 150 groups, raydiff only
+    python -m raydiff.bench.metrics --rows 1e7                  # Parquet, ~117 images per group
+    python -m raydiff.bench.metrics --rows 1e8 --one-group      # Parquet, every image in one group
+    python -m raydiff.bench.metrics --rows 1e8 --arrays         # numpy arrays, one group
+    python -m raydiff.bench.metrics --mvtec-folder              # 1.13 G rows, 150 groups, raydiff only
 
 Writes a synthetic hive-partitioned pixel table (256×256 images, ~117 test images per
 variant like one MVTec category, anomalous blobs with higher scores, float32 scores) in chunks
@@ -401,7 +401,7 @@ def _run_arrays_sklearn(n_rows: str | int) -> dict[str, Any]:
 def _measure(method: str, *args: Any) -> dict[str, Any]:
     """Run one method in a fresh subprocess; return its wall and CPU seconds, peak RSS and results."""
     code = (
-        "import json, sys; import raydiff.metrics_bench as b; "
+        "import json, sys; import raydiff.bench.metrics as b; "
         "import time; c0 = time.process_time(); "
         f"r = b._run_{method}(*sys.argv[1:]); r['cpu_seconds'] = time.process_time() - c0; "
         "r['peak_mb'] = b._peak_rss_mb(); print(json.dumps(r))"
@@ -413,7 +413,7 @@ def _measure(method: str, *args: Any) -> dict[str, Any]:
         check=False,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"metrics_bench: the {method} run failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"raydiff.bench.metrics: the {method} run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -55,7 +55,7 @@ def forwards_per_image(cfg: Any) -> dict[str, float]:
     from raydiff.config import VARIANT_MODEL_KIND
     from raydiff.features import build_features
     from raydiff.scoring import VARIANTS, raw_components
-    from raydiff.scoring.bench import random_models
+    from raydiff.bench.engine import random_models
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import FittedState
 
