@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from raydiff.config import DATASET_LAYOUTS, DEFAULT_CONFIG, Config, load_config, parse_overrides
+from raydiff.config import DATASET_LAYOUTS, DEFAULT_CONFIG, MODEL_KINDS, Config, load_config, parse_overrides
 from raydiff.errors import RaydiffError
 
 
@@ -154,7 +154,7 @@ def _category(cfg: Config, category: str | None) -> tuple[Config, str, Any]:
 @main.command()
 @config_options
 @click.option("--category", help="Category to train (default: the first).")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(["pixel", "pixel-simplex", "pixel-gmm", "latent"]),
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(MODEL_KINDS),
               help="Model kind(s) (default: those the enabled variants need).")
 @click.option("--ray", "use_ray", is_flag=True, help="Train on the local Ray (Ray Train) instead of in process.")
 def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bool) -> None:

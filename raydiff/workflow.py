@@ -170,7 +170,7 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
 
 
 def fit_task(cfg: Config, category: str, manifest: pl.DataFrame) -> dict[str, Any]:
-    """``fit_one`` as a Ray task body: checks the worker, returns where it ran (None if skipped)."""
+    """``fit_one`` as a Ray task body: checks the worker, returns where it ran ({} if already fitted)."""
     import socket
 
     from raydiff.io import is_complete

@@ -24,9 +24,9 @@ Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`
 - Packing (``ray.training_runs: N``): the pending trainings, in category order, are cut into at
   most N contiguous runs of similar cost (FLOPs counted by ``raydiff.models.flops``); each run
   trains its models one after another in the same worker, so a category's models finish together
-  and its fit and scoring can start while other categories still train. Each Train run starts a trial actor, a controller,
-  a placement-group cleaner and a worker process (~25 CPU-seconds on a small CPU), which dominates
-  a dozen tiny CPU trainings. A packed run resumes from the model folders themselves (each
+  and its fit and scoring can start while other categories still train. Each Train run starts a
+  trial actor, a controller, a placement-group cleaner and a worker process (~25 CPU-seconds on a
+  small CPU), which dominates a dozen tiny CPU trainings. A packed run resumes from the model folders themselves (each
   finished model has its success marker, a partial one its latest checkpoint).
 
 Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a cluster)::
@@ -49,7 +49,7 @@ import polars as pl
 from raydiff.config import Config, config_from_dict, config_to_dict, model_id
 from raydiff.io import is_complete
 from raydiff.paths import model_dir, output_root
-from raydiff.placement import assigned_gpus, node_id, worker_device
+from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device
 from raydiff.runs import require_visible
 
 # torch / diffusers are imported inside the worker only: the Tune trial and the Train controller
@@ -90,6 +90,8 @@ def _restore_from_ray(ray_dir: Path, folder: Path) -> None:
 def train_worker(config: dict[str, Any]) -> None:
     """The TorchTrainer worker: ``train_one`` for each of its (category, kind) jobs, with Ray
     checkpoint reports (runs in a Ray worker)."""
+    import socket
+
     import ray.train
     import ray.train.torch
 
@@ -100,8 +102,6 @@ def train_worker(config: dict[str, Any]) -> None:
     jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
     manifest: pl.DataFrame = config["manifest"]
-    import socket
-
     require_visible(cfg, f"the training worker on {socket.gethostname()}")
     device = ray.train.torch.get_device() if worker_device(cfg) == "cuda" else "cpu"
     where = {"node_id": node_id(), "host": socket.gethostname(), "gpu_ids": assigned_gpus()}
@@ -142,10 +142,11 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
     cfg = config_from_dict(cfg_data)
     jobs: list[dict[str, str]] = trial_config["jobs"]
     categories = sorted({j["category"] for j in jobs})
-    use_gpu = uses_gpu(cfg)
+    gpus = gpus_for(cfg, cfg.ray.gpus_per_training)
+    use_gpu = gpus > 0
     resources = {"CPU": cfg.ray.cpus_per_training}
     if use_gpu:
-        resources["GPU"] = cfg.ray.gpus_per_training
+        resources["GPU"] = gpus
     if len(jobs) == 1:
         name = run_name(cfg, jobs[0]["category"], jobs[0]["kind"])
     else:  # a pack: named after its jobs, so that a relaunch with the same pending set finds it
@@ -173,11 +174,6 @@ def _digest_jobs(jobs: Sequence[dict[str, str]]) -> str:
 
     text = ";".join(f"{j['category']}/{j['kind']}" for j in jobs)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def uses_gpu(cfg: Config) -> bool:
-    """Whether training workers ask for GPUs (the config says so; nothing is read off the cluster)."""
-    return cfg.ray.accelerator == "gpu" and cfg.ray.gpus_per_training > 0
 
 
 def estimated_cost(cfg: Config, kind: str) -> float:
