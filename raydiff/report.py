@@ -32,93 +32,14 @@ import polars as pl
 from raydiff.config import Config, load_config
 from raydiff.errors import OutputError, RaydiffError
 from raydiff.io import atomic_write_text
-from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics, pixel_curves
+from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
 from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 from raydiff.report_figures import CurveSet, Example, plot_cost, plot_curves, plot_examples
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
+from raydiff.report_tables import COST_COLUMNS, category_means, key_filter, metrics_table, with_cost
 
-#: MVTec AD texture categories; every other MVTec category is an object.
-MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
-#: Cost columns of the metric tables (names as in raydiff.workflow.evaluate), means over the
-#: images table's ``forwards_per_image`` / ``seconds_per_image``.
-COST_COLUMNS: tuple[str, ...] = ("unet_forwards_per_image", "seconds_per_image")
 METRIC_NAMES: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_ap": "P-AP", "aupro": "AUPRO@0.3"}
 FIG_DIR = "report"
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def _key_filter(key: Sequence[str]) -> pl.Expr:
-    """Rows of one (dataset, category, variant) group."""
-    return pl.all_horizontal([pl.col(k) == v for k, v in zip(KEYS, key, strict=True)])
-
-
-def cost_table(images: pl.LazyFrame) -> pl.DataFrame:
-    """Mean UNet forwards and seconds per image per (dataset, category, variant)."""
-    return (
-        images.group_by(*KEYS)
-        .agg(
-            unet_forwards_per_image=pl.col("forwards_per_image").cast(pl.Float64).mean(),
-            seconds_per_image=pl.col("seconds_per_image").cast(pl.Float64).mean(),
-        )
-        .sort(*KEYS)
-        .collect()
-    )
-
-
-def with_cost(metrics: pl.DataFrame, images: pl.LazyFrame) -> pl.DataFrame:
-    """A metrics table with the cost columns (joined from the images table unless present)."""
-    order = [c for c in (*KEYS, "defect_type") if c in metrics.columns]
-    if all(c in metrics.columns for c in COST_COLUMNS):
-        return metrics.sort(order)
-    bare = metrics.drop(*(c for c in COST_COLUMNS if c in metrics.columns))
-    return bare.join(cost_table(images), on=list(KEYS), how="left").sort(order)
-
-
-def metrics_table(pixels: pl.LazyFrame, images: pl.LazyFrame, by_defect: bool = False) -> pl.DataFrame:
-    """``compute_metrics`` (exact, unchanged) joined with the cost columns of the images table."""
-    return with_cost(compute_metrics(pixels, images, by_defect=by_defect), images)
-
-
-def category_groups(dataset: str, categories: Sequence[str]) -> dict[str, list[str]]:
-    """Category groups for the mean rows: all, plus textures / objects for MVTec AD."""
-    groups = {"all": sorted(categories)}
-    if published_dataset(dataset) == "mvtec":
-        groups["textures"] = [c for c in groups["all"] if c in MVTEC_TEXTURES]
-        groups["objects"] = [c for c in groups["all"] if c not in MVTEC_TEXTURES]
-    return {k: v for k, v in groups.items() if v}
-
-
-def category_means(metrics: pl.DataFrame) -> pl.DataFrame:
-    """Mean over categories per dataset × group × variant.
-
-    A metric's mean is null (n/a) unless the metric is defined for the variant in EVERY
-    category of the group present in the run (a mean over fewer categories is not comparable);
-    cost columns are averaged over the categories where the variant ran. Columns: dataset, group,
-    variant, n_categories (where the variant ran), of_categories (in the group), the four metrics,
-    unet_forwards_per_image, seconds_per_image.
-    """
-    rows: list[dict[str, Any]] = []
-    for dataset in sorted(metrics["dataset"].unique()):
-        ds = metrics.filter(pl.col("dataset") == dataset)
-        for group, cats in category_groups(dataset, ds["category"].unique().to_list()).items():
-            sub = ds.filter(pl.col("category").is_in(cats))
-            for variant in sorted(sub["variant"].unique()):
-                v = sub.filter(pl.col("variant") == variant)
-                row: dict[str, Any] = {"dataset": dataset, "group": group, "variant": variant}
-                row |= {"n_categories": v.height, "of_categories": len(cats)}
-                for m in METRIC_COLUMNS:
-                    complete = v.height == len(cats) and v[m].null_count() == 0
-                    row[m] = float(v[m].mean()) if complete else None  # type: ignore[arg-type]
-                for c in COST_COLUMNS:
-                    row[c] = v[c].mean() if v[c].null_count() < v.height else None
-                rows.append(row)
-    schema = {"dataset": pl.String, "group": pl.String, "variant": pl.String, "n_categories": pl.Int64}
-    schema |= {"of_categories": pl.Int64} | {m: pl.Float64 for m in METRIC_COLUMNS} | {c: pl.Float64 for c in COST_COLUMNS}
-    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +168,7 @@ def group_examples(
     if not ids:
         return []
     rows = (
-        pixels.filter(_key_filter(key))
+        pixels.filter(key_filter(key))
         .filter(pl.col("image_id").is_in(ids))
         .select("image_id", "y", "x", "score", "gt")
         .collect()
@@ -349,7 +270,7 @@ def curves_html(pixels: pl.LazyFrame, metrics: pl.DataFrame, dataset: str, figs:
         sets = []
         for r in metrics.filter(pl.col("category") == cat).iter_rows(named=True):
             key = (dataset, cat, r["variant"])
-            sets.append(CurveSet(r["variant"], pixel_curves(pixels.filter(_key_filter(key))), r["p_auroc"], r["aupro"]))
+            sets.append(CurveSet(r["variant"], pixel_curves(pixels.filter(key_filter(key))), r["p_auroc"], r["aupro"]))
         name = f"curves-{_safe(dataset)}-{i:03d}-{_safe(cat)}.png"
         plot_curves(sets, f"{dataset} / {cat}", figs / name)
         parts.append(f"<h4>{_esc(cat)}</h4>" + _img(name, f"curves {cat}"))
@@ -377,7 +298,7 @@ def examples_html(
     for i, cat in enumerate(cats):
         for j, variant in enumerate(sorted(metrics.filter(pl.col("category") == cat)["variant"])):
             key = (dataset, cat, variant)
-            examples = group_examples(pixels, image_rows.filter(_key_filter(key)), key, paths, fit)
+            examples = group_examples(pixels, image_rows.filter(key_filter(key)), key, paths, fit)
             if examples:
                 name = f"examples-{_safe(dataset)}-{i:03d}-{j:02d}-{_safe(cat)}-{_safe(variant)}.png"
                 plot_examples(examples, f"{dataset} / {cat} / {variant}", figs / name)

@@ -54,7 +54,7 @@ def demo_config(output_root: Path | None = None) -> Config:
 
 def prepare(cfg: Config) -> pl.DataFrame:
     """Scan + validate the dataset, then mark the held-out normal images (split 'holdout')."""
-    from raydiff.data.manifest import assign_holdout
+    from raydiff.data.splits import assign_holdout
     from raydiff.data.validate import validate_dataset
 
     manifest = scan_config(cfg)
@@ -249,7 +249,7 @@ def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
     """
     from raydiff.io import atomic_write_text
     from raydiff.paths import run_dir
-    from raydiff.report import metrics_table
+    from raydiff.report_tables import metrics_table
     from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 
     folder = run_dir(cfg)

@@ -9,7 +9,8 @@ import pytest
 from datatrees import make_btad, make_generic, make_mvtec, make_visa, save_image, write_visa_csv
 
 from raydiff.data import MANIFEST_SCHEMA, assign_holdout, scan_dataset
-from raydiff.data.manifest import holdout_count, infer_kind, split_good
+from raydiff.data.manifest import infer_kind, split_good
+from raydiff.data.splits import holdout_count
 from raydiff.errors import DatasetError
 
 COLUMNS = ["dataset", "category", "split", "image_path", "mask_path", "label", "defect_type", "image_id"]

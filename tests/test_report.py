@@ -15,7 +15,8 @@ from raydiff.inspect_run import inspect_run
 from raydiff.metrics import METRIC_COLUMNS, compute_metrics, label_regions
 from raydiff.paths import partition_dir, run_dir
 from raydiff.runs import IMAGE_SCHEMA, PIXEL_SCHEMA, PartitionWriter, image_table, pixel_table, scan_images, scan_pixels
-from raydiff.report import category_means, manifest_paths, write_report
+from raydiff.report import manifest_paths, write_report
+from raydiff.report_tables import category_means
 
 SIZE = 64
 #: (defect_type, index, boxes (y0, y1, x0, x1)): the GT components of each test image.

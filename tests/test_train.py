@@ -13,7 +13,8 @@ import torch
 
 from raydiff import diffusion as D
 from raydiff.config import Config, config_from_dict, config_to_dict
-from raydiff.data.manifest import assign_holdout, scan_mvtec
+from raydiff.data.manifest import scan_mvtec
+from raydiff.data.splits import assign_holdout
 from raydiff.data.textures import make_textures
 from raydiff.io import is_complete
 from raydiff.models.checkpoint import load_model, load_training_state

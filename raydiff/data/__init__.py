@@ -3,13 +3,13 @@
 from raydiff.data.images import dataset_channels, load_image, load_mask
 from raydiff.data.manifest import (
     MANIFEST_SCHEMA,
-    assign_holdout,
     scan_btad,
     scan_dataset,
     scan_generic,
     scan_mvtec,
     scan_visa,
 )
+from raydiff.data.splits import assign_holdout
 from raydiff.data.validate import ValidationSummary, validate_dataset
 
 __all__ = [
