@@ -200,7 +200,7 @@ def test_pixel_curves_end_points() -> None:
 
 
 def test_bench_reference_agrees_with_naive() -> None:
-    from raydiff.bench.metrics import reference_aupro
+    from raydiff.bench.metrics_data import reference_aupro
 
     rng = np.random.default_rng(9)
     masks = blob_masks(rng, 3, 20, 20, 3)
@@ -402,7 +402,7 @@ def test_bench_metrics_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("quant", [0.0, 2.0, 16.0])
 def test_pixel_metrics_equals_references_to_1e9(quant: float) -> None:
-    from raydiff.bench.metrics import reference_aupro
+    from raydiff.bench.metrics_data import reference_aupro
 
     rng = np.random.default_rng(11)
     masks = blob_masks(rng, 6, 40, 40, 3)
