@@ -119,7 +119,7 @@ class ScoringActor:
         return {"index": np.asarray(rows["index"]), "first": np.full(n, first), "placement": np.array([record] * n)}
 
 
-def test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
+def category_test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
     """A category's test rows sorted by image id (``limit``: a subset with both classes, half good)."""
     rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
     if limit is not None:
@@ -151,7 +151,7 @@ def score_category(
     from raydiff.data.images import dataset_channels
 
     variants = list(variants or cfg.variants.enabled)
-    rows = test_rows(manifest, category, limit)
+    rows = category_test_rows(manifest, category, limit)
     image_set = image_set_digest(rows["image_id"].to_list())
     todo = pending_variants(cfg, category, variants, image_set)
     summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo],

@@ -214,11 +214,18 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
 
 
 def test_pack_jobs_balances_cost_and_keeps_every_job(tmp_path: Path, textures: Path) -> None:
-    from raydiff.train.launch import estimated_cost, pack_jobs
+    from raydiff.train.launch import estimated_cost, pack_jobs, training_order
 
     cfg = make_cfg(tmp_path, textures, train_steps=300)
     jobs = [{"category": c, "kind": k} for c in ("a", "b", "c") for k in ("pixel", "pixel-simplex", "pixel-gmm", "latent")]
-    assert pack_jobs(cfg, jobs, 0) == [[j] for j in jobs] == pack_jobs(cfg, jobs, 12) == pack_jobs(cfg, jobs, 50)
+    one_each = [[j] for j in training_order(cfg, jobs)]
+    assert pack_jobs(cfg, jobs, 0) == one_each == pack_jobs(cfg, jobs, 12) == pack_jobs(cfg, jobs, 50)
+    assert sorted(map(str, jobs)) == sorted(str(g[0]) for g in one_each)
+    # Unpacked runs: category by category, the longest training of a category first.
+    assert [g[0]["category"] for g in one_each] == sorted(j["category"] for j in jobs)
+    for c in ("a", "b", "c"):
+        costs = [estimated_cost(cfg, g[0]["kind"]) for g in one_each if g[0]["category"] == c]
+        assert costs == sorted(costs, reverse=True)
     for runs in (1, 2, 5):
         groups = pack_jobs(cfg, jobs, runs)
         assert len(groups) == runs and pack_jobs(cfg, jobs, runs) == groups  # deterministic

@@ -109,6 +109,9 @@ def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu
                                   mc.base_channels))
            for k in kinds}
     counts = forwards_per_image(cfg)
+    from raydiff.train.launch import training_order
+
+    jobs = training_order(cfg, [{"category": c, "kind": k} for c in sizes for k in kinds])
     image_s = sum(counts.get(k, 0.0) * fwd[k] for k in kinds) / rate
     holdout = {c: max(cfg.dataset.holdout_min, round(cfg.dataset.holdout_fraction * n_train))
                for c, (n_train, _) in sizes.items()}
@@ -117,6 +120,7 @@ def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu
         "fit_s": {c: holdout[c] * image_s for c in sizes},
         "test_images": {c: n_test for c, (_, n_test) in sizes.items()},
         "batch": cfg.ray.scoring_batch_size,
+        "jobs": [(j["category"], j["kind"]) for j in jobs],
     }
 
 
@@ -170,12 +174,6 @@ def _score(category: str, n: int, batch: int, pool: tuple[int, int], start_s: fl
     return {"category": category, "placement": []}
 
 
-def _jobs(w: dict[str, Any]) -> list[tuple[str, str]]:
-    """(category, kind) in submission order: category-major, the longest training first."""
-    kinds = sorted(w["train_s"], key=lambda k: -w["train_s"][k])
-    return [(c, k) for c in w["test_images"] for k in kinds]
-
-
 def run_chains_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: float) -> float:
     import ray
 
@@ -185,7 +183,7 @@ def run_chains_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: 
     refs: dict[str, list[Any]] = {}
 
     def train() -> None:
-        for c, k in _jobs(w):
+        for c, k in w["jobs"]:
             refs.setdefault(c, []).append(work.remote(w["train_s"][k] / scale))
         ray.get([r for rs in refs.values() for r in rs])
 
@@ -208,7 +206,7 @@ def run_phases_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: 
 
     work = ray.remote(num_gpus=1, num_cpus=0)(_sleep)
     start = time.perf_counter()
-    ray.get([work.remote(w["train_s"][k] / scale) for c, k in _jobs(w)])
+    ray.get([work.remote(w["train_s"][k] / scale) for _c, k in w["jobs"]])
     ray.get([work.remote(w["fit_s"][c] / scale) for c in w["test_images"]])
     for c, n in w["test_images"].items():
         _score(c, n, w["batch"], (gpus, gpus), actor_start_s / scale, w["image_s"] / scale)
@@ -246,7 +244,7 @@ def bench_schedule(cfg: Any, gpus: Sequence[int], gpu_tflops: float, mfu: float,
             row[f"{order}_h"] = makespan / 3600
             row[f"{order}_ratio"] = makespan / lb
         rows.append(row)
-    return {"workload": {k: v for k, v in w.items() if k != "fit_s"}, "gpu_tflops": gpu_tflops, "mfu": mfu,
+    return {"workload": {k: v for k, v in w.items() if k not in ("fit_s", "jobs")}, "gpu_tflops": gpu_tflops, "mfu": mfu,
             "scale": scale, "actor_start_s": actor_start_s, "rows": rows}
 
 

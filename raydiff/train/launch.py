@@ -183,11 +183,22 @@ def estimated_cost(cfg: Config, kind: str) -> float:
     return training_flops(cfg, kind)
 
 
+def training_order(cfg: Config, jobs: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The order Train runs are submitted in (Ray grants pending GPU requests roughly in arrival
+    order): category by category, so categories become ready one after another and each one's
+    fit and scoring overlap the others' training; within a category the longest training first
+    (counted FLOPs), so a category's last model does not start late. Longest-first over all jobs
+    packs the GPUs no better here and leaves every category's fit and scoring to the end
+    (``raydiff bench schedule``, BENCHMARKS.md)."""
+    cost = {k: estimated_cost(cfg, k) for k in {j["kind"] for j in jobs}}
+    return sorted(jobs, key=lambda j: (j["category"], -cost[j["kind"]], j["kind"]))
+
+
 def pack_jobs(cfg: Config, jobs: Sequence[dict[str, str]], runs: int) -> list[list[dict[str, str]]]:
     """``jobs`` in category order, cut into at most ``runs`` contiguous groups of similar total cost;
-    ``runs`` = 0 → one group per job. Deterministic."""
+    ``runs`` = 0 → one group per job, in :func:`training_order`. Deterministic."""
     if runs <= 0 or runs >= len(jobs):
-        return [[j] for j in jobs]
+        return [[j] for j in training_order(cfg, jobs)]
     ordered = sorted(jobs, key=lambda j: j["category"])  # stable: kinds keep their order
     costs = [estimated_cost(cfg, j["kind"]) for j in ordered]
     target = sum(costs) / runs
