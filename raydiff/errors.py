@@ -19,6 +19,10 @@ class RaydiffError(Exception):
             message += f" Fix: {fix}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        # Raised in Ray workers and pickled back to the driver: rebuild from the three parts.
+        return type(self), (self.where, self.problem, self.fix)
+
 
 class ConfigError(RaydiffError):
     """A config file has an unknown key, a wrong type or an out-of-range value."""

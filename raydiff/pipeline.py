@@ -52,6 +52,7 @@ from raydiff.runs import (
     pixel_table,
     remove_stale,
     require_visible,
+    run_probe,
     write_part,
 )
 
@@ -91,7 +92,7 @@ class ScoringActor:
 
         self.cfg = config_from_dict(cfg_data)
         self.category, self.variants, self.attempt, self.channels = category, list(variants), attempt, channels
-        require_visible(self.cfg, f"the scoring actor on {socket.gethostname()}")
+        require_visible(run_probe(self.cfg), f"the scoring actor on {socket.gethostname()}")
         self.device = worker_device(self.cfg)
         self.ctx = load_category_context(self.cfg, category, torch.device(self.device))
 

@@ -305,14 +305,17 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     return folder
 
 
-def require_visible(cfg: Config, where: str) -> None:
-    """Fail with one clear line when this process (a worker on ``where``) cannot see the run folder.
+def run_probe(cfg: Config) -> Path:
+    """The file that shows a worker the run folder: the driver writes ``config.yaml`` into it
+    before any scoring work starts (``write_run_metadata``)."""
+    return run_dir(cfg) / "config.yaml"
 
-    The driver writes ``config.yaml`` into the run folder before any work starts; a worker that
-    does not find it is on a node whose ``output.root`` is not the driver's storage.
-    """
-    probe = run_dir(cfg) / "config.yaml"
-    if not probe.is_file():
+
+def require_visible(probe: Path, where: str) -> None:
+    """Fail with one clear line when this process (a worker on ``where``) cannot see ``probe``, a
+    file the driver wrote before starting the work: then the worker's node does not share the
+    driver's storage at the output root's path."""
+    if not Path(probe).is_file():
         raise OutputError(
             probe,
             f"not visible from {where}: the output root is not storage that every node sees.",

@@ -176,11 +176,11 @@ def fit_task(cfg: Config, category: str, manifest: pl.DataFrame) -> dict[str, An
     from raydiff.io import is_complete
     from raydiff.paths import fitted_dir
     from raydiff.placement import utc_now, where_ran, worker_device
-    from raydiff.runs import require_visible
+    from raydiff.runs import require_visible, run_probe
 
     if is_complete(fitted_dir(cfg, category)):
         return {}
-    require_visible(cfg, f"the fit task on {socket.gethostname()}")
+    require_visible(run_probe(cfg), f"the fit task on {socket.gethostname()}")
     started, device = utc_now(), worker_device(cfg)
     fit_one(cfg, category, manifest, device)
     return where_ran(device, started)
@@ -229,12 +229,12 @@ def check_storage(cfg: Config) -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from raydiff.runs import require_visible
+    from raydiff.runs import require_visible, run_probe
 
     probe = ray.remote(num_cpus=0)(require_visible)
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     refs = [
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(cfg, f"Ray node {n}")
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(run_probe(cfg), f"Ray node {n}")
         for n in nodes
     ]
     _get(ray, refs)

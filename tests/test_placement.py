@@ -118,13 +118,17 @@ def test_missing_part_is_an_error_naming_shared_storage(tmp_path: Path) -> None:
 
 
 def test_worker_that_cannot_see_the_run_folder_says_so(tmp_path: Path) -> None:
-    from raydiff.runs import require_visible, write_run_metadata
+    import pickle
+
+    from raydiff.runs import require_visible, run_probe, write_run_metadata
 
     cfg = config_from_dict({"output": {"root": str(tmp_path / "out")}})
-    with pytest.raises(OutputError, match="shared storage"):
-        require_visible(cfg, "node x")
+    with pytest.raises(OutputError, match="shared storage") as err:
+        require_visible(run_probe(cfg), "node x")
+    again = pickle.loads(pickle.dumps(err.value))  # as Ray sends it from a worker to the driver
+    assert type(again) is OutputError and str(again) == str(err.value)
     write_run_metadata(cfg)
-    require_visible(cfg, "node x")
+    require_visible(run_probe(cfg), "node x")
 
 
 def test_parse_overrides_and_the_job_entry_point_set_flag() -> None:

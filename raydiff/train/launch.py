@@ -47,7 +47,7 @@ from typing import Any
 import polars as pl
 
 from raydiff.config import Config, config_from_dict, config_to_dict, model_id
-from raydiff.io import is_complete
+from raydiff.io import atomic_write_text, is_complete
 from raydiff.paths import model_dir, output_root
 from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device
 from raydiff.runs import require_visible
@@ -69,6 +69,12 @@ def absolute_output(cfg: Config) -> Config:
 
 def storage_path(cfg: Config) -> Path:
     return output_root(cfg) / "ray_results"
+
+
+def storage_probe(cfg: Config) -> Path:
+    """A file ``train_all`` writes at the output root before submitting; each training worker
+    checks that it sees it (its node shares the driver's storage)."""
+    return output_root(cfg) / ".visible-from-every-node"
 
 
 def run_name(cfg: Config, category: str, kind: str) -> str:
@@ -102,7 +108,7 @@ def train_worker(config: dict[str, Any]) -> None:
     jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
     manifest: pl.DataFrame = config["manifest"]
-    require_visible(cfg, f"the training worker on {socket.gethostname()}")
+    require_visible(Path(config["probe"]), f"the training worker on {socket.gethostname()}")
     device = ray.train.torch.get_device() if worker_device(cfg) == "cuda" else "cpu"
     where = {"node_id": node_id(), "host": socket.gethostname(), "gpu_ids": assigned_gpus()}
     for job in jobs:
@@ -155,7 +161,7 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
         train_worker,
         # nccl needs CUDA: a simulated GPU (ray.device: cpu) trains over gloo.
         torch_config=TorchConfig(backend="nccl" if cfg.ray.torch_device == "cuda" else "gloo"),
-        train_loop_config={"cfg": cfg_data, "jobs": jobs, "hook": hook,
+        train_loop_config={"cfg": cfg_data, "jobs": jobs, "hook": hook, "probe": str(storage_probe(cfg)),
                            "manifest": manifest.filter(pl.col("category").is_in(categories))},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -237,6 +243,7 @@ def train_all(
         return folders
     if not ray.is_initialized():
         raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
+    atomic_write_text(storage_probe(cfg), "written by the sweep's driver; every training worker checks it sees this file\n")
     trainable = ray.tune.with_parameters(
         _trial, cfg_data=config_to_dict(cfg), manifest=manifest.filter(pl.col("category").is_in(list(categories))),
         hook=on_checkpoint,
