@@ -112,19 +112,6 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def train_models(cfg: Config, manifest: pl.DataFrame, categories: list[str], use_ray: bool = True,
-                 progress: Progress = _quiet) -> list[Path]:
-    """Train every missing (category, kind) the enabled variants need."""
-    kinds = list(cfg.model_kinds_needed())
-    if use_ray:
-        from raydiff.train.launch import train_all
-
-        return train_all(cfg, categories, kinds, manifest)
-    from raydiff.train.loop import train_one
-
-    return [train_one(cfg, c, k, manifest, progress=progress) for c in categories for k in kinds]
-
-
 def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | None = None) -> Path:
     """Fit the KNN prior and normalisation statistics of one category (skipped when complete).
 
@@ -194,20 +181,6 @@ def _ray_fit(cfg: Config) -> Any:
     return ray.remote(fit_task).options(
         num_cpus=1, num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor), max_retries=2
     )
-
-
-def fit_all(cfg: Config, manifest: pl.DataFrame, categories: list[str]) -> list[Path]:
-    """Fit every category as a Ray task (GPUs as ``ray.accelerator`` says)."""
-    import ray
-
-    from raydiff.io import is_complete
-    from raydiff.paths import fitted_dir
-
-    pending = [c for c in categories if not is_complete(fitted_dir(cfg, c))]  # no task for finished ones
-    if pending:
-        remote = _ray_fit(cfg)
-        _get(ray, [remote.remote(cfg, c, manifest) for c in pending])
-    return [fitted_dir(cfg, c) for c in categories]
 
 
 def _get(ray: Any, refs: Any) -> Any:
@@ -303,9 +276,11 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
     since = utc_now()
     fit = _ray_fit(cfg)
 
+    from raydiff.train.launch import train_all
+
     def train() -> None:
         t0 = time.perf_counter()
-        train_models(cfg, manifest, categories)
+        train_all(cfg, categories, list(cfg.model_kinds_needed()), manifest)
         progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
     def score(category: str) -> dict[str, Any]:
