@@ -333,6 +333,42 @@ class FeaturesConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Engine settings: how the maths runs (not hashed into model or run ids)
+# --------------------------------------------------------------------------------------------
+
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How fit and score run the UNet (raydiff.scoring.context). Not part of ``run_id``: the
+    maths is the same, only float rounding differs (bf16 vs fp32 maps: tested to agree)."""
+
+    #: UNet calls under bf16 autocast, or fp32. ``auto``: bf16 on CUDA, fp32 on the CPU (CPU
+    #: bf16 autocast is slower than fp32). Trend's input gradient and φ always run in fp32.
+    precision: Precision = "auto"
+    #: UNet weights and inputs in channels_last memory format (faster convolutions on GPUs).
+    channels_last: bool = False
+    #: ``torch.compile`` each UNet once per actor (static shapes; the first batch pays for it).
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the training loop runs (raydiff.train.loop); not part of ``model_id``."""
+
+    #: Fused AdamW kernel on CUDA (the CPU falls back to the foreach implementation).
+    fused_adamw: bool = True
+    #: EMA update of all parameters in one batched call (``torch._foreach_lerp_``).
+    foreach_ema: bool = True
+    #: Loss values are fetched from the device (one host sync) every this many steps and at
+    #: each checkpoint; a non-finite loss is detected then (the last good checkpoint is kept).
+    log_every: int = field(default=50, metadata=_range(1, 1_000_000))
+    #: UNet weights and inputs in channels_last memory format.
+    channels_last: bool = False
+
+
+# --------------------------------------------------------------------------------------------
 # Output and Ray
 # --------------------------------------------------------------------------------------------
 
@@ -400,6 +436,8 @@ class Config:
     features: FeaturesConfig = FeaturesConfig()
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    train: TrainConfig = TrainConfig()
     seed: int = 0
     #: The file this config was loaded from (not hashed; for messages and relative paths).
     source: str | None = field(default=None, metadata={"internal": True})
@@ -410,5 +448,21 @@ class Config:
         return tuple(k for k in MODEL_KINDS if k in needed)
 
 
+def _config_dir() -> Path:
+    """The shipped configs: the checkout's ``configs/``, else where a non-editable install put
+    them (``<prefix>/share/raydiff/configs``, see pyproject.toml's data-files)."""
+    import site
+    import sys
+
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    candidates = [checkout, Path(sys.prefix) / "share" / "raydiff" / "configs",
+                  Path(site.getuserbase()) / "share" / "raydiff" / "configs"]
+    return next((c for c in candidates if (c / "textures.yaml").is_file()), checkout)
+
+
+#: The folder of the configs that ship with raydiff (``configs/`` of the repository).
+CONFIG_DIR = _config_dir()
 #: The embedded default benchmark's config (what ``make demo`` runs).
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "textures.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "textures.yaml"
+#: Environment variable that moves the default config's texture data (else OUTPUT_ROOT/data/textures).
+TEXTURES_ENV = "RAYDIFF_TEXTURES"

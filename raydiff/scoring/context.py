@@ -5,7 +5,17 @@ t, noise draw) gets the same tensor, computed once; φ(x0) is computed once per 
 are seeded from (run seed, image id, noise kind) so that the same x_t is shared across variants
 and a score never depends on the batch an image was scored in.
 
-UNet forward passes are counted per variant and in total, per image (``cache.forwards``).
+UNet forward passes are counted per variant and in total, per image (``cache.forwards``), and
+so are backward passes (``cache.backwards``: trend's input gradients) and noise draws
+(``cache.noise_draws``), for the benchmarks.
+
+Engine settings (``cfg.scoring``; :func:`engine_context` applies them): UNet calls run under
+bf16 autocast or in fp32 (``precision``), optionally in channels_last memory format and through
+``torch.compile`` (once per context, i.e. per actor and category). Two things always run in fp32,
+whatever the setting: trend's input gradient (a difference of nearby ε values scaled by up to
+1/√ᾱ_t; bf16's 8-bit mantissa would leave mostly rounding noise in it) and φ (the KNN prior's bin
+edges are thresholds on fp32 L1 distances measured at fit time; bf16 features would move
+images across them).
 """
 
 from __future__ import annotations
@@ -18,8 +28,19 @@ import torch
 
 from raydiff import diffusion as D
 from raydiff.config import Config
+from raydiff.config.schema import Precision, ScoringConfig
 from raydiff.noise import sample_noise
 from raydiff.seeding import derive_seed
+
+
+def autocast_dtype(precision: Precision, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of UNet calls (None = fp32): ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+    device = torch.device(device)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    if precision in ("auto", "fp32"):
+        return None
+    raise ValueError(f"scoring.precision must be auto, bf16 or fp32, got {precision!r}")
 
 
 @dataclass
@@ -35,8 +56,36 @@ class CategoryContext:
     #: Fitted state (raydiff.scoring.fit.FittedState) or None while fitting.
     fitted: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    #: Autocast dtype for UNet calls on GPU (None = fp32).
+    #: Autocast dtype of UNet calls (None = fp32); :func:`engine_context` sets it from
+    #: ``cfg.scoring.precision``.
     autocast_dtype: torch.dtype | None = None
+    #: UNet inputs in channels_last memory format (the models' weights were converted).
+    channels_last: bool = False
+    #: Model kind → the callable that runs its UNet (a ``torch.compile``-d one; absent:
+    #: ``models[kind].unet``).
+    unets: dict[str, Any] = field(default_factory=dict)
+
+
+def engine_context(
+    cfg: Config, category: str, models: dict[str, Any], features: Any, fitted: Any = None,
+    device: torch.device | str = "cpu", scoring: ScoringConfig | None = None,
+) -> CategoryContext:
+    """A :class:`CategoryContext` with the engine settings of ``scoring`` (default
+    ``cfg.scoring``) applied: precision, channels_last (converts the UNets' weights in place)
+    and torch.compile (one compiled callable per UNet, static shapes: a new batch shape
+    recompiles once). Fit and score both build their context here."""
+    device = torch.device(device)
+    sc = scoring or cfg.scoring
+    unets: dict[str, Any] = {}
+    for kind, model in models.items():
+        if sc.channels_last:
+            model.unet.to(memory_format=torch.channels_last)
+        if sc.compile:
+            unets[kind] = torch.compile(model.unet, dynamic=False)
+    return CategoryContext(
+        cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device,
+        autocast_dtype=autocast_dtype(sc.precision, device), channels_last=sc.channels_last, unets=unets,
+    )
 
 
 class BatchCache:
@@ -52,6 +101,10 @@ class BatchCache:
         self._memo: dict[tuple[Any, ...], Any] = {}
         #: UNet forward passes per image, by the variant family that first asked.
         self.forwards: Counter[str] = Counter()
+        #: UNet backward passes per image (trend's input gradients), by family.
+        self.backwards: Counter[str] = Counter()
+        #: Noise draws for the whole batch, by (noise kind, shape).
+        self.noise_draws: Counter[tuple[str, tuple[int, ...]]] = Counter()
         self.current: str = "shared"
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -78,21 +131,34 @@ class BatchCache:
         shape = shape or tuple(self.x0.shape)
 
         def compute() -> torch.Tensor:
-            seeds = self.seeds("noise", kind, noise_kind, draw)
-            return sample_noise(noise_kind, shape, seeds, self.ctx.cfg.models, device="cpu").to(self.ctx.device)  # type: ignore[arg-type]
+            return self.draw_noise(noise_kind, shape, self.seeds("noise", kind, noise_kind, draw))
 
         return self.memo(("noise", kind, noise_kind, shape, draw), compute)
+
+    def draw_noise(self, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+        """A counted noise draw (B,C,H,W) on the context's device, one seed per image."""
+        self.noise_draws[(noise_kind, tuple(shape))] += 1
+        return sample_noise(noise_kind, shape, seeds, self.ctx.cfg.models, device=self.ctx.device)  # type: ignore[arg-type]
 
     def unet(self, kind: str, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One counted UNet call of model ``kind``: → (ε, v or None), fp32."""
         self.count_forward()
         return self._call_unet(kind, x_t, t)
 
-    def _call_unet(self, kind: str, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _call_unet(
+        self, kind: str, x_t: torch.Tensor, t: torch.Tensor, fp32: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ε, v or None) as fp32 tensors; the UNet runs under the context's autocast dtype
+        unless ``fp32`` (trend's gradient pass)."""
         model = self.model(kind)
-        dtype = self.ctx.autocast_dtype
+        compiled = self.ctx.unets.get(kind)
+        dtype = None if fp32 else self.ctx.autocast_dtype
+        x = x_t.contiguous(memory_format=torch.channels_last) if self.ctx.channels_last else x_t
         with torch.autocast(self.ctx.device.type, dtype=dtype, enabled=dtype is not None):
-            eps, v = model.model_output(x_t, t)
+            if compiled is None:
+                eps, v = model.model_output(x, t)
+            else:
+                eps, v = D.split_model_output(compiled(x, t.to(x.device)).sample, x.shape[1], model.learned_variance)
         return eps.float(), (v.float() if v is not None else None)
 
     def x_t(self, kind: str, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
@@ -149,10 +215,12 @@ class BatchCache:
         chunk = self.ctx.cfg.ray.gradient_chunk or xt.shape[0]
         parts: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         self.count_forward()
+        self.backwards[self.current] += 1
         for s in range(0, xt.shape[0], chunk):
             x_part = xt[s : s + chunk].detach().requires_grad_(True)
             with torch.enable_grad():
-                e, vv = self._call_unet(kind, x_part, tt[s : s + chunk])
+                # fp32 whatever ``scoring.precision`` says: see the module docstring.
+                e, vv = self._call_unet(kind, x_part, tt[s : s + chunk], fp32=True)
                 (g,) = torch.autograd.grad((e * probe[s : s + chunk]).sum(), x_part)
             parts.append((e.detach(), None if vv is None else vv.detach(), g))
         eps = torch.cat([p[0] for p in parts])
@@ -169,7 +237,7 @@ class BatchCache:
         """φ(x0): ResNet-34 layer2/layer3 features of the input images (computed once)."""
 
         def compute() -> dict[str, torch.Tensor]:
-            with torch.no_grad():
+            with torch.no_grad():  # fp32, outside any autocast: see the module docstring
                 return self.ctx.features(self.x0)
 
         return self.memo(("phi_x0",), compute)

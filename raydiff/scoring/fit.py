@@ -11,7 +11,8 @@ Nothing here is pickled: JSON, safetensors and faiss index files only.
 
 Entry points: ``fit_category`` (the fit step of one category, in process) → ``FittedState.save``
 into ``raydiff.paths.fitted_dir``; ``load_category_context`` (what a scoring actor loads once
-per category: models, fitted state, φ).
+per category: models, fitted state, φ). Both apply ``cfg.scoring`` (precision: bf16 autocast on
+CUDA by default; channels_last; torch.compile) through ``scoring.context.engine_context``.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
         g = generator(derive_seed(seed, "domain-adaptation", calls[0]))
         calls[0] += 1
         bins = torch.randint(1, params.bins + 1, (x.shape[0],), generator=g).tolist()
-        t_hat = torch.tensor([int(noise_level(b, params.t_max, params.bins)) for b in bins], device=x.device)
+        t_hat = torch.tensor([int(noise_level(b, params.t_max, params.bins)) for b in bins])  # CPU: see reconstruct
         z0 = model.encode(x).float() if kind == "latent" else x
+        # fp32: φ is trained against these reconstructions (see scoring.context on φ's precision).
         eps_fn = lambda z, t: model.model_output(z, t)[0].float()  # noqa: E731
         z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
         return model.decode(z_hat).float() if kind == "latent" else z_hat
@@ -234,7 +236,7 @@ def fit_category(
     from raydiff.errors import DatasetError
     from raydiff.features import build_features, knn_features
     from raydiff.knn_prior import KNNPrior
-    from raydiff.scoring.context import CategoryContext
+    from raydiff.scoring.context import engine_context
 
     device = torch.device(device)
     variants = list(variants)
@@ -287,7 +289,9 @@ def fit_category(
         info["knn"] = {"k": params.knn_k, "bins": params.bins, "exclude_self": True, "train_vectors": int(feats.shape[0])}
 
     fitted = FittedState(knn=knn, features_weights=weights, features_state=features_state, info=info)
-    ctx = CategoryContext(cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device)
+    # The statistics are measured with the engine settings scoring will use (cfg.scoring:
+    # precision, channels_last, compile), so test maps are standardised like for like.
+    ctx = engine_context(cfg, category, models, features, fitted, device)
     fitted.stats = normalisation_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
     return fitted
 
@@ -303,7 +307,7 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     from raydiff.models.checkpoint import load_model
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring import VARIANTS
-    from raydiff.scoring.context import CategoryContext
+    from raydiff.scoring.context import engine_context
 
     device = torch.device(device)
     models = {kind: load_model(model_dir(cfg, category, kind), device) for kind in cfg.model_kinds_needed()}
@@ -325,4 +329,4 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     if fitted.features_state is not None:
         features.load_state_dict(fitted.features_state, strict=True)
     features = features.to(device).eval().requires_grad_(False)
-    return CategoryContext(cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device)
+    return engine_context(cfg, category, models, features, fitted, device)
