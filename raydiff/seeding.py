@@ -20,7 +20,8 @@ def derive_seed(run_seed: int, *parts: object) -> int:
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator seeded with ``seed`` (CPU generators are used for all draws)."""
+    """A torch generator on ``device`` seeded with ``seed``. Gaussian noise and trend's probe are
+    drawn by generators on the compute device; everything else by CPU generators."""
     import torch
 
     g = torch.Generator(device=device)

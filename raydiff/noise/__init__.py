@@ -1,8 +1,9 @@
 """Noise distributions for diffusion: Gaussian, simplex (AnoDDPM), Gaussian mixture (Fučka).
 
-``sample_noise(kind, (B, C, H, W), seeds, models_cfg)`` is the one entry point the training
-loop and the scoring variants use; image b's noise is a function of ``seeds[b]`` (and the
-config) only, so it does not depend on the batch it is drawn in. Per-image functions taking a
+``sample_noise(kind, (B, C, H, W), seeds, models_cfg, device)`` is the one entry point the
+training loop and the scoring variants use; image b's noise is a function of ``seeds[b]``, the
+config and the device only, bit for bit, so it does not depend on the batch it is drawn in.
+It is computed on ``device`` without a host sync (reverse chains draw it at every step). Per-image functions taking a
 ``torch.Generator`` live in the submodules (:func:`gaussian_noise`, :func:`simplex_noise`,
 :func:`gmm_noise`). :func:`describe_noise` returns the choices made, for run metadata.
 
@@ -56,8 +57,11 @@ def sample_noise(
         shape: (B, C, H, W).
         seeds: one seed per image (e.g. ``raydiff.seeding.derive_seed(run_seed, image_id, t)``);
             image b's noise depends only on ``seeds[b]``, C, H, W and the config.
-        device: where the result (and, for simplex/GMM, the computation) lives; random draws
-            are made on CPU generators, so values do not depend on the device.
+        device: where the result and the computation live. Gaussian noise is drawn by one
+            generator per image on ``device`` itself (no host round trip; CPU and CUDA draws
+            differ, each device is deterministic). Simplex and GMM maps are drawn as a few
+            numbers per map from per-image CPU generators (seeds and slices, mixture
+            components), queued to ``device`` without a host sync, and evaluated there.
         backend: simplex only: "torch" (vectorised port, any device) or "opensimplex"
             (the reference package, CPU); the two agree to ~1e-6.
     """
@@ -77,9 +81,9 @@ def sample_noise(
             f"raydiff.noise.sample_noise: {len(seeds)} seeds for a batch of {b} images. "
             "Fix: pass exactly one seed per image."
         )
-    generators = [generator(int(s)) for s in seeds]
     if kind == "gaussian":
-        return batch_gaussian_noise(generators, c, h, w, device)
+        return batch_gaussian_noise([generator(int(s), device) for s in seeds], c, h, w, device)
+    generators = [generator(int(s)) for s in seeds]
     if kind == "simplex":
         return batch_simplex_noise(generators, c, h, w, models_cfg.simplex, device, backend)
     return batch_gmm_noise(generators, c, h, w, models_cfg.gmm, device)

@@ -16,8 +16,8 @@ sigmas unspecified; our choices (recorded by :func:`describe_gmm`):
 - independent maps per image *and channel* ("every noise map is made using function f");
 - each map is then standardised to zero mean and unit variance (the paper's "standardise").
 
-Eq. 7 is separable, so f = sum_i (w_i / (2 pi sx_i sy_i)) gy_i(y) gx_i(x)^T is one matrix
-product (H, K) @ (K, W) per map.
+Eq. 7 is separable, so f = sum_i (w_i / (2 pi sx_i sy_i)) gy_i(y) gx_i(x)^T: a sum of K outer
+products, accumulated for all maps at once (:func:`gmm_field`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 
 from raydiff.config import GMMConfig
 from raydiff.errors import ConfigError
+from raydiff.noise.device import to_device
 from raydiff.noise.standardise import standardise
 
 
@@ -97,19 +98,24 @@ def gmm_field(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """f(x, y) of eq. 8 for each map (unstandardised): Tensor (N, H, W) of ``dtype``, >= 0."""
-    p = {k: getattr(maps, k).to(device=device, dtype=dtype) for k in GMMMaps.__dataclass_fields__}
+    """f(x, y) of eq. 8 for each map (unstandardised): Tensor (N, H, W) of ``dtype``, >= 0.
+
+    All N maps at once: a loop over the (fixed) ``max_components`` slots adds one separable
+    bump per slot to every map, f += (w_i / (2 pi sx_i sy_i)) gy_i(y) gx_i(x)^T. Element-wise
+    adds in a fixed order, so a map's bits do not depend on how many maps share the call (a
+    batched matmul may pick its kernel, and summation order, by batch size). The components
+    were drawn on the host and are queued to the device without a sync.
+    """
+    p = {k: to_device(getattr(maps, k), device, dtype) for k in GMMMaps.__dataclass_fields__}
     xs = torch.arange(width, device=device, dtype=dtype)
     ys = torch.arange(height, device=device, dtype=dtype)
-    gx = torch.exp(-((xs - p["mean_x"][..., None]) ** 2) / (2 * p["sigma_x"][..., None] ** 2))
-    gy = torch.exp(-((ys - p["mean_y"][..., None]) ** 2) / (2 * p["sigma_y"][..., None] ** 2))
-    coef = p["weights"] / (2 * math.pi * p["sigma_x"] * p["sigma_y"])  # w_i / (2 pi sx sy)
-    lhs = (gy * coef[..., None]).transpose(1, 2)  # (N, H, K)
-    # One (H, K) @ (K, W) product per map, not a bmm: BLAS may pick a kernel (and summation
-    # order) by batch size, and a map's values must not depend on its batch.
-    out = lhs.new_empty((len(lhs), height, width))
-    for i in range(len(lhs)):
-        out[i] = lhs[i] @ gx[i]
+    gx = torch.exp(-((xs - p["mean_x"][..., None]) ** 2) / (2 * p["sigma_x"][..., None] ** 2))  # (N, K, W)
+    gy = torch.exp(-((ys - p["mean_y"][..., None]) ** 2) / (2 * p["sigma_y"][..., None] ** 2))  # (N, K, H)
+    coef = p["weights"] / (2 * math.pi * p["sigma_x"] * p["sigma_y"])  # w_i / (2 pi sx sy), eq. 7
+    lhs = gy * coef[..., None]  # (N, K, H)
+    out = torch.zeros((lhs.shape[0], height, width), device=device, dtype=dtype)
+    for i in range(lhs.shape[1]):  # eq. 8: sum over the component slots (zero weight beyond K)
+        out.addcmul_(lhs[:, i, :, None], gx[:, i, None, :])
     return out
 
 

@@ -288,13 +288,19 @@ def _hash_tables(perm: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     first = perm[:, wrap]  # (n, W2)
     perm2 = torch.gather(perm, 1, ((first[:, :, None] + wrap) & 255).reshape(n, -1))
     gradient_row = perm[:, (torch.arange(_WZ, device=device) - 1) & 255] % 24  # (n, WZ)
-    grads = torch.as_tensor(GRADIENTS3, dtype=dtype, device=device)[gradient_row.reshape(-1)]
+    grads = _gradients(device, dtype)[gradient_row.reshape(-1)]
     return (
         perm2.reshape(-1).to(torch.int32),
         grads[:, 0].contiguous(),
         grads[:, 1].contiguous(),
         grads[:, 2].contiguous(),
     )
+
+
+@functools.cache
+def _gradients(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """GRADIENTS3 on ``device`` (copied once per device and dtype, not once per call)."""
+    return torch.as_tensor(GRADIENTS3, dtype=dtype, device=device)
 
 
 @functools.cache

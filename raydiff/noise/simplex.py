@@ -19,7 +19,9 @@ change (recorded by :func:`describe_simplex`):
   zero mean and unit variance (population std over the H x W pixels) so the DDPM algebra holds.
 
 Backends: ``"torch"`` (default) evaluates all maps at once with the vectorised port
-:func:`raydiff.noise.opensimplex3.noise3` on any device; ``"opensimplex"`` calls the reference
+:func:`raydiff.noise.opensimplex3.noise3` on any device (the maps' seeds and slices are drawn on
+the host from the image's CPU generator, a few numbers per map, and queued to the device
+without a sync); ``"opensimplex"`` calls the reference
 package (numba, CPU) map by map. Both give the same maps up to float32 rounding (~1e-6).
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from raydiff.config import SimplexConfig
+from raydiff.noise.device import to_device
 from raydiff.noise.opensimplex3 import noise3, permutation_tables
 from raydiff.noise.standardise import standardise
 
@@ -93,12 +96,13 @@ def fractal_simplex(
         )
     device = torch.device(device)
     n = len(maps.seeds)
-    perm = torch.as_tensor(permutation_tables(maps.seeds), device=device)
-    freq = torch.tensor([f for f, _ in octaves], dtype=torch.float64, device=device)
+    # The maps' random choices were drawn on the host: queued to the device without a sync.
+    perm = to_device(torch.from_numpy(permutation_tables(maps.seeds)), device)
+    freq = to_device(torch.tensor([f for f, _ in octaves], dtype=torch.float64), device)
     f = freq.reshape(1, -1, 1, 1)
     x = torch.arange(width, dtype=torch.float64, device=device).reshape(1, 1, 1, -1) / f
     y = torch.arange(height, dtype=torch.float64, device=device).reshape(1, 1, -1, 1) / f
-    z_all = torch.tensor(maps.z, dtype=torch.float64, device=device).reshape(-1, 1, 1, 1) / f
+    z_all = to_device(torch.tensor(maps.z, dtype=torch.float64), device).reshape(-1, 1, 1, 1) / f
     budget = MAX_POINTS["cpu" if device.type == "cpu" else "other"]
     n_oct = len(octaves)
     oct_step = max(1, min(n_oct, budget // (height * width)))  # octaves per call (big images)

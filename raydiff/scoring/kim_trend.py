@@ -83,8 +83,12 @@ def uncertainty_map(x0_grad: torch.Tensor) -> torch.Tensor:
 
 
 def probe_direction(seeds: list[int], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """r ~ N(0, I) (B,C,H,W): one seed per image, so r depends on the image id alone."""
-    return torch.stack([torch.randn(shape[1:], generator=generator(s)) for s in seeds]).to(device)
+    """r ~ N(0, I) (B,C,H,W): one seed per image, so r depends on the image id (and the device)
+    alone; drawn on ``device`` by a generator per image (no host round trip)."""
+    out = torch.empty(shape, device=device)
+    for b, s in enumerate(seeds):
+        out[b].normal_(generator=generator(s, device))
+    return out
 
 
 def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str, torch.Tensor]:
