@@ -26,13 +26,15 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
 from raydiff.errors import CheckpointError
 from raydiff.features import knn_features, pooled_layer2
+
+if TYPE_CHECKING:  # faiss is imported where an index is built or read: noise_level needs none
+    import faiss
 
 __all__ = ["KNNPrior", "noise_level", "knn_features", "pooled_layer2"]
 
@@ -108,6 +110,8 @@ class KNNPrior:
         if n < (2 if exclude_self else 1):
             raise ValueError(f"the KNN prior needs at least 2 training images, got {n}")
         k_eff = min(k, n - 1) if exclude_self else min(k, n)
+        import faiss
+
         index = faiss.IndexFlat(feats.shape[1], faiss.METRIC_L1)
         index.add(feats)
         if exclude_self:
@@ -141,6 +145,8 @@ class KNNPrior:
 
     def save(self, folder: str | Path) -> None:
         """Write ``index.faiss`` (faiss.write_index) and ``knn.json`` into ``folder``."""
+        import faiss
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
@@ -158,6 +164,8 @@ class KNNPrior:
     @classmethod
     def load(cls, folder: str | Path) -> KNNPrior:
         """Read a folder written by :meth:`save`; :class:`CheckpointError` when files are missing or inconsistent."""
+        import faiss
+
         folder = Path(folder)
         fix = "run `raydiff fit` for this category again (it rebuilds the KNN prior)."
         for name in (INDEX_FILE, META_FILE):

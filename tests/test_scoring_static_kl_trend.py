@@ -132,7 +132,7 @@ def test_respaced_ddpm_matches_diffusers_custom_timesteps(
     x_start = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3)) * 2 - 1
     gen_ours = torch.Generator().manual_seed(4)
     monkeypatch.setattr(
-        sampling, "step_noise", lambda kind, shape, seeds, cfg, device: torch.randn(shape, generator=gen_ours)
+        sampling, "step_noise", lambda cache, kind, shape, seeds: torch.randn(shape, generator=gen_ours)
     )
     cache = _FakeCache(model)
     ours = sampling.reverse_to_clean(cache, "pixel", x_start, t0, steps, "ddpm", purpose=("test",))

@@ -98,31 +98,28 @@ def reconstruct(
 ) -> torch.Tensor:
     """DynAD Alg. 1: noiseless start at T̂ (per image), DDAD-guided deterministic DDIM → ẑ0.
 
-    z0 (B,C,h,w) float32 (latent or image), t_hat (B,) long. ``eps_fn(z_t (b,C,h,w), t (b,) long)
-    -> ε`` is called once per step on the images still active at that step (all of them when
-    every T̂ ≥ S). No randomness: ẑ0 depends on z0, T̂ and the model only.
+    z0 (B,C,h,w) float32 (latent or image), t_hat (B,) long, best on the CPU (the number of
+    steps is read from it before the loop; on an accelerator that read is one host sync, before
+    the loop). ``eps_fn(z_t (B,C,h,w), t (B,) long) -> ε`` is called once per step on every
+    image; an image whose own steps are done (n_i = min(S, T̂_i) < the step index) is evaluated
+    at t = 0 and its result masked out, so the loop never branches on device values (no host
+    sync per step). No randomness: ẑ0 depends on z0, T̂ and the model only.
     """
+    n_rows = min(steps, int(t_hat.max())) if t_hat.numel() else 0  # rows of ts with any evaluation
     t_hat = t_hat.to(z0.device).long()
-    ts = ddim_timesteps(t_hat, steps)
+    ts = ddim_timesteps(t_hat, steps)[:n_rows]
     scale = torch.where(t_hat > 0, sched.sqrt_alphas_cumprod.to(z0.device)[t_hat], torch.ones((), device=z0.device))
     z = scale.view(-1, *([1] * (z0.dim() - 1))) * z0  # Alg. 1 line 4: z_T̂ = √ᾱ_T̂ z0, no noise (T̂ = 0: z0)
-    for k in range(ts.shape[0]):
-        active = ts[k] >= 0
-        if not bool(active.any()):
-            break
-        t_prev = ts[k + 1] if k + 1 < ts.shape[0] else torch.full_like(ts[k], -1)  # -1: clean
-        idx = None if bool(active.all()) else active.nonzero().squeeze(1)
-        z_t, t = _rows(z, idx), _rows(ts[k], idx)
-        eps = eps_fn(z_t, t)
-        eps_hat = ddad_guided_eps(eps, z_t, _rows(z0, idx), D.extract(sched.alphas_cumprod, t, z_t), w)  # line 6
-        z_new = D.ddim_step(sched, z_t, t, _rows(t_prev, idx), eps_hat).prev_sample  # line 7
-        z = z_new if idx is None else z.index_copy(0, idx, z_new)
+    done = torch.full_like(ts[0], -1) if n_rows else None
+    for k in range(n_rows):
+        active = (ts[k] >= 0).view(-1, *([1] * (z0.dim() - 1)))
+        t = ts[k].clamp(min=0)  # finished images: any valid level, their result is discarded
+        t_prev = ts[k + 1] if k + 1 < n_rows else done  # -1: clean
+        eps = eps_fn(z, t)
+        eps_hat = ddad_guided_eps(eps, z, z0, D.extract(sched.alphas_cumprod, t, z), w)  # line 6
+        z_new = D.ddim_step(sched, z, t, t_prev, eps_hat).prev_sample  # line 7
+        z = torch.where(active, z_new, z)
     return z
-
-
-def _rows(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    """The rows ``idx`` of x (all rows when None)."""
-    return x if idx is None else x[idx]
 
 
 def latent_map(z_hat: torch.Tensor, z0: torch.Tensor, size: int) -> torch.Tensor:
@@ -165,12 +162,12 @@ def knn_bins(cache: Any) -> torch.Tensor:
 
 
 def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
-    """T̂ per image (B,) long (Alg. 2 line 8, rounded to a multiple of 10 as the reference)."""
+    """T̂ per image (B,) long on the CPU (Alg. 2 line 8, rounded to a multiple of 10 as the reference)."""
     from raydiff.knn_prior import noise_level
 
     bins = knn_bins(cache)
     levels = [int(noise_level(int(b), params.t_max, params.bins)) for b in bins.tolist()]
-    return torch.tensor(levels, dtype=torch.long, device=cache.x0.device)
+    return torch.tensor(levels, dtype=torch.long)  # on the CPU: ``reconstruct`` reads its max
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ the one-step estimate x̂0(x_t0); S = t0 walks every level t0, t0-1, …, 1 (its
   respaced chain is the original one; diffusers' ``DDPMScheduler`` with custom timesteps τ takes
   the same steps (tested).
   The random term z of every step is drawn from the model's noise kind, seeded per
-  (run seed, image id, purpose, τ) — independent of the batch.
+  (run seed, image id, purpose, τ) — independent of the batch — on the compute device.
+
+No host syncs inside the loop: the respaced tables live on the device (built once per chain
+shape), timesteps are filled on the device, noise is generated there.
 
 x̂0 is clipped to [-1, 1] in every step (guided-diffusion's ``clip_denoised``, diffusers'
 ``clip_sample``); the result is the clean image estimate (B,C,H,W) in [-1, 1].
@@ -27,13 +30,13 @@ x̂0 is clipped to [-1, 1] in every step (guided-diffusion's ``clip_denoised``, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 from raydiff import diffusion as D
-from raydiff.noise import sample_noise
 
 Sampler = Literal["ddpm", "ddim"]
 
@@ -52,7 +55,8 @@ def respaced_schedule(sched: D.Schedule, taus: Sequence[int]) -> D.Schedule:
     """The chain restricted to ``taus`` (improved-diffusion respace): index j ↔ sorted(taus)[j].
 
     β'_0 = 1 - ᾱ_{k_0}, β'_j = 1 - ᾱ_{k_j} / ᾱ_{k_{j-1}} for k = sorted(taus); computed in float64
-    from the betas, so ᾱ'_j = ᾱ_{k_j} and a full chain reproduces the original betas.
+    from the betas, so ᾱ'_j = ᾱ_{k_j} and a full chain reproduces the original betas. The
+    tables are on the CPU (see :func:`respaced_on_device`).
     """
     kept = sorted(taus)
     ac = torch.cumprod(1.0 - sched.betas.detach().to("cpu", torch.float64), 0)
@@ -61,14 +65,19 @@ def respaced_schedule(sched: D.Schedule, taus: Sequence[int]) -> D.Schedule:
     return D.Schedule.from_betas(1.0 - ac_kept / ac_prev, kind=f"respaced-{sched.kind}")
 
 
-def step_noise(noise_kind: str, shape: tuple[int, ...], seeds: list[int], models_cfg: object,
-               device: torch.device) -> torch.Tensor:
-    """z for one ancestral step: unit-variance noise of the model's kind, one seed per image.
+@functools.lru_cache(maxsize=64)
+def respaced_on_device(sched: D.Schedule, taus: tuple[int, ...], device: torch.device) -> D.Schedule:
+    """:func:`respaced_schedule` with its tables on ``device``, built and copied once per
+    (schedule, timesteps, device): a chain's steps then index device tables, with no copy (and
+    no host sync) per step. ``sched`` is keyed by identity (a model's schedule lives as long as
+    the model)."""
+    return respaced_schedule(sched, taus).to(device)
 
-    Drawn from CPU generators by ``sample_noise`` and computed on ``device`` (simplex/GMM maps are
-    built there: on a GPU far faster than the 200 CPU draws per image of Fučka's chain).
-    """
-    return sample_noise(noise_kind, shape, seeds, models_cfg, device=device)  # type: ignore[arg-type]
+
+def step_noise(cache: object, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """z for one ancestral step: unit-variance noise of the model's kind, one seed per image,
+    drawn on the compute device by the batch cache (counted there; no host round trip)."""
+    return cache.draw_noise(noise_kind, shape, seeds)  # type: ignore[attr-defined]
 
 
 def reverse_to_clean(
@@ -92,7 +101,7 @@ def reverse_to_clean(
     model = cache.model(kind)  # type: ignore[attr-defined]
     sched: D.Schedule = model.schedule
     taus = reverse_timesteps(t0, steps)
-    resp = respaced_schedule(sched, taus) if sampler == "ddpm" else None
+    resp = respaced_on_device(sched, tuple(taus), x_start.device) if sampler == "ddpm" else None
     batch = x_start.shape[0]
     x = x_start
     for i, tau in enumerate(taus):
@@ -109,7 +118,7 @@ def reverse_to_clean(
         j = len(taus) - 1 - i  # respaced index of τ_i
         if j > 0:
             seeds = cache.seeds("reverse", *purpose, tau)  # type: ignore[attr-defined]
-            z = step_noise(model.noise_kind, tuple(x.shape), seeds, cache.ctx.cfg.models, x.device)  # type: ignore[attr-defined]
+            z = step_noise(cache, model.noise_kind, tuple(x.shape), seeds)
         else:
             z = torch.zeros_like(x)  # the last step adds no noise
         out = eps if v is None else torch.cat([eps, v], dim=1)

@@ -39,10 +39,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import Tensor
 
@@ -54,8 +53,10 @@ from raydiff.models import checkpoint as ckpt
 from raydiff.models.presets import build_unet, describe_unet
 from raydiff.paths import model_dir
 from raydiff.placement import utc_now
-from raydiff.runs import versions
 from raydiff.seeding import derive_seed, generator
+
+if TYPE_CHECKING:
+    import polars as pl
 
 #: Model kind → noise kind used for x_t, as the regression target and in the reverse process.
 LOSS_COLUMNS = ("step", "loss", "loss_vlb", "lr", "seconds")
@@ -79,26 +80,34 @@ def sample_training_noise(
 
 
 def augment_batch(x: Tensor, aug: AugmentConfig, g: torch.Generator) -> Tensor:
-    """Random flips / 90° rotations per image (Kashihara), drawn from ``g``; (B,C,H,W) → same."""
+    """Random flips / 90° rotations per image (Kashihara), drawn from ``g``; (B,C,S,S) → same.
+
+    Per image: horizontal flip, then vertical flip, then k·90° (k ∈ 0..3), each as drawn. The
+    draws are made on ``g``'s device and applied as masks over the whole batch (the flipped and
+    rotated batches are selected per image with ``torch.where``), so nothing is read back to
+    the host. Square images only (rotations keep the shape).
+    """
     if not (aug.hflip or aug.vflip or aug.rotate90):
         return x
-    draws = torch.randint(0, 2, (x.shape[0], 2), generator=g)
-    rots = torch.randint(0, 4, (x.shape[0],), generator=g)
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i]
-        if aug.hflip and draws[i, 0]:
-            xi = xi.flip(-1)
-        if aug.vflip and draws[i, 1]:
-            xi = xi.flip(-2)
-        if aug.rotate90 and rots[i]:
-            xi = torch.rot90(xi, int(rots[i]), dims=(-2, -1))
-        out.append(xi)
-    return torch.stack(out)
+    draws = torch.randint(0, 2, (x.shape[0], 2), generator=g, device=g.device).to(x.device)
+    rots = torch.randint(0, 4, (x.shape[0],), generator=g, device=g.device).to(x.device)
+    per_image = (-1,) + (1,) * (x.dim() - 1)
+    if aug.hflip:
+        x = torch.where(draws[:, 0].view(per_image) == 1, x.flip(-1), x)
+    if aug.vflip:
+        x = torch.where(draws[:, 1].view(per_image) == 1, x.flip(-2), x)
+    if aug.rotate90:
+        out = x
+        for k in (1, 2, 3):
+            out = torch.where(rots.view(per_image) == k, torch.rot90(x, k, dims=(-2, -1)), out)
+        x = out
+    return x
 
 
 def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tuple[Tensor, int]:
     """The category's ``train`` images as one float32 tensor (N,C,S,S) in [-1, 1], and C."""
+    import polars as pl
+
     from raydiff.data.images import dataset_channels, load_image
 
     rows = manifest.filter(pl.col("category") == category)
@@ -113,13 +122,58 @@ def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tup
     return torch.from_numpy(np.stack(arrays)), channels
 
 
-def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 - decay)·online (parameters; buffers copied)."""
+def ema_update(ema: torch.nn.Module, online: torch.nn.Module, decay: float, foreach: bool = True) -> None:
+    """ema ← decay·ema + (1 - decay)·online (parameters; buffers copied).
+
+    ``foreach``: all parameters in one ``torch._foreach_lerp_`` call (one multi-tensor kernel
+    launch per few hundred tensors on CUDA instead of one per tensor; the same values).
+    """
     with torch.no_grad():
-        for pe, po in zip(ema.parameters(), online.parameters(), strict=True):
-            pe.lerp_(po.detach(), 1.0 - decay)
+        pe = list(ema.parameters())
+        po = [p.detach() for p in online.parameters()]
+        if len(pe) != len(po):
+            raise ValueError(f"EMA model has {len(pe)} parameters, the online model {len(po)}")
+        if foreach and pe:
+            torch._foreach_lerp_(pe, po, 1.0 - decay)
+        else:
+            for a, b in zip(pe, po, strict=True):
+                a.lerp_(b, 1.0 - decay)
         for be, bo in zip(ema.buffers(), online.buffers(), strict=True):
             be.copy_(bo)
+
+
+def make_optimizer(params: Any, mc: Any, fused: bool, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with ``models.lr`` / ``models.weight_decay``; the fused CUDA kernel when ``fused``
+    and the device is CUDA (``train.fused_adamw``), else torch's default (foreach) kernels."""
+    use_fused = fused and device.type == "cuda"
+    return torch.optim.AdamW(params, lr=mc.lr, weight_decay=mc.weight_decay, **({"fused": True} if use_fused else {}))
+
+
+class LossLog:
+    """Per-step loss values kept on the device and fetched to the host in one go every
+    ``train.log_every`` steps (and before each checkpoint): one host sync per flush instead of
+    several per step. A non-finite loss is reported at the flush, naming its step; no
+    checkpoint is written between a bad step and its flush, so the last good one is kept."""
+
+    def __init__(self, rows: list[dict[str, float]], lr: float) -> None:
+        self.rows, self.lr = rows, lr
+        self._pending: list[tuple[int, float, Tensor, Tensor]] = []
+
+    def add(self, step: int, seconds: float, loss: Tensor, vlb: Tensor) -> None:
+        self._pending.append((step, seconds, loss.detach(), vlb.detach()))
+
+    def flush(self, where: str, folder: Path) -> None:
+        if not self._pending:
+            return
+        values = torch.stack([torch.stack([p[2].float(), p[3].float()]) for p in self._pending]).cpu().tolist()
+        for (step, seconds, _, _), (loss, vlb) in zip(self._pending, values, strict=True):
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{where}: loss is {loss} at step {step - 1}; lower models.lr or models.grad_clip "
+                    f"(the last good checkpoint in {folder} is kept)."
+                )
+            self.rows.append({"step": step, "loss": loss, "loss_vlb": vlb, "lr": self.lr, "seconds": seconds})
+        self._pending.clear()
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -238,6 +292,8 @@ def train_one(
     autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
     ckpt.recover(folder)
 
+    from raydiff.runs import versions  # polars/pyarrow: not needed by the step functions above
+
     images, channels = load_train_images(cfg, category, manifest)
     images = images.to(dev)
     seed = derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, kind)
@@ -272,10 +328,13 @@ def train_one(
 
     # ---- networks, optimizer, resumed state ----
     torch.manual_seed(seed)
+    tc = cfg.train
     unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned_variance else 1), sample_size,
                       mc.base_channels).to(dev)
+    if tc.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=mc.lr, weight_decay=mc.weight_decay)
+    opt = make_optimizer(unet.parameters(), mc, tc.fused_adamw, dev)
     step, rows, segments, elapsed = 0, [], [], 0.0
     if start_state is not None:
         unet.load_state_dict(start_state.unet.state_dict())
@@ -291,7 +350,10 @@ def train_one(
     segments.append(segment)
     meta.update(unet=describe_unet(unet), segments=segments)
 
+    log = LossLog(rows, mc.lr)
+
     def save(step_now: int, final: bool) -> None:
+        log.flush(f"{category}/{kind}", folder)
         segment["ended"] = utc_now()
         files = {"loss.csv": loss_csv(rows)}
         ckpt.save_checkpoint(folder, unet, ema, opt, step_now, meta, vae=vae_to_save, files=files)
@@ -313,35 +375,34 @@ def train_one(
     t0 = time.perf_counter() - elapsed
     n = images.shape[0]
     batch = mc.batch_size  # drawn with replacement: any batch size works for small categories
+    # No host sync inside a step: every draw is made on the device by a generator seeded per
+    # step, augmentation is masks, and the loss stays on the device until ``log`` is flushed.
     while step < mc.train_steps:
-        g = generator(derive_seed(seed, "step", step))
-        idx = torch.randint(n, (batch,), generator=g).to(dev)
+        g = generator(derive_seed(seed, "step", step), dev)
+        idx = torch.randint(n, (batch,), generator=g, device=dev)
         x0 = augment_batch(images[idx], aug, g)
         if vae is not None:
             with torch.no_grad(), torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16,
                                                  enabled=autocast_dtype is not None):
                 x0 = vae.encode(x0.to(vae.dtype)).latent_dist.mean.float() * scale
-        t = torch.randint(0, schedule.timesteps, (batch,), generator=g).to(dev)
+        t = torch.randint(0, schedule.timesteps, (batch,), generator=g, device=dev)
         noise_seeds = [derive_seed(seed, "noise", step, i) for i in range(batch)]
         noise = sample_training_noise(noise_kind, tuple(x0.shape), noise_seeds, mc, dev).to(dev, torch.float32)
         x_t = D.q_sample(schedule, x0, t, noise)
+        x_in = x_t.contiguous(memory_format=torch.channels_last) if tc.channels_last else x_t
         with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            out = unet(x_t, t).sample
+            out = unet(x_in, t).sample
         loss, _simple, vlb = diffusion_loss(schedule, out, x0, x_t, t, noise, learned_variance, mc.vlb_weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{category}/{kind}: loss is {loss.item()} at step {step}; lower models.lr or models.grad_clip "
-                f"(the last good checkpoint in {folder} is kept)."
-            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if mc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), mc.grad_clip)
         opt.step()
-        ema_update(ema, unet, ema_decay_at(step, mc.ema_decay))
+        ema_update(ema, unet, ema_decay_at(step, mc.ema_decay), foreach=tc.foreach_ema)
         step += 1
-        rows.append({"step": step, "loss": loss.item(), "loss_vlb": vlb.item(), "lr": mc.lr,
-                     "seconds": round(time.perf_counter() - t0, 4)})
+        log.add(step, round(time.perf_counter() - t0, 4), loss, vlb)
+        if step % tc.log_every == 0:
+            log.flush(f"{category}/{kind}", folder)
         if step % mc.checkpoint_every == 0 or step == mc.train_steps:
             save(step, final=step == mc.train_steps)
             say(f"{category}/{kind}: step {step}/{mc.train_steps} loss {rows[-1]['loss']:.4f}")
