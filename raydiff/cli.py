@@ -8,27 +8,59 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from raydiff.config import DATASET_LAYOUTS, DEFAULT_CONFIG, MODEL_KINDS, Config, load_config, parse_overrides
+from raydiff.config import (
+    DATASET_LAYOUTS,
+    DEFAULT_CONFIG,
+    MODEL_KINDS,
+    Config,
+    check_plain_name,
+    load_config_explained,
+    parse_overrides,
+)
 from raydiff.errors import RaydiffError
+
+DEBUG_HINT = "(raydiff --debug ... shows the traceback)"
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line, ``warning: <message>`` (not Python's file:line source format)."""
+    click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
 class RaydiffGroup(click.Group):
-    """A group that turns :class:`RaydiffError` into one readable line (``--debug`` for tracebacks)."""
+    """A group that turns :class:`RaydiffError` into one readable line (``--debug`` for tracebacks).
+
+    ``--debug`` is accepted anywhere before a ``--`` (``raydiff validate --debug DIR`` as well as
+    ``raydiff --debug validate DIR``).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:cut]:
+            args = [a for a in args[:cut] if a != "--debug"] + args[cut:]
+            args.insert(0, "--debug")
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except RaydiffError as err:
-            if ctx.params.get("debug"):
-                raise
-            click.secho(f"error: {err}", fg="red", err=True)
-            sys.exit(2)
+        debug = bool(ctx.params.get("debug"))
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except RaydiffError as err:
+                if debug:
+                    raise
+                click.secho(f"error: {err} {DEBUG_HINT}", fg="red", err=True)
+                sys.exit(2)
 
 
 @click.group(cls=RaydiffGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,44 +76,73 @@ def main(debug: bool) -> None:
     """
 
 
-def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by the commands that read a config; they override the YAML's keys."""
+def _overrides(dataset_root: Path | None, output_root: Path | None, categories: str | None, seed: int | None,
+               sets: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config overrides the shared options give, and the option each one came from."""
+    overrides = parse_overrides(sets)
+    origins: dict[str, str] = {}
+    if dataset_root is not None:
+        overrides["dataset.root"] = str(dataset_root.expanduser().resolve())
+        origins["dataset.root"] = "--dataset-root"
+    if output_root is not None:
+        overrides["output.root"] = str(output_root.expanduser())
+        origins["output.root"] = "--output"
+    if categories:
+        overrides["dataset.categories"] = [c.strip() for c in categories.split(",") if c.strip()]
+        origins["dataset.categories"] = "--categories"
+    if seed is not None:
+        overrides["seed"] = seed
+        origins["seed"] = "--seed"
+    return overrides, origins
 
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])}).",
-    )
-    @click.option("--dataset-root", type=click.Path(path_type=Path), help="Overrides dataset.root.")
-    @click.option("--output", "output_root", type=click.Path(path_type=Path), help="Overrides output.root.")
-    @click.option("--categories", help="Comma-separated; overrides dataset.categories.")
-    @click.option("--seed", type=int, help="Overrides seed.")
-    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
-    @functools.wraps(func)
-    def wrapper(
-        config_path: Path | None,
-        dataset_root: Path | None,
-        output_root: Path | None,
-        categories: str | None,
-        seed: int | None,
-        sets: tuple[str, ...],
-        **kwargs: Any,
-    ) -> Any:
-        overrides = parse_overrides(sets)
-        if dataset_root is not None:
-            overrides["dataset.root"] = str(dataset_root.resolve())
-        if output_root is not None:
-            overrides["output.root"] = str(output_root)
-        if categories:
-            overrides["dataset.categories"] = [c.strip() for c in categories.split(",") if c.strip()]
-        if seed is not None:
-            overrides["seed"] = seed
-        cfg = load_config(config_path or DEFAULT_CONFIG, overrides)
-        return func(cfg=cfg, **kwargs)
 
-    return wrapper
+def config_options(func: Callable[..., Any] | None = None, *, one_category: bool = False,
+                   explained: bool = False) -> Any:
+    """Options shared by the commands that read a config; they override the YAML's keys.
+
+    ``one_category``: a command that works on one category takes ``--category NAME`` instead of
+    ``--categories``. ``explained``: the command also gets ``origins`` (where each value came from).
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(config_path: Path | None, dataset_root: Path | None, output_root: Path | None,
+                    seed: int | None, sets: tuple[str, ...], categories: str | None = None, **kwargs: Any) -> Any:
+            if dataset_root is None and kwargs.get("directory") is not None:  # validate DIR: DIR is the root
+                dataset_root = kwargs["directory"]
+            overrides, origins = _overrides(dataset_root, output_root, categories, seed, sets)
+            if one_category and kwargs.get("category"):
+                kwargs["category"] = check_plain_name(kwargs["category"], "--category", "--category")
+            path = config_path.expanduser() if config_path is not None else DEFAULT_CONFIG
+            cfg, rows = load_config_explained(path, overrides, origins=origins)
+            if explained:
+                kwargs["origins"] = rows
+            if "config_given" in _params(func):
+                kwargs["config_given"] = config_path is not None
+            return func(cfg=cfg, **kwargs)
+
+        options = [
+            click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                         help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])})."),
+            click.option("--dataset-root", type=click.Path(path_type=Path), help="Overrides dataset.root."),
+            click.option("--output", "output_root", type=click.Path(path_type=Path), help="Overrides output.root."),
+            click.option("--seed", type=int, help="Overrides seed."),
+            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                         help="Override any config key (repeatable), e.g. --set models.lr=3e-4."),
+        ]
+        if not one_category:
+            options.append(click.option("--categories", help="Comma-separated; overrides dataset.categories."))
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate(func) if func is not None else decorate
+
+
+def _params(func: Callable[..., Any]) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(func).parameters)
 
 
 def print_table(df: Any) -> None:
@@ -119,40 +180,55 @@ def make_textures_cmd(out: Path, size: int, seed: int) -> None:
     "kind",
     type=click.Choice(DATASET_LAYOUTS),
     default=None,
-    help="Layout of DIRECTORY (default mvtec; with --config, the config's dataset.layout).",
+    help="Layout of DIRECTORY (default: with --config, the config's dataset.layout; else detected from the folder).",
 )
 @config_options
-def validate(cfg: Config, directory: Path | None, kind: str | None) -> None:
+def validate(cfg: Config, directory: Path | None, kind: str | None, config_given: bool) -> None:
     """Check a dataset folder (or the config and the dataset it names); print counts.
 
-    Exits non-zero with one line naming the file and the fix on the first problem.
+    Checks what the pipeline needs too: image modes, enough training images for the hold-out,
+    an image size the model preset can use. Exits non-zero with one line naming the file and
+    the fix on the first problem.
 
     \b
     Examples:
       raydiff validate ../shared/data/real/MPDD
+      raydiff validate /data/visa --config configs/visa.yaml
       raydiff validate --config configs/mvtec.yaml --dataset-root /data/mvtec
     """
     from raydiff.workflow import validate_dataset_for
 
+    if directory is not None:
+        directory = directory.expanduser()
+        if kind is None and config_given:
+            kind = cfg.dataset.layout
     summary = validate_dataset_for(cfg, root=directory, kind=kind)
     print_table(summary.table())
     click.echo(f"ok: {summary.describe()}")
 
 
 def _category(cfg: Config, category: str | None) -> tuple[Config, str, Any]:
-    """Resolve the one category a debugging command works on (default: the first)."""
+    """Resolve the one category a debugging command works on: ``--category``, else the config's
+    only category, else the first found (said on stderr)."""
     from dataclasses import replace
 
     from raydiff.workflow import categories_of, prepare
 
+    if not category and len(cfg.dataset.categories) == 1:
+        category = cfg.dataset.categories[0]
     if category:
         cfg = replace(cfg, dataset=replace(cfg.dataset, categories=(category,)))
     manifest = prepare(cfg)
-    return cfg, category or categories_of(manifest)[0], manifest
+    if not category:
+        found = categories_of(manifest)
+        category = found[0]
+        if len(found) > 1:
+            click.echo(f"category: {category} (the first of {len(found)}; pick another with --category)", err=True)
+    return cfg, category, manifest
 
 
 @main.command()
-@config_options
+@config_options(one_category=True)
 @click.option("--category", help="Category to train (default: the first).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(MODEL_KINDS),
               help="Model kind(s) (default: those the enabled variants need).")
@@ -187,7 +263,7 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
 
 
 @main.command()
-@config_options
+@config_options(one_category=True)
 @click.option("--category", help="Category to fit (default: the first).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="What torch computes on (default: the config's ray.device).")
@@ -205,7 +281,7 @@ def fit(cfg: Config, category: str | None, device: str | None) -> None:
 
 
 @main.command()
-@config_options
+@config_options(one_category=True)
 @click.option("--category", help="Category to score (default: the first).")
 @click.option("--variant", "variants", multiple=True, help="Variant id(s) (default: the config's enabled ones).")
 @click.option("--limit", type=int, default=None, help="Score only N test images (half good, half defective).")
@@ -243,8 +319,12 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
 
 @main.command()
 @config_options
-def metrics(cfg: Config) -> None:
+@click.option("--allow-incomplete", is_flag=True,
+              help="Write metrics for the complete (category, variant) pairs even when others are missing.")
+def metrics(cfg: Config, allow_incomplete: bool) -> None:
     """Compute exact metrics of the config's run folder (metrics.csv / .parquet).
+
+    Fails, naming them, when some (category, variant) scores are missing or incomplete.
 
     \b
     Example:
@@ -253,8 +333,10 @@ def metrics(cfg: Config) -> None:
     from raydiff.paths import run_dir
     from raydiff.workflow import evaluate
 
-    table, _ = evaluate(cfg)
+    table, _, missing = evaluate(cfg, allow_incomplete=allow_incomplete)
     print_table(table)
+    if missing:
+        click.secho(f"warning: left out (scores missing or incomplete): {', '.join(missing)}", fg="yellow", err=True)
     click.echo(f"metrics: {run_dir(cfg) / 'metrics.csv'}")
 
 
@@ -292,7 +374,7 @@ def show_sweep(result: dict[str, Any]) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--output", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write report.html and its figures (default: RUN_DIR).")
 def report(run_dir: Path, out: Path | None) -> None:
     """Write the HTML report (tables, ROC/PRO curves, example maps) of a run folder.
@@ -308,18 +390,20 @@ def report(run_dir: Path, out: Path | None) -> None:
 
 @main.command("inspect")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--fpr", type=float, default=0.01, show_default=True, help="Pixel false-positive rate that sets each threshold.")
-@click.option("--top", type=int, default=10, show_default=True, help="Worst normal images listed per variant.")
-@click.option("--coverage-below", type=float, default=0.1, show_default=True,
-              help="A defect region is missed when less than this fraction of it is above the threshold.")
-@click.option("--save", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--fpr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Pixel false-positive rate that sets each threshold, in (0, 1).")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Worst normal images listed per variant.")
+@click.option("--coverage-below", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
+              help="A defect region is missed when less than this fraction (0-1] of it is above the threshold.")
+@click.option("--output", "save", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write every table as Parquet into this folder.")
 def inspect_cmd(run_dir: Path, fpr: float, top: int, coverage_below: float, save: Path | None) -> None:
     """Error analysis of a run: thresholds, worst false positives, missed defect regions.
 
     \b
     Example:
-      raydiff inspect raydiff-out/<run_id> --fpr 0.01 --top 5
+      raydiff inspect raydiff-out/<run_id> --fpr 0.01 --top 5 --output tables/
     """
     from raydiff.inspect_run import inspect_run
 
@@ -332,6 +416,31 @@ def inspect_cmd(run_dir: Path, fpr: float, top: int, coverage_below: float, save
             table.write_parquet(save / f"{name}.parquet")
     if save is not None:
         click.echo(f"\ntables: {save}")
+
+
+@main.command("config")
+@config_options(explained=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "yaml"]), default="table", show_default=True,
+              help="table: every key with its value and where it came from; yaml: the effective config.")
+def config_cmd(cfg: Config, origins: list[dict[str, Any]], fmt: str) -> None:
+    """Print the effective config after overrides and ${VAR} expansion, and where each value came
+    from (the file, an option such as --set, an environment variable, or the default).
+
+    \b
+    Example:
+      raydiff config --config configs/mvtec.yaml --set models.lr=3e-4
+    """
+    import json
+
+    from raydiff.config import dump_config
+
+    if fmt == "yaml":
+        click.echo(dump_config(cfg), nl=False)
+        return
+    width = max(len(r["key"]) for r in origins)
+    for r in origins:
+        value = json.dumps(r["value"]) if not isinstance(r["value"], str) else r["value"]
+        click.echo(f"{r['key']:<{width}}  {value:<24}  {r['origin']}")
 
 
 @main.command()

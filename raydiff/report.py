@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from raydiff.config import Config, load_config
-from raydiff.errors import OutputError, RaydiffError
+from raydiff.errors import RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
 from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
@@ -375,12 +375,7 @@ def write_report(
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
-    try:
-        pixels, images = scan_pixels(run_dir), scan_images(run_dir)
-    except FileNotFoundError as err:
-        raise OutputError(
-            run_dir, f"no scored partitions to report on ({err}).", "score the run first, or pass the folder OUT/<run_id>."
-        ) from None
+    pixels, images = scan_pixels(run_dir), scan_images(run_dir)  # OutputError naming the right folder
     out.mkdir(parents=True, exist_ok=True)
     cfg = _load_run_config(run_dir)
     given = metrics if metrics is not None and by_defect is not None else None

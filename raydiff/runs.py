@@ -336,10 +336,24 @@ def complete_files(root: Path, table: str) -> list[str]:
     return files
 
 
+def _no_scores(root: Path, table: str) -> OutputError:
+    """Why a folder has no scores to read, and which folder the user probably meant."""
+    root = Path(root)
+    runs = sorted(p.parent.name for p in root.glob("*/config.yaml") if (p.parent / "versions.json").is_file())
+    if runs:
+        return OutputError(root, f"is an output root, not a run folder (it holds {len(runs)} run folder(s)).",
+                           f"pass a run folder, e.g. {root / runs[0]}.")
+    if (root / "config.yaml").is_file():
+        return OutputError(root / table, "no complete scores yet in this run folder.",
+                           "run `raydiff sweep` (or `raydiff score`) for its config first.")
+    return OutputError(root, "is not a raydiff run folder (no config.yaml, no scores).",
+                       "pass OUT/<run_id>, the folder `raydiff sweep` prints as 'run folder'.")
+
+
 def _scan(root: Path, table: str) -> pl.LazyFrame:
     files = complete_files(root, table)
     if not files:
-        raise FileNotFoundError(f"{Path(root) / table}: no complete partitions")
+        raise _no_scores(root, table)
     # Pinned: category "01" (BTAD) must stay a string, not be inferred as an integer.
     hive = {"dataset": pl.String, "category": pl.String, "variant": pl.String}
     return pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)

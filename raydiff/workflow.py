@@ -28,12 +28,24 @@ from raydiff.errors import DatasetError
 
 
 def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None = None) -> Any:
-    """Scan and validate the dataset a config names (or ``root`` with layout ``kind``)."""
-    from raydiff.data.validate import validate_dataset
+    """Scan and validate the dataset a config names (or ``root`` with layout ``kind``, default:
+    detected from the folder), with every check the pipeline would fail later: model sizes,
+    the training / hold-out split, the configured channel mode."""
+    from raydiff.data.manifest import detect_layout
+    from raydiff.data.splits import assign_holdout
+    from raydiff.data.validate import check_training_split, validate_dataset
+    from raydiff.models.presets import check_model_sizes
 
+    check_model_sizes(cfg)
+    if root is not None and kind is None:
+        kind = detect_layout(Path(root))
     manifest = scan_config(cfg, root, kind)
-    kind = kind or ("mvtec" if root is not None else cfg.dataset.layout)
-    return validate_dataset(manifest, Path(root or cfg.dataset.root), kind=kind)
+    kind = kind or cfg.dataset.layout
+    base = Path(root or cfg.dataset.root)
+    summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels)
+    ds = cfg.dataset
+    check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind)
+    return summary
 
 
 def demo_config(output_root: Path | None = None) -> Config:
@@ -57,9 +69,15 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.data.splits import assign_holdout
     from raydiff.data.validate import validate_dataset
 
+    from raydiff.data.validate import check_training_split
+    from raydiff.models.presets import check_model_sizes
+
+    check_model_sizes(cfg)
     manifest = scan_config(cfg)
-    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout)
-    return assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
+    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels)
+    out = assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
+    check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout)
+    return out
 
 
 def categories_of(manifest: pl.DataFrame) -> list[str]:
@@ -214,25 +232,64 @@ def check_storage(cfg: Config) -> int:
     return len(nodes)
 
 
-def evaluate(cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
+def expected_categories(cfg: Config, folder: Path) -> list[str]:
+    """The categories a run folder should have scores for: the config's list; else the dataset's
+    category folders when the dataset is there; else every category some partition names."""
+    from raydiff.runs import TABLES
+
+    if cfg.dataset.categories:
+        return list(cfg.dataset.categories)
+    if Path(cfg.dataset.root).is_dir():
+        try:
+            return categories_of(scan_config(cfg))
+        except DatasetError:
+            pass
+    name = cfg.dataset.dataset_name
+    found = {p.name.removeprefix("category=") for t in TABLES for p in (folder / t / f"dataset={name}").glob("category=*")}
+    return sorted(found)
+
+
+def missing_scores(cfg: Config, categories: list[str]) -> list[str]:
+    """``category/variant`` pairs of the config whose pixel or image partition is not complete."""
+    from raydiff.runs import pending_variants
+
+    return [f"{c}/{v}" for c in categories for v in pending_variants(cfg, c, list(cfg.variants.enabled))]
+
+
+def evaluate(cfg: Config, categories: list[str] | None = None,
+             allow_incomplete: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """Exact metrics of the run folder, with the cost columns → metrics.parquet / metrics.csv
     (+ per defect type). The report reuses these tables instead of writing them again.
 
-    Returns (per category × variant, per category × variant × defect type).
+    Every (category, variant) the config names must have complete scores (``categories``:
+    default ``expected_categories``); otherwise ``OutputError`` lists the missing ones, unless
+    ``allow_incomplete`` (then they are left out and returned).
+
+    Returns (per category × variant, per category × variant × defect type, missing pairs).
     """
+    from raydiff.errors import OutputError
     from raydiff.io import atomic_write_text
     from raydiff.paths import run_dir
     from raydiff.report_tables import metrics_table
     from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 
     folder = run_dir(cfg)
+    missing = missing_scores(cfg, categories if categories is not None else expected_categories(cfg, folder))
+    if missing and not allow_incomplete:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise OutputError(
+            folder,
+            f"scores are missing or incomplete for {len(missing)} (category, variant) pair(s): {shown}.",
+            "finish them with `raydiff sweep` (complete parts are kept), or pass --allow-incomplete "
+            "to compute metrics of the complete ones only.",
+        )
     pixels, images = scan_pixels(folder), scan_images(folder)
     table = metrics_table(pixels, images)
     by_defect = metrics_table(pixels, images, by_defect=True)
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())
-    return table, by_defect
+    return table, by_defect, missing
 
 
 def _models_ready(cfg: Config, category: str) -> bool:
@@ -337,7 +394,7 @@ def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite:
             import ray
 
             ray.shutdown()
-    metrics, by_defect = evaluate(cfg)
+    metrics, by_defect, _ = evaluate(cfg, categories)
     result: dict[str, Any] = {
         "run_dir": str(folder),
         "categories": categories,

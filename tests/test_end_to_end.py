@@ -174,7 +174,7 @@ def test_cli_commands_one_category_on_tiny_models(run: SimpleNamespace, tmp_path
     run_dir = next(p.parent for p in (tmp_path / "out").glob("*/metrics.csv"))
     ok("report", str(run_dir))
     assert (run_dir / "report.html").is_file()
-    ok("inspect", str(run_dir), "--top", "2", "--save", str(tmp_path / "tables"))
+    ok("inspect", str(run_dir), "--top", "2", "--output", str(tmp_path / "tables"))
     assert list((tmp_path / "tables").glob("*.parquet"))
     images = pl.read_csv(run_dir / "metrics.csv")
     assert sorted(images["variant"].to_list()) == ["kl", "no-diffusion"]

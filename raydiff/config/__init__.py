@@ -3,16 +3,21 @@ and variant tables) and its loader (``raydiff.config.loader``: YAML, checks, sta
 
 from raydiff.config.loader import (
     RENAMED,
+    ConfigLoader,
+    Origins,
+    check_plain_name,
     config_from_dict,
     config_to_dict,
     dump_config,
     expand_path,
     load_config,
+    load_config_explained,
     model_id,
     parse_overrides,
     run_id,
     set_dotted,
     substitute_env,
+    yaml_load,
 )
 from raydiff.config.schema import (
     DATASET_LAYOUTS,
@@ -52,6 +57,11 @@ __all__ = [
     "DATASET_LAYOUTS",
     "DatasetLayout",
     "RENAMED",
+    "ConfigLoader",
+    "Origins",
+    "check_plain_name",
+    "load_config_explained",
+    "yaml_load",
     "AugmentConfig",
     "Config",
     "DEFAULT_CONFIG",

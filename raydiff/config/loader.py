@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -30,10 +31,14 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from raydiff.config.schema import (
+    CONFIG_DIR,
+    DEFAULT_CONFIG,
     MODEL_KINDS,
+    TEXTURES_ENV,
     VARIANT_MODEL_KIND,
     VARIANT_TABLE,
     Config,
+    DatasetConfig,
     GMMConfig,
     KLConfig,
     ModelsConfig,
@@ -50,8 +55,78 @@ from raydiff.errors import ConfigError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+#: YAML 1.2's float syntax: PyYAML follows YAML 1.1, where ``1e-3`` (no dot) is a string.
+_FLOAT_1_2 = re.compile(
+    r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$""",
+    re.X,
+)
 
-def substitute_env(value: str) -> str:
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (``line``/``first_line`` are 1-based)."""
+
+    def __init__(self, key: str, first_line: int, line: int) -> None:
+        super().__init__(f"key '{key}' appears twice (lines {first_line} and {line})")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes: ``1e-3`` is a float as a user means it (YAML 1.2),
+    and a key that appears twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise DuplicateKeyError(str(key), seen[key], key_node.start_mark.line + 1)
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML as raydiff reads configs and ``--set`` values (see :class:`ConfigLoader`)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+
+
+@dataclasses.dataclass(frozen=True)
+class Origins:
+    """Where each value of a config being loaded came from, for error messages and ``raydiff config``.
+
+    ``file``: the YAML file (or "<defaults>"); ``keys``: dotted key → its origin when it did not
+    come from the file (``--set models.lr``, ``--dataset-root``, an environment variable). A key
+    is blamed on its own origin or on the nearest parent section's.
+    """
+
+    file: str = "<defaults>"
+    keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def at(self, key: str) -> str:
+        parts = _normal_key(key).split(".")
+        for i in range(len(parts), 0, -1):
+            origin = self.keys.get(".".join(parts[:i]))
+            if origin is not None:
+                return origin
+        return self.file
+
+
+def _normal_key(key: str) -> str:
+    """``variants.static-gaussian.t0`` and ``dataset.categories[1]`` → their field spelling."""
+    return re.sub(r"\[\d+\]", "", key).replace("-", "_")
+
+
+Where = typing.Union[str, Origins]
+
+
+def _at(where: Where, key: str) -> str:
+    return where.at(key) if isinstance(where, Origins) else where
+
+
+def substitute_env(value: str, where: str | None = None) -> str:
     """Replace ``${VAR}`` and ``${VAR:-default}``; an unset ``${VAR}`` without default is an error."""
 
     def sub(m: re.Match[str]) -> str:
@@ -61,8 +136,8 @@ def substitute_env(value: str) -> str:
         if default is not None:
             return default
         raise ConfigError(
-            f"path {value!r}",
-            f"environment variable {name} is not set.",
+            where or f"path {value!r}",
+            f"environment variable {name} (in {value!r}) is not set.",
             f"export {name}=/path/to/it, or override the key on the command line.",
         )
 
@@ -94,12 +169,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+def _convert(value: Any, tp: Any, key: str, where: Where) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in the dataclass's form."""
     origin = get_origin(tp)
-    bad = ConfigError(
-        where, f"key '{key}' must be {_type_name(tp)}, got {value!r}.", f"correct '{key}' in the file."
-    )
+    at = _at(where, key)
+    bad = ConfigError(at, f"key '{key}' must be {_type_name(tp)}, got {value!r}.", f"correct '{key}' {_fix_in(at)}.")
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None:
@@ -119,7 +193,7 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         choices = get_args(tp)
         if value not in choices:
             raise ConfigError(
-                where,
+                at,
                 f"key '{key}' is {value!r}; valid choices: {', '.join(map(str, choices))}.",
                 f"set '{key}' to one of them.",
             )
@@ -149,6 +223,8 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise ConfigError(at, f"key '{key}' is {value}; it must be a finite number.", f"give '{key}' a number.")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -173,7 +249,12 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
+def _fix_in(where: str) -> str:
+    """Where to correct a value: the file, or the option / variable it came from."""
+    return "in the file" if where.endswith((".yaml", ".yml")) or where.startswith("<") else f"(from {where})"
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, where: Where) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
@@ -181,11 +262,11 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
         name = str(raw_key).replace("-", "_")
         key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
         if key in RENAMED:
-            raise ConfigError(where, f"key '{key}' was renamed to '{RENAMED[key]}'.", f"write '{RENAMED[key]}' instead.")
+            raise ConfigError(_at(where, key), f"key '{key}' was renamed to '{RENAMED[key]}'.", f"write '{RENAMED[key]}' instead.")
         if name not in fields:
             valid = ", ".join(sorted(f.replace("_", "-") if cls is VariantsConfig else f for f in fields))
             raise ConfigError(
-                where,
+                _at(where, key),
                 f"unknown key '{key}'.",
                 f"use one of: {valid}.",
             )
@@ -195,7 +276,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
             if (lo is not None and converted < lo) or (hi is not None and converted > hi):
                 span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 raise ConfigError(
-                    where, f"key '{key}' = {converted} is out of range {span}.", f"pick a value in {span}."
+                    _at(where, key), f"key '{key}' = {converted} is out of range {span}.", f"pick a value in {span}."
                 )
         kwargs[name] = converted
     obj = cls(**kwargs)
@@ -203,8 +284,14 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: str) -> Any:
     return obj
 
 
-def _check_consistency(obj: Any, prefix: str, where: str) -> None:
+def _check_consistency(obj: Any, prefix: str, origins: Where) -> None:
     """Cross-field rules that a single field's type and range cannot express."""
+    if isinstance(obj, Config):
+        _check_config(obj, origins)
+        return
+    if isinstance(obj, DatasetConfig):
+        _check_dataset(obj, prefix, origins)
+    where = _at(origins, prefix)
     if isinstance(obj, GMMConfig):
         if obj.min_components > obj.max_components:
             raise ConfigError(where, f"'{prefix}.min_components' > 'max_components'.", "swap them.")
@@ -228,11 +315,41 @@ def _check_consistency(obj: Any, prefix: str, where: str) -> None:
             raise ConfigError(where, "'models.kinds' is empty.", f"list some of: {', '.join(MODEL_KINDS)}.")
         if obj.beta_start >= obj.beta_end:
             raise ConfigError(where, "'models.beta_start' must be < 'models.beta_end'.", "swap them.")
-    if isinstance(obj, Config):
-        _check_config(obj, where)
 
 
-def _check_config(cfg: Config, where: str) -> None:
+#: What a dataset or category name may look like: it names folders under the output root.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+ -]*$")
+
+
+def check_plain_name(value: str, key: str, where: str) -> str:
+    """``value`` if it is a plain folder name (no ``/``, ``..``, leading dot); else ConfigError."""
+    if not _PLAIN_NAME.fullmatch(value) or value.strip() != value or ".." in value:
+        raise ConfigError(
+            where,
+            f"'{key}' = {value!r} is not a plain name: dataset and category names become folder names "
+            "under the output root, so they may not contain '/', '\\', '..' or start with '.'.",
+            "name the category folder itself (e.g. 'bottle'), not a path; set dataset.root to the folder that holds it.",
+        )
+    return value
+
+
+def _check_dataset(ds: DatasetConfig, prefix: str, origins: Where) -> None:
+    if ds.name is not None:
+        check_plain_name(ds.name, f"{prefix}.name", _at(origins, f"{prefix}.name"))
+    seen: set[str] = set()
+    for cat in ds.categories:
+        check_plain_name(cat, f"{prefix}.categories", _at(origins, f"{prefix}.categories"))
+        if cat in seen:
+            raise ConfigError(
+                _at(origins, f"{prefix}.categories"),
+                f"'{prefix}.categories' lists '{cat}' twice (every row would be scored twice).",
+                "list each category once.",
+            )
+        seen.add(cat)
+
+
+def _check_config(cfg: Config, origins: Where) -> None:
+    where = _at(origins, "output.root")
     if "://" in cfg.output.root:
         raise ConfigError(
             where,
@@ -242,10 +359,14 @@ def _check_config(cfg: Config, where: str) -> None:
         )
     if cfg.ray.device == "cuda" and cfg.ray.accelerator != "gpu":
         raise ConfigError(
-            where,
+            _at(origins, "ray.device"),
             "'ray.device' is cuda but 'ray.accelerator' is cpu: the workers would get no GPU from Ray.",
             "set ray.accelerator: gpu (or ray.device: auto / cpu).",
         )
+    where = _at(origins, "variants.enabled")
+    if not cfg.variants.enabled:
+        raise ConfigError(where, "'variants.enabled' is empty: nothing would be scored.",
+                          f"list some of: {', '.join(VARIANT_TABLE)}.")
     missing = sorted({VARIANT_MODEL_KIND[v] for v in cfg.variants.enabled} - set(cfg.models.kinds))
     if missing:
         needing = [v for v in cfg.variants.enabled if VARIANT_MODEL_KIND[v] in missing]
@@ -266,38 +387,44 @@ def _check_config(cfg: Config, where: str) -> None:
             )
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:
     """Set ``a.b.c = value`` in a nested dict (CLI overrides of config keys)."""
     parts = dotted.split(".")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(where, f"'{dotted}' is not a dotted key.", "write it like models.train_steps.")
     node = data
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         nxt = node.setdefault(part, {})
         if not isinstance(nxt, dict):
-            raise ConfigError("command line", f"'{dotted}': '{part}' is not a section.", "check the key.")
+            section = ".".join(parts[: i + 1])
+            raise ConfigError(where, f"'{dotted}': '{section}' is a value, not a section.", "check the key.")
         node = nxt
     node[parts[-1]] = value
 
 
 def parse_overrides(items: typing.Iterable[str], where: str = "--set") -> dict[str, Any]:
-    """``["models.lr=3e-4"]`` → ``{"models.lr": 0.0003}`` (values parsed as YAML scalars/lists)."""
+    """``["models.lr=3e-4"]`` → ``{"models.lr": 0.0003}`` (values parsed as YAML scalars/lists,
+    with the config files' float rule: ``3e-4`` is a number)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(where, f"'{item}' is not KEY=VALUE.", "write it like models.train_steps=200.")
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key.strip()] = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(where, f"'{item}': the value is not valid YAML ({err}).".replace("\n", " "),
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{where} {key.strip()}", f"'{raw}' is not a valid YAML value ({reason}).",
                               "quote it, e.g. --set 'dataset.root=\"/data/x\"'.") from None
     return out
 
 
 def config_from_dict(
-    data: Mapping[str, Any] | None, where: str = "<config>", source: str | None = None, upgrade: bool = False
+    data: Mapping[str, Any] | None, where: Where = "<config>", source: str | None = None, upgrade: bool = False
 ) -> Config:
     """Build a :class:`Config` from plain data (as parsed from YAML).
 
+    ``where`` names the file (or an :class:`Origins`, naming each key's source) in errors.
     ``upgrade``: the data is a config raydiff stored earlier (a run folder's config.yaml, a
     model's meta.json): renamed keys (``RENAMED``) are read under their new names.
     """
@@ -316,7 +443,9 @@ _PATH_KEYS: tuple[tuple[str, bool], ...] = (
 )
 
 
-def _expand_paths(data: dict[str, Any], base: Path) -> None:
+def _expand_paths(data: dict[str, Any], base: Path, origins: dict[str, str], file: str) -> None:
+    """Expand ``${VAR}`` and ``~`` in the path keys; a key that used a variable records it as
+    its origin (its errors then name the variable, not only the file)."""
     for dotted, from_config in _PATH_KEYS:
         *parents, leaf = dotted.split(".")
         node: Any = data
@@ -324,43 +453,129 @@ def _expand_paths(data: dict[str, Any], base: Path) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
             continue
-        text = substitute_env(node[leaf])
+        raw = node[leaf]
+        came_from = origins.get(dotted, f"{dotted} in {file}")
+        text = substitute_env(raw, came_from)
+        names = [m.group(1) for m in _ENV.finditer(raw) if m.group(1) in os.environ]
+        if names:
+            values = ", ".join(f"{n}={os.environ[n]!r}" for n in names)
+            origins[dotted] = f"environment variable {values} ({came_from})"
         if not text.strip():
             node[leaf] = None  # "${OPTIONAL:-}" left empty: the optional path is not configured
+            continue
+        if "://" in text:  # a URI: left as written (Path would fold "//"); the checks name it
+            node[leaf] = text
             continue
         node[leaf] = str(expand_path(text, base if from_config else None))
 
 
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it exists; else a shipped config named like it (``configs/mvtec.yaml`` or
+    ``mvtec.yaml`` from any folder, or after a non-editable install); else ConfigError listing them."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    shipped = sorted(c.name for c in CONFIG_DIR.glob("*.yaml"))
+    parts = p.parts
+    if not p.is_absolute() and (len(parts) == 1 or (len(parts) == 2 and parts[0] == "configs")) and p.name in shipped:
+        return CONFIG_DIR / p.name
+    raise ConfigError(str(p), "config file not found.",
+                      f"check the path; the shipped configs ({CONFIG_DIR}) are: {', '.join(shipped) or 'none'}.")
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    where = str(p)
+    if not p.is_file():
+        raise ConfigError(where, "config file not found.", "check the path (e.g. configs/textures.yaml).")
+    try:
+        loaded = yaml_load(p.read_text())
+    except DuplicateKeyError as err:
+        raise ConfigError(
+            where, f"key '{err.key}' appears twice in one section (lines {err.first_line} and {err.line}); "
+            "YAML would silently keep the last.", "delete one of them.") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(where, f"not valid YAML ({err}).".replace("\n", " "), "fix the syntax.") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(where, "the top level must be a mapping of sections.", "see configs/textures.yaml.")
+    return loaded
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → {dotted key: leaf value} (lists are leaves)."""
+    if not isinstance(data, Mapping) or (prefix and not data):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def load_config_explained(
+    path: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any] | None = None,
+    upgrade: bool = False,
+    origins: Mapping[str, str] | None = None,
+) -> tuple[Config, list[dict[str, Any]]]:
+    """``load_config`` plus where each value came from: a list of ``{key, value, origin}``
+    with origin ``file PATH``, the override's option (``--set KEY``, ``--dataset-root``), an
+    ``environment variable ...`` or ``default``. What ``raydiff config`` prints."""
+    data: dict[str, Any] = {}
+    file = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        p = resolve_config_path(path)
+        path, file = p, str(p)
+        data = _read_yaml(p)
+        base = p.resolve().parent
+    from_file = {_normal_key(k) for k in _flatten(data)} if data else set()
+    sources: dict[str, str] = {}
+    for key, value in (overrides or {}).items():
+        origin = (origins or {}).get(key, f"--set {key}")
+        set_dotted(data, key, value, origin)
+        sources[_normal_key(key)] = origin
+    if path is not None and Path(path).resolve() == DEFAULT_CONFIG.resolve():
+        _default_data_root(data, sources)
+    _expand_paths(data, base, sources, file)
+    where = Origins(file, sources)
+    cfg = config_from_dict(data, where=where, source=str(Path(path).expanduser().resolve()) if path else None,
+                           upgrade=upgrade)
+    rows = []
+    for key, value in _flatten(config_to_dict(cfg)).items():
+        normal = _normal_key(key)
+        origin = where.at(normal)
+        if origin == file:
+            parts = normal.split(".")
+            in_file = any(".".join(parts[:i]) in from_file for i in range(len(parts), 0, -1))
+            origin = f"file {file}" if in_file else "default"
+        rows.append({"key": key, "value": value, "origin": origin})
+    return cfg, rows
+
+
+def _default_data_root(data: dict[str, Any], sources: dict[str, str]) -> None:
+    """The default config's textures live under the output root (``OUT/data/textures``), so
+    ``raydiff demo --output X`` writes nothing outside X; ``$RAYDIFF_TEXTURES`` or an explicit
+    ``dataset.root`` override moves them."""
+    if "dataset.root" in sources or os.environ.get(TEXTURES_ENV):
+        return
+    out = data.get("output", {}).get("root") if isinstance(data.get("output"), dict) else None
+    out_root = Path(substitute_env(out) if isinstance(out, str) else "raydiff-out").expanduser()
+    set_dotted(data, "dataset.root", str((out_root / "data" / "textures").absolute()))
+    sources["dataset.root"] = f"default for {DEFAULT_CONFIG.name}: OUTPUT_ROOT/data/textures (${TEXTURES_ENV} moves it)"
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,
-                upgrade: bool = False) -> Config:
+                upgrade: bool = False, origins: Mapping[str, str] | None = None) -> Config:
     """Load a YAML config; ``overrides`` maps dotted keys (``models.train_steps``) to values.
 
     ``dataset.root`` is resolved against the config file's folder when relative. Raises
-    :class:`ConfigError` naming the key, the file and the fix. ``upgrade``: a config raydiff
-    stored (a run folder's config.yaml), whose renamed keys are read under their new names.
+    :class:`ConfigError` naming the key, where its value came from (the file, ``--set KEY``, an
+    environment variable; ``origins`` names the option an override came from, default
+    ``--set KEY``) and the fix. ``upgrade``: a config raydiff stored (a run folder's
+    config.yaml), whose renamed keys are read under their new names.
     """
-    data: dict[str, Any] = {}
-    where = "<defaults>"
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(where, "config file not found.", "check the path (e.g. configs/textures.yaml).")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(where, f"not valid YAML ({err}).".replace("\n", " "), "fix the syntax.") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(where, "the top level must be a mapping of sections.", "see configs/textures.yaml.")
-        data = loaded
-        base = p.resolve().parent
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    _expand_paths(data, base)
-    return config_from_dict(data, where=where, source=str(Path(path).resolve()) if path else None, upgrade=upgrade)
+    return load_config_explained(path, overrides, upgrade, origins)[0]
 
 
 # --------------------------------------------------------------------------------------------

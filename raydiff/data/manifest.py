@@ -52,6 +52,7 @@ Layouts (``CAT`` = one category folder under ``ROOT``):
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,7 @@ def scan_visa(root: Path, categories: Sequence[str] = (), dataset_name: str | No
                 "fix the name in dataset.categories or use the complete VisA split_csv/1cls.csv.",
             )
     rows: list[dict[str, object]] = []
+    listed: dict[Path, tuple[int, str]] = {}
     for line_no, r in enumerate(table, start=2):
         cat = r["object"]
         if cat not in wanted:
@@ -318,15 +320,32 @@ def scan_visa(root: Path, categories: Sequence[str] = (), dataset_name: str | No
         if r["label"] not in _VISA_LABELS:
             raise DatasetError(where, f"label '{r['label']}' is not 'normal' or 'anomaly'.", "fix the csv row.")
         c = root / cat
-        image = root / r["image"]
-        if not image.absolute().is_relative_to(c.absolute()):
-            raise DatasetError(
-                where, f"image '{r['image']}' is not inside the object folder '{cat}/'.", "fix the csv row."
-            )
+        image = inside_folder(root, c, r["image"], where, "image")
+        if image in listed:
+            first, split = listed[image]
+            problem = (f"image '{r['image']}' is listed twice (lines {first} and {line_no})" if split == r["split"] else
+                       f"image '{r['image']}' is in both {split} (line {first}) and {r['split']} (line {line_no}): "
+                       "a test image the model was trained on")
+            raise DatasetError(csv_path, problem + ".", "keep one row per image.")
+        listed[image] = (line_no, r["split"])
         label = _VISA_LABELS[r["label"]]
-        mask = root / r["mask"] if r["mask"] and label == 1 else None
+        mask = inside_folder(root, c, r["mask"], where, "mask") if r["mask"] and label == 1 else None
         rows.append(_row(name, cat, r["split"], image, mask, label, "anomaly" if label else "good", c))
     return _frame(rows)
+
+
+def inside_folder(root: Path, folder: Path, relative: str, where: str, what: str) -> Path:
+    """``root / relative`` with ``..`` resolved, which must lie inside ``folder`` (a listed path
+    may not reach outside its object's folder, e.g. ``candle/../../etc/passwd``)."""
+    path = Path(os.path.normpath(root / relative))
+    if Path(relative).is_absolute() or not path.is_relative_to(Path(os.path.normpath(folder))):
+        raise DatasetError(
+            where,
+            f"{what} '{relative}' is not inside the object folder '{folder.name}/' (paths are relative to the "
+            "dataset root and may not leave their object's folder).",
+            "fix the csv row.",
+        )
+    return path
 
 
 def split_good(image_ids: Sequence[str], test_fraction: float, seed: int = 0) -> set[str]:
@@ -400,6 +419,20 @@ def scan_dataset(
     return SCANNERS[kind](Path(root), categories, dataset_name)
 
 
+def detect_layout(root: Path) -> str:
+    """The layout of a dataset folder from what it holds: ``split_csv/1cls.csv`` → visa; category
+    folders with ``train/ok/`` → btad; with ``good/`` and no ``train/`` → generic; else mvtec."""
+    root = Path(root).expanduser()
+    if (root / VISA_CSV).is_file():
+        return "visa"
+    cats = list_dirs(root)
+    if any((c / "train" / "ok").is_dir() for c in cats):
+        return "btad"
+    if cats and all((c / "good").is_dir() and not (c / "train").is_dir() for c in cats):
+        return "generic"
+    return "mvtec"
+
+
 def infer_kind(manifest: pl.DataFrame) -> str:
     """The layout a manifest was scanned with, from its ``dataset`` column or its image ids."""
     names = set(manifest["dataset"].unique().to_list())
@@ -434,6 +467,7 @@ def scan_config(cfg: Any, root: Path | None = None, kind: str | None = None) -> 
 
 __all__ = [
     "LAYOUTS",
+    "detect_layout",
     "MANIFEST_SCHEMA",
     "infer_kind",
     "scan_btad",

@@ -35,6 +35,7 @@ from raydiff.data.manifest import (
     VISA_CSV,
     expected_mask,
     infer_kind,
+    is_ignored,
     is_image_file,
     layout_dirs,
     list_files,
@@ -43,6 +44,13 @@ from raydiff.errors import DatasetError
 
 _BINARY_SETS = (frozenset({0, 1}), frozenset({0, 255}))
 _TRAIN_DIR = {"mvtec": "train/good", "btad": "train/ok", "generic": "good"}
+#: Lossy formats: compression ringing around a defect survives binarising (!= 0) as false defect pixels.
+LOSSY_MASK_SUFFIXES = frozenset({".jpg", ".jpeg"})
+#: Per layout, the folders under a category whose only content may be the named class folders.
+_CLASS_PARENTS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "mvtec": {"train": ("good",), "test": None, "ground_truth": None},
+    "btad": {"train": ("ok",), "test": ("ok", "ko"), "ground_truth": ("ko",)},
+}
 
 
 @dataclass(frozen=True)
@@ -133,9 +141,53 @@ def _image_owner_hint(kind: str, mask: Path) -> str:
     return f"no row of {VISA_CSV} lists it as a mask"
 
 
+def _check_entries(folder: Path, allow_dirs: bool) -> None:
+    """No entry of a folder is skipped silently: broken links and (unless allowed) sub-folders fail."""
+    for p in sorted(folder.iterdir()):
+        if is_ignored(p):
+            continue
+        if p.is_symlink() and not p.exists():
+            raise DatasetError(p, f"is a broken symbolic link (to {os.readlink(p)}): it would be skipped.",
+                               "fix the link or remove it.")
+        if p.is_dir() and not allow_dirs:
+            n = sum(1 for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            raise DatasetError(
+                p,
+                f"is a sub-folder of {folder.name}/ with {n} image(s): only the files directly in "
+                f"{folder.name}/ are read, so they would be skipped.",
+                f"move its images up into {folder.name}/, or move the folder out of the dataset.",
+            )
+
+
+def _check_class_parents(kind: str, cat_dir: Path) -> None:
+    """Nothing beside the class folders (``train/`` holds only ``good/`` in MVTec, ...)."""
+    for parent, allowed in _CLASS_PARENTS.get(kind, {}).items():
+        folder = cat_dir / parent
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if is_ignored(p):
+                continue
+            if p.is_symlink() and not p.exists():
+                raise DatasetError(p, f"is a broken symbolic link (to {os.readlink(p)}).", "fix the link or remove it.")
+            if p.is_file():
+                raise DatasetError(p, f"is a file directly in {parent}/, outside any class folder: it would be skipped.",
+                                   f"move it into a class folder of {parent}/ ({_TRAIN_DIR.get(kind, '')} for normal "
+                                   "training images), or remove it.")
+            if allowed is not None and p.name not in allowed:
+                raise DatasetError(p, f"is not read: the {kind} layout has only {', '.join(a + '/' for a in allowed)} "
+                                   f"in {parent}/.", f"move its images into {parent}/{allowed[0]}/ or remove it.")
+
+
 def _check_structure(rows: pl.DataFrame, kind: str, cat_dir: Path) -> None:
     """Class folders hold only images; every mask has its image; every image has its mask."""
     image_dirs, mask_dirs = layout_dirs(kind, cat_dir)
+    if kind != "visa":  # VisA's files are listed in its csv; folders are not walked
+        _check_class_parents(kind, cat_dir)
+        for folder in image_dirs:
+            _check_entries(folder, allow_dirs=kind == "generic" and folder == cat_dir / "defect")
+        for folder in mask_dirs:
+            _check_entries(folder, allow_dirs=kind == "generic")
     for folder in image_dirs:
         for p in list_files(folder):
             if not is_image_file(p):
@@ -157,6 +209,14 @@ def _check_structure(rows: pl.DataFrame, kind: str, cat_dir: Path) -> None:
                     f"mask without an image: {_image_owner_hint(kind, p)}.",
                     "add the missing image, fix the mask's name, or delete the mask.",
                 )
+    for mask in rows["mask_path"].drop_nulls().to_list():
+        if Path(mask).suffix.lower() in LOSSY_MASK_SUFFIXES:
+            raise DatasetError(
+                mask,
+                "is a JPEG mask: lossy compression rings around the defect, and binarising (!= 0) turns the "
+                "ringing into false defect pixels (one MVTec-sized defect grew from 629 to 1,707 px).",
+                "export the masks losslessly (PNG, BMP or TIFF) from the original annotations.",
+            )
     for image, iid in rows.filter((pl.col("label") == 1) & pl.col("mask_path").is_null()).select(
         "image_path", "image_id"
     ).iter_rows():
@@ -186,6 +246,9 @@ def inspect_row(image_path: str, mask_path: str | None, decode: bool = True) -> 
         mode, size = img.mode, img.size
     else:
         mode, size = read_header(image_path)
+    if mode == "F":
+        raise DatasetError(image_path, "is a floating-point image (PIL mode F): its value range is unknown.",
+                           "convert the dataset to 8- or 16-bit PNG or TIFF.")
     info = FileInfo(channels=mode_channels(mode), size=size)
     if mask_path is None:
         return info
@@ -212,7 +275,11 @@ def _inspect_all(rows: pl.DataFrame, decode: bool, workers: int) -> Iterator[Fil
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _check_channels(rows: pl.DataFrame, infos: list[FileInfo], category: str) -> int:
+def _check_channels(rows: pl.DataFrame, infos: list[FileInfo], category: str, setting: str = "auto") -> int:
+    """The category's channel count: the configured one (``gray`` 1, ``rgb`` 3: every image is
+    converted), else the files' own, which must not mix grayscale and colour."""
+    if setting in ("gray", "rgb"):
+        return 1 if setting == "gray" else 3
     first: dict[int, str] = {}
     for path, info in zip(rows["image_path"].to_list(), infos, strict=True):
         first.setdefault(info.channels, path)
@@ -220,7 +287,8 @@ def _check_channels(rows: pl.DataFrame, infos: list[FileInfo], category: str) ->
         raise DatasetError(
             first[3],
             f"is RGB while {first[1]} is grayscale: category '{category}' mixes channel counts.",
-            "convert all of the category's images to one mode (all grayscale or all RGB).",
+            "convert the category's images to one mode, or set dataset.channels to 'gray' or 'rgb' "
+            "(e.g. --set dataset.channels=rgb) to convert them on loading.",
         )
     return next(iter(first))
 
@@ -251,14 +319,18 @@ def validate_dataset(
     *,
     decode: bool = True,
     workers: int | None = None,
+    channels: str = "auto",
 ) -> ValidationSummary:
     """Validate a manifest (from ``scan_dataset``) against the files under ``root``.
 
     ``kind`` is the layout (default: inferred from the manifest). ``decode=False`` reads only
     headers (faster; cannot detect truncated files). ``workers``: decoding threads
-    (default min(8, CPUs)). Raises ``DatasetError`` on the first problem (see module doc).
+    (default min(8, CPUs)). ``channels``: the config's ``dataset.channels`` (``gray``/``rgb``
+    convert every image, so a category may mix modes). Raises ``DatasetError`` on the first
+    problem (see module doc).
     """
     _check_columns(manifest)
+    channels_setting = channels
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DatasetError(root, "dataset folder does not exist.", "point dataset.root (or DIR) at the dataset.")
@@ -269,6 +341,13 @@ def validate_dataset(
         raise DatasetError("dataset.layout", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
     manifest = manifest.sort(["category", "split", "image_id"])
     categories = manifest["category"].unique().sort().to_list()
+    twice = manifest.filter(pl.col("image_path").is_duplicated())
+    if twice.height:
+        path = twice["image_path"][0]
+        splits = sorted(set(twice.filter(pl.col("image_path") == path)["split"].to_list()))
+        problem = ("is in both the train and the test split: a test image the model was trained on." if len(splits) > 1
+                   else "is listed twice: every score of it would count twice.")
+        raise DatasetError(path, problem, "list each image once.")
 
     for cat in categories:
         cat_dir = root / cat
@@ -284,7 +363,7 @@ def validate_dataset(
     for cat in categories:
         index = [i for i, c in enumerate(row_categories) if c == cat]
         rows, infos = manifest[index], [infos_all[i] for i in index]
-        channels.append((cat, _check_channels(rows, infos, cat)))
+        channels.append((cat, _check_channels(rows, infos, cat, channels_setting)))
         sizes.append((cat, _size_text(infos)))
         masks = rows["mask_path"].to_list()
         cat_nonbinary = [m for m, i in zip(masks, infos) if m is not None and not i.mask_binary]
@@ -316,4 +395,23 @@ def validate_dataset(
     )
 
 
-__all__ = ["FileInfo", "ValidationSummary", "inspect_row", "validate_dataset"]
+def check_training_split(manifest: pl.DataFrame, root: Path, kind: str) -> None:
+    """After ``assign_holdout``: every category keeps normal images to train on and holds some
+    out for the normalisation statistics (fitting needs both; fails after training otherwise)."""
+    for cat in manifest["category"].unique().sort().to_list():
+        rows = manifest.filter(pl.col("category") == cat)
+        n_train = rows.filter(pl.col("split") == "train").height
+        n_holdout = rows.filter(pl.col("split") == "holdout").height
+        if n_train and n_holdout:
+            continue
+        train_dir = (Path(root) / VISA_CSV) if kind == "visa" else Path(root) / cat / _TRAIN_DIR[kind]
+        total = n_train + n_holdout
+        raise DatasetError(
+            train_dir,
+            f"category '{cat}' has {total} normal training image(s), of which {n_holdout} held out: training needs "
+            "at least one and the normalisation statistics at least one held-out image.",
+            "add normal training images (2 or more), or set dataset.holdout_fraction > 0 and holdout_min >= 1.",
+        )
+
+
+__all__ = ["FileInfo", "ValidationSummary", "check_training_split", "inspect_row", "validate_dataset"]

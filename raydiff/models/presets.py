@@ -25,7 +25,7 @@ The middle block always has self-attention (diffusers' default, as guided-diffus
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from diffusers import UNet2DModel
 
@@ -57,6 +57,35 @@ def unet_levels(preset: str, image_size: int) -> int:
             f"use an image size that is a multiple of {1 << (levels - 1)} (e.g. 64, 128, 256).",
         )
     return levels
+
+
+def check_model_sizes(cfg: Any) -> None:
+    """The models the config trains can be built at ``dataset.image_size``: the pixel UNet, and the
+    VAE we train plus its latent UNet (a configured pretrained VAE is checked when it is loaded).
+    Raises ConfigError naming the key and the image sizes that work."""
+    from raydiff.config import MODEL_KIND_TABLE
+
+    size, preset = cfg.dataset.image_size, cfg.models.preset
+    kinds = cfg.model_kinds_needed()
+    if any(not MODEL_KIND_TABLE[k].latent for k in kinds):
+        unet_levels(preset, size)
+    if any(MODEL_KIND_TABLE[k].latent for k in kinds) and not cfg.models.latent.vae_path:
+        down = cfg.models.latent.vae_downsample
+        if size % (1 << down):
+            raise ConfigError(
+                "dataset.image_size",
+                f"{size} is not divisible by 2^{down} (models.latent.vae_downsample), so the VAE cannot encode it.",
+                f"use an image size that is a multiple of {1 << down}, or lower models.latent.vae_downsample.",
+            )
+        try:
+            unet_levels(preset, size >> down)
+        except ConfigError as err:
+            raise ConfigError(
+                "dataset.image_size",
+                f"{size} gives {size >> down} px latents (models.latent.vae_downsample = {down}), and for the "
+                f"latent UNet: {err.problem}",
+                f"use an image size such that size / {1 << down} works (e.g. 64, 128, 256), or change vae_downsample.",
+            ) from None
 
 
 def build_unet(
