@@ -34,7 +34,15 @@ from raydiff.errors import RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
 from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
-from raydiff.report_figures import CurveSet, Example, plot_cost, plot_curves, plot_examples
+from raydiff.report_figures import (
+    CurveSet,
+    Example,
+    SideBySide,
+    plot_cost,
+    plot_curves,
+    plot_examples,
+    plot_side_by_side,
+)
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
 from raydiff.report_tables import COST_COLUMNS, category_means, key_filter, metrics_table, with_cost
 
@@ -263,47 +271,118 @@ def _img(name: str, alt: str) -> str:
     return f"<img src='{FIG_DIR}/{_esc(name)}' alt='{_esc(alt)}'>"
 
 
-def curves_html(pixels: pl.LazyFrame, metrics: pl.DataFrame, dataset: str, figs: Path) -> str:
-    """Pixel ROC + PRO per category (one line per variant), from the exact curves."""
-    parts = ["<h3>Pixel ROC and PRO curves</h3>"]
-    for i, cat in enumerate(sorted(metrics["category"].unique())):
-        sets = []
-        for r in metrics.filter(pl.col("category") == cat).iter_rows(named=True):
-            key = (dataset, cat, r["variant"])
-            sets.append(CurveSet(r["variant"], pixel_curves(pixels.filter(key_filter(key))), r["p_auroc"], r["aupro"]))
-        name = f"curves-{_safe(dataset)}-{i:03d}-{_safe(cat)}.png"
-        plot_curves(sets, f"{dataset} / {cat}", figs / name)
-        parts.append(f"<h4>{_esc(cat)}</h4>" + _img(name, f"curves {cat}"))
-    return "\n".join(parts)
+def _anchor(*parts: str) -> str:
+    return "-".join(_safe(p).lower() for p in parts)
 
 
-def examples_html(
-    pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.DataFrame, dataset: str, cfg: Config | None, figs: Path
-) -> str:
-    """Best / worst images per category × variant: input and score map with the GT outline."""
-    parts = [
-        "<h3>Best and worst images per variant</h3><p>Per category and variant: the highest-scored anomalous "
-        "image, the lowest-scored anomalous image and the highest-scored normal image; input and score map "
-        "with the GT outline. Reconstructions are not stored in the run folder (only score maps are), so "
-        "they are not shown.</p>"
-    ]
+def curves_html(pixels: pl.LazyFrame, metrics: pl.DataFrame, dataset: str, cat: str, index: int, figs: Path) -> str:
+    """Pixel ROC + PRO of one category (one line per variant), from the exact curves."""
+    sets = []
+    for r in metrics.filter(pl.col("category") == cat).iter_rows(named=True):
+        key = (dataset, cat, r["variant"])
+        sets.append(CurveSet(r["variant"], pixel_curves(pixels.filter(key_filter(key))), r["p_auroc"], r["aupro"]))
+    name = f"curves-{_safe(dataset)}-{index:03d}-{_safe(cat)}.png"
+    plot_curves(sets, f"{dataset} / {cat}", figs / name)
+    return "<h4>Pixel ROC and PRO curves</h4>" + _img(name, f"curves {cat}")
+
+
+#: Images of the side-by-side view: (role, label, highest mean rank first).
+SIDE_ROLES: tuple[tuple[str, int, bool], ...] = (
+    ("anomalous, top-ranked", 1, True),
+    ("anomalous, lowest-ranked", 1, False),
+    ("normal, top-ranked", 0, True),
+)
+
+
+def side_by_side_picks(images: pl.DataFrame) -> list[tuple[str, dict[str, Any]]]:
+    """(role, image row) of one category's images table, by the mean over variants of each image's
+    score rank within its variant (so every variant's view is of the same image): the anomalous
+    image most variants find, the one they miss, and the normal image they flag most."""
+    ranked = images.with_columns(
+        (pl.col("score").rank("average").over("variant") / pl.len().over("variant")).alias("rank")
+    )
+    per_image = ranked.group_by("image_id", "label", "defect_type").agg(pl.col("rank").mean())
+    picks, seen = [], set()
+    for role, label, highest in SIDE_ROLES:
+        sub = per_image.filter((pl.col("label") == label) & ~pl.col("image_id").is_in(list(seen)))
+        sub = sub.sort(["rank", "image_id"], descending=[highest, False])
+        if sub.height:
+            row = sub.row(0, named=True)
+            picks.append((role, row))
+            seen.add(row["image_id"])
+    return picks
+
+
+def side_by_side_html(pixels: pl.LazyFrame, images: pl.DataFrame, dataset: str, cat: str, index: int,
+                      paths: dict[tuple[str, str], str], fit: str, fpr: float, figs: Path) -> str:
+    """Every variant's score map of the same few images, with each variant's threshold at ``fpr``."""
+    from raydiff.inspect_run import pixel_thresholds
+
+    picks = side_by_side_picks(images)
+    if not picks:
+        return ""
+    cat_pixels = pixels.filter((pl.col("dataset") == dataset) & (pl.col("category") == cat))
+    thresholds = {r["variant"]: r["threshold"] for r in pixel_thresholds(cat_pixels, fpr).iter_rows(named=True)}
+    ids = [row["image_id"] for _, row in picks]
+    px = cat_pixels.filter(pl.col("image_id").is_in(ids)).select("variant", "image_id", "y", "x", "score", "gt").collect()
+    h, w = int(px["y"].max()) + 1, int(px["x"].max()) + 1  # type: ignore[operator]
+    rows = []
+    for role, row in picks:
+        mine = px.filter(pl.col("image_id") == row["image_id"])
+        gt = np.zeros((h, w), np.uint8)
+        maps = {}
+        for (variant,), part in mine.group_by(["variant"]):
+            m = np.full((h, w), np.nan, np.float32)
+            y, x = part["y"].to_numpy(), part["x"].to_numpy()
+            m[y, x] = part["score"].to_numpy()
+            gt[y, x] = part["gt"].to_numpy()
+            maps[str(variant)] = m
+        image = load_display_image(paths.get((cat, row["image_id"])), h, w, fit)
+        rows.append(SideBySide(row["image_id"], row["defect_type"], role, image, gt, maps))
+    name = f"side-{_safe(dataset)}-{index:03d}-{_safe(cat)}.png"
+    plot_side_by_side(rows, thresholds, f"{dataset} / {cat}: every variant on the same images", figs / name)
+    return (f"<h4>Every variant on the same images</h4><p class=small>Cyan: each variant's pixel threshold at "
+            f"pixel FPR {fpr:g} (what <code>raydiff inspect --fpr {fpr:g}</code> flags); green: the GT outline. "
+            "Each variant's column has its own colour scale.</p>" + _img(name, f"side by side {cat}"))
+
+
+def examples_html(pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.DataFrame, dataset: str, cat: str,
+                  index: int, paths: dict[tuple[str, str], str], fit: str, figs: Path) -> str:
+    """Best / worst images of one category per variant: input and score map with the GT outline."""
+    parts = []
+    for j, variant in enumerate(sorted(metrics.filter(pl.col("category") == cat)["variant"])):
+        key = (dataset, cat, variant)
+        examples = group_examples(pixels, image_rows.filter(key_filter(key)), key, paths, fit)
+        if examples:
+            name = f"examples-{_safe(dataset)}-{index:03d}-{j:02d}-{_safe(cat)}-{_safe(variant)}.png"
+            plot_examples(examples, f"{dataset} / {cat} / {variant}", figs / name)
+            parts.append(f"<h5>{_esc(variant)}</h5>" + _img(name, f"examples {cat} {variant}"))
+    if not parts:
+        return ""
+    return ("<details><summary>Best and worst images per variant (the highest- and lowest-scored anomalous image, "
+            "the highest-scored normal image)</summary>" + "\n".join(parts) + "</details>")
+
+
+def category_html(pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.DataFrame, dataset: str,
+                  cfg: Config | None, figs: Path, fpr: float) -> tuple[list[str], str]:
+    """Per category: the side-by-side view, the curves, the examples. → (TOC entries, HTML)."""
     cats = sorted(metrics["category"].unique())
     if cfg is not None and cfg.dataset.dataset_name != dataset:
         paths, why = {}, f"the run's config.yaml names dataset {cfg.dataset.dataset_name!r}"
     else:
         paths, why = manifest_paths(cfg, cats)
-    if why:
-        parts.append(f"<p class=small>Input images not shown: {_esc(why)}.</p>")
     fit = cfg.dataset.resize if cfg else "resize"
+    parts = [f"<p class=small>Input images not shown: {_esc(why)}.</p>"] if why else []
+    toc = []
     for i, cat in enumerate(cats):
-        for j, variant in enumerate(sorted(metrics.filter(pl.col("category") == cat)["variant"])):
-            key = (dataset, cat, variant)
-            examples = group_examples(pixels, image_rows.filter(key_filter(key)), key, paths, fit)
-            if examples:
-                name = f"examples-{_safe(dataset)}-{i:03d}-{j:02d}-{_safe(cat)}-{_safe(variant)}.png"
-                plot_examples(examples, f"{dataset} / {cat} / {variant}", figs / name)
-                parts.append(f"<h4>{_esc(cat)} / {_esc(variant)}</h4>" + _img(name, f"examples {cat} {variant}"))
-    return "\n".join(parts)
+        anchor = _anchor(dataset, cat)
+        toc.append(f"<a href='#{anchor}'>{_esc(cat)}</a>")
+        cat_images = image_rows.filter((pl.col("dataset") == dataset) & (pl.col("category") == cat))
+        parts.append(f"<h3 id='{anchor}'>{_esc(dataset)} / {_esc(cat)}</h3>")
+        parts.append(side_by_side_html(pixels, cat_images, dataset, cat, i, paths, fit, fpr, figs))
+        parts.append(curves_html(pixels, metrics, dataset, cat, i, figs))
+        parts.append(examples_html(pixels, image_rows, metrics, dataset, cat, i, paths, fit, figs))
+    return toc, "\n".join(parts)
 
 
 INTRO = (
@@ -314,6 +393,18 @@ INTRO = (
     "passes and seconds per image measured in this run. Machine-readable: metrics.csv / metrics.parquet, "
     "metrics_by_defect.csv / metrics_by_defect.parquet.</p>"
 )
+SCORE_UNITS = (
+    "<p><b>Score units.</b> A pixel score is higher for more anomalous pixels. Each variant's raw "
+    "components (reconstruction error, KL in nats, DFT trend magnitude, feature distance, ...) are "
+    "standardised with the mean and standard deviation of the category's held-out normal images "
+    "before they are combined and smoothed, so a score is roughly 'normal standard deviations above a "
+    "typical normal pixel'. Scores compare images within one (category, variant); across variants "
+    "compare ranks and the metrics, not the raw numbers. The image score is the variant's pooling of "
+    "its map (max, avg-pool max, top-k mean). Reconstructions are not stored in the run folder (only "
+    "score maps are), so they are not shown.</p>"
+)
+#: Pixel FPR of the thresholds drawn in the report (inspect's default).
+REPORT_FPR = 0.01
 STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
     "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
@@ -332,25 +423,30 @@ def report_html(
 ) -> str:
     """The whole page; writes its PNGs into ``figs``. ``tables`` = (metrics, by_defect, means)."""
     metrics, by_defect, means = tables
-    parts = [f"<h1>raydiff run {_esc(run_dir.name)}</h1>", INTRO]
+    parts = [f"<h1>raydiff run {_esc(run_dir.name)}</h1>", INTRO, SCORE_UNITS]
     versions = run_dir / "versions.json"
     if versions.is_file():
         info = json.loads(versions.read_text()).get("versions", {})
         parts.append(f"<p class=small>versions: {_esc(json.dumps(info))}</p>")
+    toc = []
     for dataset in sorted(metrics["dataset"].unique()):
         m, d, mm = (t.filter(pl.col("dataset") == dataset) for t in (metrics, by_defect, means))
         cats, variants = sorted(m["category"].unique()), sorted(m["variant"].unique())
+        anchor = _anchor(dataset)
         parts.append(
-            f"<h2>Dataset {_esc(dataset)}: {len(cats)} categories ({_esc(', '.join(cats))}), "
+            f"<h2 id='{anchor}'>Dataset {_esc(dataset)}: {len(cats)} categories ({_esc(', '.join(cats))}), "
             f"variants {_esc(', '.join(variants))}</h2>"
         )
-        parts.append(tables_html(m, d, mm))
+        parts.append(f"<span id='{anchor}-tables'></span>" + tables_html(m, d, mm))
         parts.append(published_html(mm, dataset))
         name = f"cost-{_safe(dataset)}.png"
         plot_cost(mm.filter(pl.col("group") == "all"), f"{dataset}: mean over categories, per variant", figs / name)
-        parts.append("<h3>Accuracy vs cost</h3>" + _img(name, "accuracy vs cost"))
-        parts.append(curves_html(pixels, m, dataset, figs))
-        parts.append(examples_html(pixels, image_rows, m, dataset, cfg, figs))
+        parts.append(f"<h3 id='{anchor}-cost'>Accuracy vs cost</h3>" + _img(name, "accuracy vs cost"))
+        cat_toc, cat_html = category_html(pixels, image_rows, m, dataset, cfg, figs, REPORT_FPR)
+        parts.append(cat_html)
+        toc.append(f"<li><a href='#{anchor}'>{_esc(dataset)}</a>: <a href='#{anchor}-tables'>tables</a> · "
+                   f"<a href='#{anchor}-cost'>accuracy vs cost</a> · categories: {' · '.join(cat_toc)}</li>")
+    parts.insert(1, f"<nav><b>Contents</b><ul>{''.join(toc)}</ul></nav>")
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>raydiff report {_esc(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"

@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
@@ -92,30 +93,104 @@ def plot_curves(sets: Sequence[CurveSet], title: str, path: Path, fpr_limit: flo
     return path
 
 
-def plot_cost(points: pl.DataFrame, title: str, path: Path) -> Path:
+def cost_figure(points: pl.DataFrame, title: str) -> matplotlib.figure.Figure:
     """Accuracy vs cost: AUPRO and I-AUROC (mean over categories) against seconds per image.
 
     ``points``: variant, seconds_per_image, unet_forwards_per_image, aupro, i_auroc (null = not drawn).
+    Points carry no text (labels beside nearby points overlap): each variant's colour and marker
+    is named once in a legend below the plots, with its UNet forwards per image.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    handles: dict[str, object] = {}
+    markers = "o^sDvP*Xh<>"
     for ax, metric, name in ((axes[0], "aupro", "AUPRO"), (axes[1], "i_auroc", "I-AUROC")):
         drawn = points.filter(pl.col(metric).is_not_null() & pl.col("seconds_per_image").is_not_null())
-        for row in drawn.iter_rows(named=True):
-            ax.scatter(row["seconds_per_image"], 100 * row[metric], s=30, color=variant_color(row["variant"]))
+        for i, row in enumerate(points.sort("variant").iter_rows(named=True)):
+            if row["variant"] not in set(drawn["variant"]):
+                continue
             fw = row["unet_forwards_per_image"]
-            label = row["variant"] + (f" ({fw:g} fwd)" if fw is not None else "")
-            xy = (row["seconds_per_image"], 100 * row[metric])
-            ax.annotate(label, xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+            label = row["variant"] + (f" ({fw:g} forwards/image)" if fw is not None else "")
+            handles[label] = ax.scatter(row["seconds_per_image"], 100 * row[metric], s=36, alpha=0.85,
+                                        marker=markers[i % len(markers)], color=variant_color(row["variant"]))
         missing = sorted(set(points["variant"]) - set(drawn["variant"]))
         if missing:
-            ax.text(0.01, 0.01, "n/a, not drawn: " + ", ".join(missing), fontsize=7, transform=ax.transAxes)
+            ax.set_title(f"{name} vs cost\n(n/a, not drawn: {', '.join(missing)})", fontsize=8)
+        else:
+            ax.set_title(f"{name} vs cost")
         secs = drawn["seconds_per_image"].to_numpy()
         if len(secs) and secs.min() > 0 and secs.max() / secs.min() > 20:
             ax.set_xscale("log")
         ax.margins(0.15)
-        ax.set(xlabel="seconds per image (this run)", ylabel=f"{name} (%)", title=f"{name} vs cost")
+        ax.set(xlabel="seconds per image (this run)", ylabel=f"{name} (%)")
         ax.grid(alpha=0.3)
+    if handles:
+        ncol = min(3, len(handles))
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        rows = math.ceil(len(handles) / ncol)
+        fig.subplots_adjust(bottom=0.16 + 0.045 * rows, top=0.86, wspace=0.25)
     fig.suptitle(title)
+    return fig
+
+
+def plot_cost(points: pl.DataFrame, title: str, path: Path) -> Path:
+    """``cost_figure`` saved as a PNG."""
+    fig = cost_figure(points, title)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """One test image under every variant: the input, its GT and one score map per variant."""
+
+    image_id: str
+    defect_type: str
+    role: str
+    image: np.ndarray | None  # (H, W, 3) in [0, 1]
+    gt: np.ndarray  # (H, W) {0, 1}
+    maps: dict[str, np.ndarray]  # variant → (H, W) score map
+
+
+def plot_side_by_side(rows: Sequence[SideBySide], thresholds: dict[str, float | None], title: str, path: Path) -> Path:
+    """Rows = images, columns = input, GT, then every variant's score map (same image, same row).
+
+    A variant's column shares one colour scale (its min .. max over the rows shown: variants have
+    different units). Green: the GT outline; cyan: the variant's pixel threshold at the report's
+    FPR (``thresholds``; the region above it is what ``raydiff inspect`` flags).
+    """
+    variants = sorted({v for r in rows for v in r.maps})
+    ncols = 2 + len(variants)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.7 * ncols, 1.9 * len(rows) + 0.6), squeeze=False)
+    scale = {}
+    for v in variants:
+        values = [r.maps[v] for r in rows if v in r.maps]
+        lo, hi = float(min(np.nanmin(m) for m in values)), float(max(np.nanmax(m) for m in values))
+        scale[v] = (lo, hi if hi > lo else lo + 1e-12)
+    for ax_row, r in zip(axes, rows, strict=True):
+        if r.image is not None:
+            ax_row[0].imshow(r.image, interpolation="nearest")
+        else:
+            ax_row[0].text(0.5, 0.5, "input not available", ha="center", va="center", fontsize=6, transform=ax_row[0].transAxes)
+        ax_row[0].set_title(f"{r.role}\n{r.image_id}", fontsize=6)
+        ax_row[1].imshow(r.gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax_row[1].set_title(f"ground truth\n({r.defect_type})", fontsize=6)
+        for ax, v in zip(ax_row[2:], variants, strict=True):
+            m = r.maps.get(v)
+            if m is None:
+                ax.text(0.5, 0.5, "not scored", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            else:
+                ax.imshow(m, cmap="inferno", vmin=scale[v][0], vmax=scale[v][1], interpolation="nearest")
+                thr = thresholds.get(v)
+                if thr is not None and np.nanmax(m) > thr > np.nanmin(m):
+                    ax.contour(m, levels=[thr], colors="cyan", linewidths=0.8)
+                if r.gt.any():
+                    ax.contour(r.gt.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
+            ax.set_title(v, fontsize=6, color=variant_color(v))
+        for ax in ax_row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title + "  (green: GT outline; cyan: pixel threshold)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

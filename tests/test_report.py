@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,10 +149,17 @@ def test_report_files_and_numbers(tmp_path: Path) -> None:
     )
 
     pngs = sorted(p.name for p in (run.root / "report").glob("*.png"))
-    assert len(pngs) == 1 + 2 + 4  # cost scatter, curves per category, examples per category × variant
+    # cost scatter, per category: every variant side by side and the curves, examples per category × variant
+    assert len(pngs) == 1 + 2 + 2 + 4
+    assert sum(p.startswith("side-") for p in pngs) == 2
     assert all((run.root / "report" / p).stat().st_size > 1000 for p in pngs)
     for p in pngs:
         assert f"report/{p}" in text
+    # A table of contents whose links all land on an anchor, one per category; the units explained.
+    links = set(re.findall(r"href='#([^']+)'", text))
+    anchors = set(re.findall(r"id='([^']+)'", text))
+    assert {"mvtec-bottle", "mvtec-carpet"} <= links and links <= anchors
+    assert "Score units" in text and "pixel FPR 0.01" in text
 
     # Precomputed tables (as the sweep has them) give the same files, in another folder.
     other = write_report(run.root, out=tmp_path / "elsewhere", metrics=expected, by_defect=expected_by_defect)
@@ -178,7 +187,7 @@ def test_report_single_category_subset_of_variants_and_undefined_metrics(tmp_pat
     assert "n/a" in text and "Input images not shown" in text
     metrics = pl.read_csv(run.root / "metrics.csv")
     assert metrics.height == 1 and metrics["i_auroc"].is_null().all() and metrics["aupro"].is_null().all()
-    assert len(list((run.root / "report").glob("*.png"))) == 3
+    assert len(list((run.root / "report").glob("*.png"))) == 4
 
 
 def test_inspect_matches_hand_computed_answers(tmp_path: Path) -> None:
@@ -233,3 +242,46 @@ def test_inspect_matches_hand_computed_answers(tmp_path: Path) -> None:
             assert row["n"] == vals.size
             assert row["q0.99"] == pytest.approx(float(np.quantile(vals, 0.99)), rel=1e-6)
             assert row["q0.5"] == pytest.approx(float(np.quantile(vals, 0.5)), rel=1e-6, abs=1e-7)
+
+
+def test_side_by_side_picks_the_same_images_for_every_variant() -> None:
+    from raydiff.report import side_by_side_picks
+
+    images = pl.DataFrame({
+        "variant": ["a"] * 4 + ["b"] * 4,
+        "image_id": ["n0", "n1", "d0", "d1"] * 2,
+        "label": [0, 0, 1, 1] * 2,
+        "defect_type": ["good", "good", "crack", "crack"] * 2,
+        "score": [0.1, 0.9, 0.8, 0.2, 1.0, 3.0, 5.0, 2.0],
+    })
+    picks = side_by_side_picks(images)
+    # mean rank: d0 (0.75, 1.0) highest anomalous, d1 lowest, n1 the highest normal
+    assert [(role.split(",")[0], row["image_id"]) for role, row in picks] == [
+        ("anomalous", "d0"), ("anomalous", "d1"), ("normal", "n1")]
+
+
+def test_cost_plot_labels_do_not_overlap() -> None:
+    """Ten variants at nearly the same point: every label is readable (no two text boxes overlap)."""
+    import matplotlib.pyplot as plt
+    import matplotlib.text
+
+    from raydiff.config import VARIANT_IDS
+    from raydiff.report_figures import cost_figure
+
+    points = pl.DataFrame({
+        "variant": list(VARIANT_IDS),
+        "seconds_per_image": [1.0 + 0.001 * i for i in range(len(VARIANT_IDS))],
+        "unet_forwards_per_image": [37.0] * len(VARIANT_IDS),
+        "aupro": [0.5] * len(VARIANT_IDS),
+        "i_auroc": [0.7 + 0.001 * i for i in range(len(VARIANT_IDS))],
+    })
+    fig = cost_figure(points, "t")
+    fig.canvas.draw()  # lays the text out
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.findobj(matplotlib.text.Text) if any(v in t.get_text() for v in VARIANT_IDS)]
+    assert len(labels) == len(VARIANT_IDS)  # each variant named once
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+    plt.close(fig)
