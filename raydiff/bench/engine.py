@@ -1,13 +1,24 @@
-"""Scoring benchmark: UNet forward passes and wall time per image, per variant and all together.
+"""Scoring benchmark: UNet passes, FLOP/s, noise time and peak memory per image, per variant and all together.
 
-    .venv/bin/python -m raydiff.bench.engine                       # CPU, tiny preset, 64 px
-    .venv/bin/python -m raydiff.bench.engine --device cuda --size 256 --preset ddad --batch 32 \\
-        --n-images 128 --peak-tflops 989     # H100 bf16 dense: images/s and model-FLOP utilisation
+    .venv/bin/python -m raydiff.bench.engine                       # CPU, textures.yaml's variants
+    .venv/bin/python -m raydiff.bench.engine --config configs/mvtec.yaml --size 32 --preset tiny   # CPU, mvtec's
+    .venv/bin/python -m raydiff.bench.engine --config configs/mvtec.yaml --device cuda --batch 64 \\
+        --n-images 128                     # the real workload: ddad at 256 px, bf16
 
-Models are freshly initialised (random weights: the cost of a forward pass does not depend on
-the weights); φ is the random-init ResNet-34; the KNN prior is fitted on random images and no
-normalisation statistics are used (the maps are raw). Each variant is timed alone (its own
-pass, nothing shared), then every enabled variant in the one shared pass the pipeline runs.
+Models are freshly initialised (random weights: the cost of a pass does not depend on the
+weights); φ is the random-init ResNet-34; the KNN prior is fitted on random images and no
+normalisation statistics are used (the maps are raw). A config is read for its variant and
+model settings only: its dataset root is never opened (``${MVTEC_ROOT}`` need not be set).
+Each variant is timed alone (its own pass, nothing shared), then every enabled variant in the
+one shared pass the pipeline runs.
+
+Per row: UNet forward and backward passes per image (trend's input gradients are backward
+passes, each priced at 2 forwards), achieved UNet FLOP/s and MFU against ``peak_tflops`` (the
+suite passes the matmul peak it measured in the same run: bf16 on CUDA), the seconds per image
+spent generating noise (the draws the pass makes, counted in an untimed pass by the batch cache
+and re-timed alone on the device), and peak memory: CUDA ``max_memory_allocated`` over the row,
+or on the CPU the process's peak resident set (``ru_maxrss``: it only grows, so it is the peak
+so far, not the row's own).
 """
 
 from __future__ import annotations
@@ -19,9 +30,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from raydiff.config import MODEL_KIND_TABLE, VARIANT_MODEL_KIND, Config, load_config
+from raydiff.config.schema import ScoringConfig
+
+#: Overrides that let a config be read without its dataset (the bench never opens it) and with
+#: the random-init φ the benchmark documents.
+NO_DATASET: dict[str, Any] = {"dataset.root": "bench-never-reads-the-dataset", "features.resnet34_weights": None}
+
+
+def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
+    """A config for benchmarking: ``path`` with ``overrides``, never needing its dataset folder."""
+    from raydiff.config import DEFAULT_CONFIG
+
+    return load_config(path or DEFAULT_CONFIG, {**NO_DATASET, **(overrides or {})})
 
 
 def random_models(cfg: Config, channels: int, device: torch.device, kinds: Sequence[str]) -> dict[str, Any]:
@@ -62,6 +86,145 @@ def unet_gflops(model: Any, device: torch.device) -> float:
     return counter.get_total_flops() / 1e9
 
 
+class ExactL1Prior:
+    """DynAD's KNN prior by brute force in numpy: what ``raydiff.knn_prior.KNNPrior`` computes
+    (exact L1 K-NN, each training image's own entry excluded, equal-width bins over the
+    training images' mean distances), for images without faiss (the device check's)."""
+
+    def __init__(self, train: np.ndarray, k: int, bins: int) -> None:
+        self.train = train.astype(np.float64)
+        dist = np.abs(self.train[:, None] - self.train[None]).sum(-1)
+        np.fill_diagonal(dist, np.inf)
+        self.k = min(k, len(train) - 1)
+        means = np.sort(dist, axis=1)[:, : self.k].mean(axis=1)
+        _, self.edges = np.histogram(means, bins=bins)
+
+    def level(self, feats: np.ndarray) -> np.ndarray:
+        dist = np.abs(feats.astype(np.float64)[:, None] - self.train[None]).sum(-1)
+        means = np.sort(dist, axis=1)[:, : self.k].mean(axis=1)
+        return np.clip(np.searchsorted(self.edges, means, side="left"), 1, len(self.edges) - 1).astype(np.int64)
+
+
+def fit_random_prior(cfg: Config, features: Any, variants: Sequence[str], channels: int, g: torch.Generator) -> Any:
+    """The KNN prior on random training images (faiss when installed, else :class:`ExactL1Prior`)."""
+    from raydiff.features import knn_features
+    from raydiff.scoring.fit import DYNAMIC_VARIANTS, dynamic_params
+
+    if not any(v in DYNAMIC_VARIANTS for v in variants):
+        return None
+    params = dynamic_params(cfg, variants)
+    size = cfg.dataset.image_size
+    device = next(features.parameters()).device
+    train = (torch.rand(params.knn_k + 4, channels, size, size, generator=g) * 2 - 1).to(device)
+    feats = knn_features(features, train).numpy()
+    try:
+        from raydiff.knn_prior import KNNPrior
+
+        return KNNPrior.fit(feats, k=params.knn_k, bins=params.bins, exclude_self=True)
+    except ImportError:
+        return ExactL1Prior(feats, params.knn_k, params.bins)
+
+
+def bench_context(
+    cfg: Config, device: torch.device, channels: int, variants: Sequence[str], scoring: ScoringConfig
+) -> Any:
+    """A scoring context on random models with the engine settings ``scoring``."""
+    from raydiff.features import build_features
+    from raydiff.scoring.context import engine_context
+    from raydiff.scoring.fit import FittedState
+
+    kinds = sorted({VARIANT_MODEL_KIND[v] for v in variants})
+    models = random_models(cfg, channels, device, kinds)
+    features, _ = build_features(cfg.features, seed=cfg.seed, device=device)
+    knn = fit_random_prior(cfg, features, variants, channels, torch.Generator().manual_seed(cfg.seed + 1))
+    return engine_context(cfg, "bench", models, features, FittedState(knn=knn), device, scoring=scoring)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str]:
+    """(MB, what it is): CUDA max_memory_allocated since the last reset, or the CPU process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu process peak RSS (not per row)"
+    except ImportError:
+        return None, "n/a"
+
+
+def noise_seconds(ctx: Any, draws: dict[tuple[str, tuple[int, ...]], int], repeats: int = 2) -> float:
+    """Seconds the noise ``draws`` ({(kind, shape): count}) take when re-timed alone on the device."""
+    from raydiff.noise import sample_noise
+
+    total = 0.0
+    for (kind, shape), count in draws.items():
+        seeds = list(range(shape[0]))
+        sample_noise(kind, shape, seeds, ctx.cfg.models, device=ctx.device)  # type: ignore[arg-type]
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(ctx.device)
+            start = time.perf_counter()
+            sample_noise(kind, shape, seeds, ctx.cfg.models, device=ctx.device)  # type: ignore[arg-type]
+            _sync(ctx.device)
+            best = min(best, time.perf_counter() - start)
+        total += best * count
+    return total
+
+
+def measure(
+    ctx: Any, images: torch.Tensor, ids: list[str], variants: list[str], batch: int,
+    gflops: dict[str, float], peak_tflops: float | None, repeats: int = 1,
+) -> dict[str, Any]:
+    """One row: ``variants`` in one shared pass over ``images`` in batches of ``batch``."""
+    from raydiff.scoring import VARIANTS, raw_components, score_batch
+
+    # Untimed pass: warm-up (allocator, cuDNN autotuning, compilation) and the counts.
+    _, cache, _ = raw_components(ctx, images[:batch], ids[:batch], variants)
+    family_kind = {VARIANTS[v].family: VARIANT_MODEL_KIND[v] for v in variants}
+    fwd = dict(cache.forwards)
+    bwd = dict(cache.backwards)
+    flops_per_image = sum(n * gflops[family_kind[f]] for f, n in fwd.items())
+    flops_per_image += sum(2 * n * gflops[family_kind[f]] for f, n in bwd.items())
+    noise_s = noise_seconds(ctx, dict(cache.noise_draws)) / batch
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    times, family_s = [], {}
+    n_images = images.shape[0]
+    for _ in range(max(1, repeats)):
+        _sync(ctx.device)
+        start = time.perf_counter()
+        family_s = {}
+        for i in range(0, n_images, batch):
+            res = score_batch(ctx, images[i : i + batch], ids[i : i + batch], variants)
+            for v, r in res.items():
+                family_s[VARIANTS[v].family] = family_s.get(VARIANTS[v].family, 0.0) + r.seconds_per_image * len(r.scores)
+        _sync(ctx.device)
+        times.append((time.perf_counter() - start) / n_images)
+    seconds = min(times)
+    mem, mem_what = peak_memory_mb(ctx.device)
+    row: dict[str, Any] = {
+        "unet_forwards_per_image": float(sum(fwd.values())),
+        "unet_backwards_per_image": float(sum(bwd.values())),
+        "forwards_by_family": fwd,
+        "ms_per_image_by_family": {f: s / n_images * 1e3 for f, s in family_s.items()},
+        "seconds_per_image": seconds,
+        "images_per_s": 1.0 / seconds,
+        "unet_tflops_per_s": flops_per_image * 1e9 / seconds / 1e12,
+        "noise_seconds_per_image": noise_s,
+        "noise_draws_per_batch": {f"{k}{list(s)}": c for (k, s), c in cache.noise_draws.items()},
+        "peak_memory_mb": mem,
+        "peak_memory_what": mem_what,
+    }
+    if peak_tflops:
+        row["mfu"] = row["unet_tflops_per_s"] / peak_tflops
+    return row
+
+
 def bench_scoring(
     cfg: Config,
     device: str | torch.device = "cpu",
@@ -72,79 +235,40 @@ def bench_scoring(
     peak_tflops: float | None = None,
     autocast: bool | None = None,
     repeats: int = 1,
+    scoring: ScoringConfig | None = None,
+    say: Any = print,
 ) -> dict[str, Any]:
     """Time every variant alone and all of them in one shared pass; print and return a dict.
 
     Returns {"device", "image_size", "batch", "n_images", "rows": [{"variant" ("all" for the
-    shared pass), "unet_forwards_per_image", "seconds_per_image", "images_per_s", "unet_tflops_per_s",
-    "mfu" (when ``peak_tflops``)}]}. ``autocast``: bf16 on CUDA by default, fp32 on the CPU.
+    shared pass), see :func:`measure`}]}. ``scoring``: engine settings (default ``cfg.scoring``:
+    precision auto = bf16 on CUDA, fp32 on the CPU); ``autocast`` False/True forces fp32/bf16.
+    ``batch`` is honoured: ``n_images`` is raised to a multiple of it (printed) when smaller.
     ``repeats``: time each pass that many times and keep the fastest (shared machines).
     """
-    from raydiff.features import build_features, knn_features
-    from raydiff.knn_prior import KNNPrior
-    from raydiff.scoring import VARIANTS, score_batch
-    from raydiff.scoring.context import CategoryContext
-    from raydiff.scoring.fit import DYNAMIC_VARIANTS, FittedState, dynamic_params
+    from raydiff.scoring import VARIANTS
 
     device = torch.device(device)
     variants = list(variants or cfg.variants.enabled)
-    kinds = sorted({VARIANT_MODEL_KIND[v] for v in variants})
-    models = random_models(cfg, channels, device, kinds)
-    gflops = {k: unet_gflops(m, device) for k, m in models.items()}
-    features, _ = build_features(cfg.features, seed=cfg.seed, device=device)
+    sc = scoring or cfg.scoring
+    if autocast is not None:
+        sc = dataclasses.replace(sc, precision="bf16" if autocast else "fp32")
+    if n_images < batch or n_images % batch:
+        new = max(batch, -(-n_images // batch) * batch)
+        say(f"n_images {n_images} -> {new}: a whole number of batches of {batch} (the batch is not capped)")
+        n_images = new
+    ctx = bench_context(cfg, device, channels, variants, sc)
+    gflops = {k: unet_gflops(m, device) for k, m in ctx.models.items()}
     size = cfg.dataset.image_size
     g = torch.Generator().manual_seed(cfg.seed)
     images = (torch.rand(n_images, channels, size, size, generator=g) * 2 - 1).to(device)
     ids = [f"bench/{i:04d}.png" for i in range(n_images)]
-    knn = None
-    if any(v in DYNAMIC_VARIANTS for v in variants):
-        params = dynamic_params(cfg, variants)
-        train = torch.rand(params.knn_k + 4, channels, size, size, generator=g) * 2 - 1
-        knn = KNNPrior.fit(knn_features(features, train).numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
-    use_autocast = device.type == "cuda" if autocast is None else autocast
-    ctx = CategoryContext(
-        cfg=cfg, category="bench", models=models, features=features, fitted=FittedState(knn=knn), device=device,
-        autocast_dtype=torch.bfloat16 if use_autocast else None,
-    )
-
-    def run(vs: list[str]) -> dict[str, Any]:
-        score_batch(ctx, images[:batch], ids[:batch], vs)  # warm-up (allocations, cuDNN autotune)
-        forwards: dict[str, float] = {}
-        times = []
-        for _ in range(max(1, repeats)):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            for i in range(0, n_images, batch):
-                res = score_batch(ctx, images[i : i + batch], ids[i : i + batch], vs)
-                for v, r in res.items():
-                    forwards[VARIANTS[v].family] = r.forwards_per_image
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append((time.perf_counter() - start) / n_images)
-        seconds = min(times)
-        unet_flops = 0.0
-        for family, f in forwards.items():
-            unet_flops += f * gflops[VARIANT_MODEL_KIND[family]] * 1e9
-        row: dict[str, Any] = {
-            "unet_forwards_per_image": sum(forwards.values()),
-            "seconds_per_image": seconds,
-            "images_per_s": 1.0 / seconds,
-            "unet_tflops_per_s": unet_flops / seconds / 1e12,
-        }
-        if peak_tflops:
-            row["mfu"] = row["unet_tflops_per_s"] / peak_tflops
-        return row
-
-    for _ in range(2):  # warm-up of everything (allocator, thread pools, JIT-compiled noise) before any timing
-        run_once = score_batch(ctx, images[:batch], ids[:batch], variants)
-    del run_once
     rows = []
     for v in variants:
         if VARIANTS[v].family != v and any(VARIANTS[u].family == VARIANTS[v].family for u in variants[: variants.index(v)]):
             continue  # the trend ablations share one pass with "trend"
-        rows.append({"variant": v, **run([v])})
-    rows.append({"variant": "all", **run(variants)})
+        rows.append({"variant": v, **measure(ctx, images, ids, [v], batch, gflops, peak_tflops, repeats)})
+    rows.append({"variant": "all", **measure(ctx, images, ids, variants, batch, gflops, peak_tflops, repeats)})
     result = {
         "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "threads": torch.get_num_threads(),
@@ -152,33 +276,43 @@ def bench_scoring(
         "preset": cfg.models.preset,
         "batch": batch,
         "n_images": n_images,
-        "autocast": "bf16" if use_autocast else "fp32",
+        "precision": "bf16" if ctx.autocast_dtype is torch.bfloat16 else "fp32",
+        "channels_last": sc.channels_last,
+        "compile": sc.compile,
         "repeats": repeats,
         "unet_gflops_per_forward": gflops,
+        "peak_tflops": peak_tflops,
         "rows": rows,
     }
-    print_table(result)
+    say(format_table(result))
     return result
 
 
-def print_table(result: dict[str, Any]) -> None:
-    print(
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
         f"scoring benchmark: {result['device']} ({result['threads']} threads), preset {result['preset']}, "
-        f"{result['image_size']} px, batch {result['batch']}, {result['n_images']} images, {result['autocast']}"
-    )
-    print("UNet GFLOP per forward and image: " + ", ".join(f"{k} {v:.3f}" for k, v in result["unet_gflops_per_forward"].items()))
-    head = f"{'variant':<18} {'UNet fwd/img':>12} {'s/img':>9} {'img/s':>9} {'UNet TFLOP/s':>13}"
+        f"{result['image_size']} px, batch {result['batch']}, {result['n_images']} images, {result['precision']}"
+        f"{', channels_last' if result['channels_last'] else ''}{', compiled' if result['compile'] else ''}",
+        "UNet GFLOP per forward and image: " + ", ".join(f"{k} {v:.3f}" for k, v in result["unet_gflops_per_forward"].items()),
+    ]
     has_mfu = any("mfu" in r for r in result["rows"])
-    print(head + (f" {'MFU':>7}" if has_mfu else ""))
+    lines.append(f"{'variant':<18} {'fwd/img':>8} {'bwd/img':>8} {'s/img':>9} {'img/s':>8} {'TFLOP/s':>9}"
+                 + (f" {'MFU':>7}" if has_mfu else "") + f" {'noise s/img':>11} {'peak MB':>9}")
     for r in result["rows"]:
-        line = (f"{r['variant']:<18} {r['unet_forwards_per_image']:>12.1f} {r['seconds_per_image']:>9.4f} "
-                f"{r['images_per_s']:>9.2f} {r['unet_tflops_per_s']:>13.4f}")
-        print(line + (f" {r['mfu']:>7.2%}" if "mfu" in r else ""))
+        mem = f"{r['peak_memory_mb']:>9.0f}" if r["peak_memory_mb"] is not None else f"{'n/a':>9}"
+        lines.append(
+            f"{r['variant']:<18} {r['unet_forwards_per_image']:>8.1f} {r['unet_backwards_per_image']:>8.1f} "
+            f"{r['seconds_per_image']:>9.4f} {r['images_per_s']:>8.2f} {r['unet_tflops_per_s']:>9.4f}"
+            + (f" {r['mfu']:>7.2%}" if "mfu" in r else "") + f" {r['noise_seconds_per_image']:>11.4f} {mem}"
+        )
+    if result["rows"]:
+        lines.append(f"peak memory: {result['rows'][-1]['peak_memory_what']}")
+    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml).")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml); its dataset is not read.")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=None, help="Image size (default: the config's).")
     p.add_argument("--preset", default=None, help="UNet preset (default: the config's).")
@@ -187,27 +321,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=None, help="Comma-separated (default: the config's enabled ones).")
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1, help="Keep the fastest of this many timings.")
-    p.add_argument("--peak-tflops", type=float, default=None, help="Peak TFLOP/s of the device, for MFU.")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None, help="Default: the config's scoring.precision.")
+    p.add_argument("--channels-last", action="store_true", help="scoring.channels_last")
+    p.add_argument("--compile", action="store_true", help="scoring.compile")
+    p.add_argument("--peak-tflops", type=float, default=None, help="MFU reference (default: a matmul measured now).")
     p.add_argument("--json", default=None, help="Also write the result here.")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from raydiff.config import DEFAULT_CONFIG
+def scoring_from_args(cfg: Config, args: argparse.Namespace) -> ScoringConfig:
+    sc = cfg.scoring
+    return dataclasses.replace(
+        sc, precision=args.precision or sc.precision, channels_last=args.channels_last or sc.channels_last,
+        compile=args.compile or sc.compile,
+    )
 
-    args = parse_args(argv)
+
+def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     if args.size:
         overrides["dataset.image_size"] = args.size
     if args.preset:
         overrides["models.preset"] = args.preset
-    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
+    cfg = bench_config(args.config, overrides)
     if args.variants:
         cfg = dataclasses.replace(
             cfg, variants=dataclasses.replace(cfg.variants, enabled=tuple(v.strip() for v in args.variants.split(",")))
         )
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from raydiff.bench.suite import matmul_peak
+
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    peak = args.peak_tflops
+    if peak is None:
+        measured = matmul_peak(args.device)
+        peak = measured["tflops"]
+        print(f"measured matmul peak: {peak:.3f} TFLOP/s ({measured['dtype']}, {measured['n']}^3)")
     result = bench_scoring(cfg, args.device, args.batch, args.n_images, channels=args.channels,
-                           peak_tflops=args.peak_tflops, repeats=args.repeats)
+                           peak_tflops=peak, repeats=args.repeats, scoring=scoring_from_args(cfg, args))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

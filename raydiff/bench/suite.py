@@ -14,6 +14,8 @@ Sub-benchmarks (each prints a table; ``--json FILE`` writes all results):
   peak measured in the same run (bf16 on CUDA, fp32 on the CPU; see :func:`matmul_peak`).
 - ``naive``: the same variants the reference scripts' way: one variant at a time, fp32, batch 1,
   nothing shared; and the engine's speed-up over it.
+
+``--config configs/mvtec.yaml`` reads only the variant and model settings (no ``MVTEC_ROOT``).
 - ``train``: training images/s and MFU of the preset (raydiff.bench.train).
 - ``metrics``: exact polars metrics vs sklearn + a numpy MVTec-style AUPRO on the same synthetic
   pixel table: seconds, peak memory, largest difference (raydiff.bench.metrics).
@@ -56,13 +58,12 @@ def matmul_peak(device: str = "cpu", n: int | None = None, repeats: int = 5) -> 
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from raydiff.config import DEFAULT_CONFIG
-    from raydiff.config import load_config
+    from raydiff.bench.engine import bench_config
 
     overrides: dict[str, Any] = {"dataset.image_size": args.size}
     if args.preset:
         overrides["models.preset"] = args.preset
-    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
+    cfg = bench_config(args.config, overrides)  # variant settings only: the dataset is never read
     if args.variants:
         enabled = tuple(v.strip() for v in args.variants.split(","))
         cfg = dataclasses.replace(cfg, variants=dataclasses.replace(cfg.variants, enabled=enabled))
@@ -80,16 +81,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"measured matmul peak: {peak['tflops']:.3f} TFLOP/s ({peak['dtype']}, {peak['n']}^3)")
     cfg = _cfg(args) if {"engine", "naive"} & set(args.subs) else None
     if "engine" in args.subs or "naive" in args.subs:
-        from raydiff.bench.engine import bench_scoring
+        from raydiff.bench.engine import bench_scoring, scoring_from_args
 
         print("\n== engine: every variant in one shared, batched pass ==")
         engine = bench_scoring(cfg, args.device, args.batch, args.n_images, channels=args.channels,
-                               peak_tflops=peak["tflops"], repeats=args.repeats)
+                               peak_tflops=peak["tflops"], repeats=args.repeats, scoring=scoring_from_args(cfg, args))
         out["engine"] = engine
         if "naive" in args.subs:
             print("\n== naive: one variant at a time, fp32, batch 1, nothing shared ==")
             naive = bench_scoring(cfg, args.device, 1, max(1, args.n_images // 4), channels=args.channels,
-                                  peak_tflops=peak["tflops"], autocast=False, repeats=args.repeats)
+                                  peak_tflops=peak["tflops"], repeats=args.repeats,
+                                  scoring=dataclasses.replace(cfg.scoring, precision="fp32", channels_last=False,
+                                                              compile=False))
             naive_s = sum(r["seconds_per_image"] for r in naive["rows"] if r["variant"] != "all")
             all_s = next(r["seconds_per_image"] for r in engine["rows"] if r["variant"] == "all")
             naive["seconds_per_image_all_variants"] = naive_s
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         print("\n== train ==")
         res = bench_train(args.preset or "tiny", args.size, args.train_batch, args.train_steps, args.device,
-                          channels=args.channels, peak=peak["tflops"] * 1e12)
+                          channels=args.channels, peak=peak["tflops"] * 1e12, fused_adamw=not args.no_fused_adamw,
+                          foreach_ema=not args.no_foreach_ema, channels_last=args.channels_last)
         out["train"] = res
         print(f"train: {res['images_per_s']:.1f} images/s, {res['flop_per_step'] / 1e9:.2f} GFLOP/step, "
               f"MFU {res['mfu']:.2%}" if res.get("mfu") is not None else f"train: {res['images_per_s']:.1f} images/s")
@@ -134,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="UNet preset (default: the config's)")
     p.add_argument("--variants", default=None, help="comma-separated (default: the config's enabled ones)")
     p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--batch", type=int, default=8, help="engine batch size")
+    p.add_argument("--batch", type=int, default=8, help="engine batch size (honoured: --n-images is raised to fit)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="engine: scoring.precision (default: the config's, auto = bf16 on CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="engine and train: channels_last")
+    p.add_argument("--compile", action="store_true", help="engine: torch.compile the UNets")
+    p.add_argument("--no-fused-adamw", action="store_true", help="train: torch's default AdamW kernels")
+    p.add_argument("--no-foreach-ema", action="store_true", help="train: the EMA update tensor by tensor")
     p.add_argument("--n-images", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--train-batch", type=int, default=16)
