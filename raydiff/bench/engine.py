@@ -352,7 +352,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from raydiff.bench.suite import matmul_peak
+    from raydiff.bench.peak import matmul_peak
 
     args = parse_args(argv)
     cfg = config_from_args(args)

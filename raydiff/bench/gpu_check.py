@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from raydiff.bench.engine import bench_config, bench_context, measure, unet_gflops
-from raydiff.bench.suite import matmul_peak
+from raydiff.bench.peak import matmul_peak
 from raydiff.config import VARIANT_MODEL_KIND, Config
 from raydiff.config.schema import ScoringConfig
 

@@ -28,33 +28,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
+from raydiff.bench.peak import matmul_peak
+
 SUBS = ("engine", "naive", "train", "metrics")
-
-
-def matmul_peak(device: str = "cpu", n: int | None = None, repeats: int = 5) -> dict[str, Any]:
-    """Achieved TFLOP/s of a large square matmul: bf16 on CUDA (the MFU reference), fp32 on CPU."""
-    import torch
-
-    dev = torch.device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    n = n or (8192 if dev.type == "cuda" else 1024)
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, (time.perf_counter() - start) / 10)
-    return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / best / 1e12}
 
 
 def _cfg(args: argparse.Namespace) -> Any:
