@@ -70,10 +70,8 @@ def draw_gmm_maps(
     component counts K, then per channel K x (weight, mean_x, mean_y, sigma_x, sigma_y)
     uniforms."""
     check_gmm_config(cfg)
-    ks = [
-        int(torch.randint(cfg.min_components, cfg.max_components + 1, (), generator=generator))
-        for _ in range(channels)
-    ]
+    # C draws in one call: the same numbers as C scalar draws (CPU generator), read in bulk.
+    ks = torch.randint(cfg.min_components, cfg.max_components + 1, (channels,), generator=generator).tolist()
     k_max = cfg.max_components
     rows = []
     for k in ks:

@@ -65,7 +65,7 @@ def draw_simplex_maps(generator: torch.Generator, channels: int, height: int) ->
     seeds = torch.randint(0, 1 << 62, (channels,), generator=generator, dtype=torch.int64)
     u = torch.rand(channels, generator=generator, dtype=torch.float64)
     z = u * (Z_RANGE * height / 256)
-    return SimplexMaps(tuple(int(s) for s in seeds), tuple(float(v) for v in z))
+    return SimplexMaps(tuple(seeds.tolist()), tuple(z.tolist()))  # host numbers, read in bulk
 
 
 def octave_frequencies(cfg: SimplexConfig, height: int) -> list[tuple[float, float]]:

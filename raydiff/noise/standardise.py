@@ -30,8 +30,9 @@ def standardise(maps: torch.Tensor) -> torch.Tensor:
     All maps at once, with :func:`pairwise_sum` reductions, so a map's values do not depend on
     the batch it was drawn in, and no host sync is needed. Raises ValueError for a constant map
     (e.g. a 1 x 1 image), which cannot be standardised; on an accelerator that check runs on the
-    device (``torch._assert_async``: the error surfaces at the next sync, and it ends the CUDA
-    context) so that noise drawn inside a reverse loop never waits for the device.
+    device (``torch._assert_async``: the error surfaces at the next sync, as a device-side
+    assertion that ends the CUDA context) so that noise drawn inside a reverse loop never waits
+    for the device.
     """
     h, w = maps.shape[-2:]
     if h * w < 2:
@@ -40,11 +41,10 @@ def standardise(maps: torch.Tensor) -> torch.Tensor:
     mean = pairwise_sum(flat) / (h * w)
     centred = flat - mean[:, None]
     std = (pairwise_sum(centred.square()) / (h * w)).sqrt()
-    if maps.device.type == "cpu":
-        if bool((std == 0).any()):
-            raise ValueError(_constant_message(maps))
-    else:
+    try:  # checked at once on the CPU; queued on an accelerator (no read-back of ``std``)
         torch._assert_async((std > 0).all(), _constant_message(maps))
+    except RuntimeError:
+        raise ValueError(_constant_message(maps)) from None
     return (centred / std[:, None]).reshape(maps.shape)
 
 
