@@ -17,7 +17,9 @@ still leaves what it measured. Items, in this order:
    32×3×256×256) on the device, and the opensimplex reference (CPU, per map, scaled to the draw)
    when the package is installed: the simplex port stays only if it is ≥ 50× faster.
 4. ``agreement``: bf16 vs fp32 maps of every variant on 4 images (same random models): the
-   Pearson correlation of the maps and the largest image-score difference / map range.
+   Pearson correlation of the maps and the largest image-score difference / map range;
+   ``syncs``: host syncs CUDA reports (sync debug mode) in the static chains + DynAD and in
+   training steps at two lengths, i.e. per step (CUDA only).
 5. ``naive``: every variant alone, fp32, batch 1, one image (the reference scripts' way).
 6. ``engine``: every variant in one shared pass at each of ``--batches`` (default 32, 64) and
    each of ``--modes`` (eager, channels_last, compiled): s/image, UNet forwards and backwards per
@@ -142,6 +144,48 @@ def check_agreement(cfg: Config, device: torch.device, channels: int, n: int = 4
     return out
 
 
+def check_syncs(cfg: Config, device: torch.device, channels: int) -> dict[str, Any]:
+    """Host syncs that CUDA reports (``torch.cuda.set_sync_debug_mode("warn")``) during the
+    static chains + DynAD and during training steps, at two lengths: the difference is the
+    syncs per step (the aim: 0)."""
+    import warnings
+
+    from raydiff.bench.train import bench_train
+    from raydiff.scoring import raw_components
+
+    if device.type != "cuda":
+        return {"not_applicable": "CUDA only (torch.cuda.set_sync_debug_mode)"}
+
+    def count(fn: Callable[[], Any]) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+                torch.cuda.synchronize(device)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    variants = [v for v in ("static-gaussian", "static-simplex", "static-gmm", "dynamic-pixel") if v in cfg.variants.enabled]
+    out: dict[str, Any] = {"variants": variants}
+    for steps in (4, 8):
+        over = {f"variants.{v}.steps": steps for v in variants if v.startswith("static")}
+        c = bench_config(cfg.source, {**{"dataset.image_size": cfg.dataset.image_size, "models.preset": cfg.models.preset},
+                                      **over, **{f"variants.{v}.t0": 20 for v in variants if v.startswith("static")}})
+        ctx = bench_context(c, device, channels, variants, ScoringConfig())
+        x = _images(c, 2, channels, device)
+        raw_components(ctx, x, ["s/0", "s/1"], variants)  # warm-up
+        out[f"scoring_syncs_{steps}_steps"] = count(lambda ctx=ctx, x=x: raw_components(ctx, x, ["s/0", "s/1"], variants))
+    for steps in (2, 4):
+        out[f"train_syncs_{steps}_steps"] = count(lambda n=steps: bench_train(
+            cfg.models.preset, cfg.dataset.image_size, 2, n, device, channels, warmup=1, kind="pixel-simplex",
+            models_cfg=cfg.models))
+    out["scoring_syncs_per_step"] = (out["scoring_syncs_8_steps"] - out["scoring_syncs_4_steps"]) / 4
+    out["train_syncs_per_step"] = (out["train_syncs_4_steps"] - out["train_syncs_2_steps"]) / 2
+    return out
+
+
 def check_naive(cfg: Config, device: torch.device, channels: int, peak: float | None) -> dict[str, Any]:
     """Every variant family alone, fp32, batch 1, one image."""
     from raydiff.scoring import VARIANTS
@@ -255,6 +299,10 @@ def format_report(r: dict[str, Any]) -> str:
             mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "n/a"
             mem = f"{row['peak_memory_mb'] / 1024:.1f} GB" if row.get("peak_memory_mb") else "n/a"
             lines.append(f"train {kind:<14} {row['images_per_s']:>8.1f} img/s  MFU {mfu}  peak {mem}")
+    syncs = r.get("syncs") or {}
+    if "scoring_syncs_per_step" in syncs:
+        lines.append(f"host syncs per step (CUDA sync debug mode): scoring {syncs['scoring_syncs_per_step']:g}, "
+                     f"training {syncs['train_syncs_per_step']:g}")
     for v, a in (r.get("agreement") or {}).items():
         if isinstance(a, dict) and "map_correlation" in a:
             lines.append(f"bf16 vs fp32 {v:<18} corr {a['map_correlation']:.4f}  "
@@ -326,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("peak", peak),
         ("noise", lambda: check_noise(cfg, device, tuple(args.noise_shape))),  # type: ignore[arg-type]
         ("agreement", lambda: check_agreement(cfg, device, args.channels)),
+        ("syncs", lambda: check_syncs(cfg, device, args.channels)),
         ("naive", lambda: check_naive(cfg, device, args.channels, peak_box["tflops"])),
     ]
     later: list[tuple[str, Callable[[], Any]]] = []
