@@ -3,6 +3,10 @@
     python -m raydiff.bench.noise                      # CPU, 256 px, 6 octaves
     python -m raydiff.bench.noise --device cuda --maps 96 --check
 
+Prints ms per (image, channel) map of every kind and the simplex port's speed-up over the
+opensimplex reference (numba, CPU, map by map): the port stays only if it is >= 50x faster on
+the device that scores (``scripts/gpu_check.sh`` measures the same at 32x3x256x256 on a GPU).
+
 ``--check`` also prints the largest difference between the torch port on ``--device`` and the
 opensimplex reference (CPU) for the same seeds (expected < 1e-5 after standardisation).
 """
@@ -16,6 +20,11 @@ import torch
 
 from raydiff.config import ModelsConfig
 from raydiff.noise import sample_noise
+
+
+#: The vectorised simplex port stays only if it is at least this much faster than opensimplex
+#: (issue 15): measured on the scoring device against the reference on that machine's CPU.
+KEEP_IF_FASTER = 50.0
 
 
 def time_per_map(kind: str, size: int, maps: int, device: str, backend: str, repeats: int) -> float:
@@ -62,6 +71,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         name = f"{kind}[{backend}]" if kind == "simplex" else kind
         results[name] = ms
         print(f"{name:22s} {args.size}px on {args.device}: {ms:8.2f} ms per map")
+    if args.device != "cpu":  # the reference runs on the CPU only (numba)
+        results["simplex[opensimplex]"] = time_per_map("simplex", args.size, min(args.maps, 4), "cpu", "opensimplex",
+                                                       args.repeats)
+        print(f"{'simplex[opensimplex]':22s} {args.size}px on cpu: {results['simplex[opensimplex]']:8.2f} ms per map")
+    speedup = results["simplex[opensimplex]"] / results["simplex[torch]"]
+    results["simplex_speedup"] = speedup
+    verdict = "keep the port" if speedup >= KEEP_IF_FASTER else "the port does not earn its keep here"
+    print(f"vectorised port vs opensimplex: {speedup:.2f}x ({verdict}; the rule: >= {KEEP_IF_FASTER:g}x on the "
+          "device that scores)")
     return results
 
 
