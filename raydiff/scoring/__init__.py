@@ -134,7 +134,8 @@ def score_batch(
         var = VARIANTS[vid]
         params = ctx.cfg.variants.params(vid)
         stats = ctx.fitted.stats_for(vid) if ctx.fitted is not None else None
-        maps, scores = finish(var.combine(vid, comps[var.family], stats, params), params)
+        final = ctx.fitted.final.get(vid) if ctx.fitted is not None else None
+        maps, scores = finish(var.combine(vid, comps[var.family], stats, params), params, final)
         results[vid] = VariantResult(
             maps=maps.float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),

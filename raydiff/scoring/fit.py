@@ -37,8 +37,14 @@ FEATURES_FILE = "features.safetensors"
 
 @dataclass
 class FittedState:
-    #: family → component → (mean, std) over held-out normal pixels.
-    stats: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    #: family → component → (means, stds) over held-out normal pixels, one per edge-distance ring
+    #: (``postprocess.RINGS``; a fitted state written before rings holds one (mean, std)).
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: variant → (means, q99 - means) per edge-distance ring of its final (combined, smoothed) map
+    #: over the held-out images (``final_map_stats``): ``postprocess.finish`` standardises with it
+    #: before the image score.
+    #: Empty in fitted states written before it existed (then maps are used as they come).
+    final: dict[str, Any] = field(default_factory=dict)
     #: raydiff.knn_prior.KNNPrior, or None when no variant needs it.
     knn: Any = None
     #: "imagenet:<file>" or "none" (METHODS: mark `weights: none` when φ is random).
@@ -47,7 +53,7 @@ class FittedState:
     features_state: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def stats_for(self, variant: str) -> dict[str, tuple[float, float]] | None:
+    def stats_for(self, variant: str) -> dict[str, Any] | None:
         from raydiff.scoring import VARIANTS
 
         family = VARIANTS[variant].family
@@ -60,6 +66,7 @@ class FittedState:
         with atomic_dir(Path(folder), info={"what": "fitted state"}) as tmp:
             doc = {
                 "stats": {f: {c: list(v) for c, v in comps.items()} for f, comps in self.stats.items()},
+                "final": {v: list(st) for v, st in self.final.items()},
                 "features_weights": self.features_weights,
                 "info": self.info,
             }
@@ -84,10 +91,19 @@ class FittedState:
             doc = json.loads((folder / STATS_FILE).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(folder / STATS_FILE, f"unreadable ({err}).", "delete the folder and run `raydiff fit`.") from None
-        stats = {f: {c: (float(v[0]), float(v[1])) for c, v in comps.items()} for f, comps in doc["stats"].items()}
+        stats = {f: {c: _stats_from_json(v) for c, v in comps.items()} for f, comps in doc["stats"].items()}
         knn = KNNPrior.load(folder / KNN_DIR) if (folder / KNN_DIR).exists() else None
         state = load_file(str(folder / FEATURES_FILE)) if (folder / FEATURES_FILE).exists() else None
-        return cls(stats=stats, knn=knn, features_weights=doc["features_weights"], features_state=state, info=doc.get("info", {}))
+        final = {v: _stats_from_json(st) for v, st in doc.get("final", {}).items()}
+        return cls(stats=stats, final=final, knn=knn, features_weights=doc["features_weights"], features_state=state,
+                   info=doc.get("info", {}))
+
+
+def _stats_from_json(v: Any) -> Any:
+    """[mean, std] (floats, or lists per ring) → the tuple ``postprocess.normalise`` takes."""
+    if isinstance(v[0], list):
+        return tuple(float(x) for x in v[0]), tuple(float(x) for x in v[1])
+    return float(v[0]), float(v[1])
 
 
 class RunningMoments:
@@ -123,17 +139,78 @@ def normalisation_stats(
     variants: Sequence[str],
     batch_size: int,
 ) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per family and component: (mean, std) of the raw maps over every held-out normal pixel."""
+    """Per family and component: (means, stds) of the raw maps over every held-out normal pixel,
+    one pair per ring of distance to the edge (``postprocess.ring_index``; see ``normalise``)."""
     from raydiff.scoring import raw_components
+    from raydiff.scoring.postprocess import RINGS
 
-    moments: dict[str, dict[str, RunningMoments]] = {}
+    moments: dict[str, dict[str, list[RunningMoments]]] = {}
     for start in range(0, images.shape[0], batch_size):
         comps, _, _ = raw_components(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
         for family, maps in comps.items():
             for name, m in maps.items():
-                moments.setdefault(family, {}).setdefault(name, RunningMoments()).update(m)
-    return {f: {c: rm.result() for c, rm in comps.items()} for f, comps in moments.items()}
+                _ring_moments(moments.setdefault(family, {}).setdefault(name, [RunningMoments() for _ in range(RINGS)]), m)
+    return {f: {c: _ring_result(rings) for c, rings in comps_.items()} for f, comps_ in moments.items()}
 
+
+
+def _ring_moments(moments: list[RunningMoments], maps: torch.Tensor) -> None:
+    from raydiff.scoring.postprocess import ring_index
+
+    index = ring_index(maps.shape[-2], maps.shape[-1], maps.device)
+    for r, rm in enumerate(moments):
+        rm.update(maps[..., index == r])
+
+
+def _ring_result(rings: list[RunningMoments]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    inner = next((rm.result() for rm in reversed(rings) if rm.n), (0.0, 1.0))
+    pairs = [rm.result() if rm.n else inner for rm in rings]  # a ring a small map lacks: never used
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+#: The quantile of normal held-out pixels that a final map's unit is set to (per ring).
+FINAL_QUANTILE = 0.99
+
+
+def final_map_stats(
+    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int
+) -> dict[str, Any]:
+    """Per variant and edge-distance ring of its final map (components normalised, combined,
+    smoothed) over the held-out images: (mean, q99 - mean), so that after ``normalise`` 0 is a
+    typical normal pixel and 1 the 99th percentile of normal pixels at that distance from the edge.
+
+    Why a quantile and not the std: an image score is a maximum, decided by the upper tail, and
+    smoothing next to the edge averages fewer (or mirrored) pixels, so normal border pixels have
+    heavier upper tails than inner ones even after their components were standardised per ring.
+    Matching each ring's 99th percentile makes the maxima of normal images land on the border about
+    as often as its share of pixels (``argmax_on_border`` in the metrics)."""
+    import numpy as np
+
+    from raydiff.scoring import score_batch
+    from raydiff.scoring.postprocess import RINGS, ring_index
+
+    values: dict[str, list[list[np.ndarray]]] = {}
+    for start in range(0, images.shape[0], batch_size):
+        results = score_batch(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
+        for v, res in results.items():
+            index = ring_index(res.maps.shape[-2], res.maps.shape[-1]).numpy()
+            rings = values.setdefault(v, [[] for _ in range(RINGS)])
+            for r in range(RINGS):
+                rings[r].append(res.maps[..., index == r].astype(np.float64).ravel())
+    out: dict[str, Any] = {}
+    for v, rings in values.items():
+        pairs = []
+        for parts in rings:
+            x = np.concatenate(parts) if parts else np.zeros(0)
+            if x.size:
+                mean = float(x.mean())
+                pairs.append((mean, max(float(np.quantile(x, FINAL_QUANTILE)) - mean, 1e-12)))
+            else:
+                pairs.append(None)
+        inner = next((p for p in reversed(pairs) if p is not None), (0.0, 1.0))
+        pairs = [p if p is not None else inner for p in pairs]  # a ring a small map lacks: never used
+        out[v] = (tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +307,10 @@ def fit_category(
     3. If a dynamic variant is enabled: the KNN prior over φ_layer2 pooled 16×16 of every training
        image (L1, K = knn_k, ``bins`` equal-width bins over the mean KNN distances, each training
        image's own entry excluded from its neighbours).
-    4. Mean/std of every raw component map over all held-out pixels (scoring with the KNN but no
-       statistics yet, exactly as the test images will be).
+    4. Mean/std of every raw component map over the held-out pixels of each edge-distance ring
+       (scoring with the KNN but no statistics yet, exactly as the test images will be).
+    5. Per ring, the mean and the 99th percentile of each variant's final (normalised, combined,
+       smoothed) map over the held-out images (``final_map_stats``).
     """
     from raydiff.errors import DatasetError
     from raydiff.features import build_features, knn_features
@@ -293,6 +372,8 @@ def fit_category(
     # precision, channels_last, compile), so test maps are standardised like for like.
     ctx = engine_context(cfg, category, models, features, fitted, device)
     fitted.stats = normalisation_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
+    fitted.final = final_map_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
+    info["final_standardisation"] = "per ring (0, 1, 2, 3+ px from the edge) of each variant's final map"
     return fitted
 
 

@@ -13,12 +13,42 @@ import torch.nn.functional as F
 from raydiff.config import ImageScore, Smoothing
 
 
-def normalise(raw: torch.Tensor, stats: tuple[float, float] | None) -> torch.Tensor:
-    """(raw - mean) / std with statistics of held-out normal images (identity when ``stats`` is None)."""
+#: Rings of pixels by distance to the image edge that get their own normalisation statistics:
+#: 0, 1, 2 px from the edge, and everything further in (``ring_index``).
+RINGS = 4
+
+#: (mean, std) of one component: two floats (one for every pixel), or two sequences of ``RINGS``
+#: values, one per ring (what ``raydiff.scoring.fit`` computes).
+Stats = tuple[float, float] | tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def ring_index(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W) long: each pixel's distance to the nearest edge, clipped to ``RINGS - 1``."""
+    y = torch.arange(h, device=device).view(-1, 1)
+    x = torch.arange(w, device=device).view(1, -1)
+    d = torch.minimum(torch.minimum(y, h - 1 - y), torch.minimum(x, w - 1 - x))
+    return d.clamp(max=RINGS - 1)
+
+
+def normalise(raw: torch.Tensor, stats: Stats | None) -> torch.Tensor:
+    """(raw - mean) / std with statistics of held-out normal images (identity when ``stats`` is None).
+
+    Per-ring statistics (one mean/std per distance to the edge) take out what the position does to
+    a normal pixel's score: a network predicts a pixel next to the image edge from half a
+    neighbourhood, so normal edge pixels have wider error distributions than inner ones (at 32 px,
+    no-diffusion's normal-pixel score std is 1.8 on the 1-px border vs 0.95 inside), and with one
+    global mean/std the maxima of normal images land on the border (issue 17). The papers' code
+    uses no position-dependent statistics; on their MVTec objects the border is mostly background.
+    """
     if stats is None:
         return raw
     mean, std = stats
-    return (raw - mean) / max(std, 1e-12)
+    if isinstance(mean, (int, float)):
+        return (raw - mean) / max(float(std), 1e-12)  # type: ignore[arg-type]
+    ring = ring_index(raw.shape[-2], raw.shape[-1], raw.device)
+    m = torch.tensor(mean, dtype=raw.dtype, device=raw.device)[ring]
+    s = torch.tensor(std, dtype=raw.dtype, device=raw.device).clamp_min(1e-12)[ring]
+    return (raw - m) / s
 
 
 def gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
@@ -77,8 +107,10 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     return x.squeeze(1) if squeeze else x
 
 
-def finish(maps: torch.Tensor, params: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply a variant's configured smoothing and image-score rule: → (maps (B,H,W), scores (B,))."""
+def finish(maps: torch.Tensor, params: object, final: Stats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a variant's configured smoothing, the final per-ring standardisation (``final``, from
+    the held-out images; see ``normalise``) and its image-score rule: → (maps (B,H,W), scores (B,))."""
     smoothed = smooth(maps, params.smoothing, params.smoothing_size, params.sigma)  # type: ignore[attr-defined]
+    smoothed = normalise(smoothed, final)
     scores = image_score(smoothed, params.image_score, params.pool_size, params.top_k)  # type: ignore[attr-defined]
     return smoothed, scores

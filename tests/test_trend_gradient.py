@@ -1,0 +1,89 @@
+"""Trend's uncertainty term (Kim et al.): the input gradient raydiff takes, checked against central
+finite differences of the same function on a tiny model (issue 17: is trend-uncertainty's chance
+level the method or a defect?)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from raydiff import diffusion as D
+from raydiff.config import config_from_dict
+from raydiff.models.checkpoint import DiffusionModel
+from raydiff.models.presets import build_unet
+from raydiff.scoring.context import BatchCache, CategoryContext
+from raydiff.scoring.kim_trend import probe_direction, x0_probe_gradient
+
+SIZE = 16
+
+
+def tiny_model(seed: int = 0) -> DiffusionModel:
+    torch.manual_seed(seed)
+    unet = build_unet("tiny", 3, 3, SIZE, base_channels=8)
+    with torch.no_grad():  # random init leaves some convs at zero: make the output depend on x
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    cfg = config_from_dict({})
+    return DiffusionModel(unet=unet.eval().requires_grad_(False), kind="pixel", channels=3, learned_variance=False,
+                          noise_kind="gaussian", schedule=D.Schedule.from_config(cfg.models))
+
+
+@pytest.mark.parametrize("t", [25, 200, 400])
+def test_uncertainty_gradient_equals_finite_differences(t: int) -> None:
+    """∂(Σ x̂0·r)/∂x_t as scoring computes it (one backward pass of Σ ε_θ·r, turned into the x̂0
+    form) equals the central difference of f(x) = Σ x̂0(x)·r along random directions and along
+    single pixels (f evaluated in float64 on a copy of the network)."""
+    model = tiny_model()
+    cfg = config_from_dict({"variants": {"enabled": ["trend"]}})
+    ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": model}, features=None)
+    x0 = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    cache = BatchCache(ctx, x0, ["a", "b"])
+    probe = probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)
+    shared, eps_grad = cache.eps_and_input_grad("pixel", t, "gaussian", probe)
+    alpha_bar = model.schedule.alphas_cumprod[t]
+    grad = x0_probe_gradient(eps_grad, probe, alpha_bar).double()
+
+    unet64 = copy.deepcopy(model.unet).double()
+    tt = torch.full((2,), t, dtype=torch.long)
+
+    def f(x: torch.Tensor) -> torch.Tensor:  # per image: Σ x̂0(x)·r
+        eps = unet64(x, tt).sample
+        x0_hat = (x - (1 - alpha_bar.double()).sqrt() * eps) / alpha_bar.double().sqrt()
+        return (x0_hat * probe.double()).flatten(1).sum(1)
+
+    x = shared["x_t"].double()
+    h = 1e-4
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):  # random directions: v·∇f
+        v = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+        torch.testing.assert_close((grad * v).flatten(1).sum(1), fd, rtol=2e-3, atol=2e-3)
+    for b, c, yy, xx in ((0, 0, 0, 0), (1, 2, 7, 9), (0, 1, SIZE - 1, 3)):  # single pixels, border included
+        e = torch.zeros_like(x)
+        e[b, c, yy, xx] = 1.0
+        fd = (f(x + h * e) - f(x - h * e))[b] / (2 * h)
+        torch.testing.assert_close(grad[b, c, yy, xx], fd, rtol=2e-3, atol=2e-3)
+
+
+def test_the_probe_dominates_the_uncertainty_map_of_an_untrained_denoiser() -> None:
+    """Why trend-uncertainty can sit at chance: J^T r = (r - √(1-ᾱ) J_ε^T r)/√ᾱ keeps the probe r
+    itself unless the model's ε-Jacobian cancels it (a well-trained denoiser's does where the
+    image is predictable). For a network whose ε barely depends on its input, |J^T r| ≈ |r|/√ᾱ_t:
+    a map of the random probe that grows smoothly with t, so its DFT trend is ∝ |r| per pixel."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.mul_(1e-3)  # ε ≈ constant: no cancellation
+    cfg = config_from_dict({"variants": {"enabled": ["trend"]}})
+    ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": model}, features=None)
+    x0 = torch.zeros(1, 3, SIZE, SIZE)
+    cache = BatchCache(ctx, x0, ["a"])
+    probe = probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)
+    for t in (25, 400):
+        _, eps_grad = cache.eps_and_input_grad("pixel", t, "gaussian", probe)
+        alpha_bar = model.schedule.alphas_cumprod[t]
+        grad = x0_probe_gradient(eps_grad, probe, alpha_bar)
+        torch.testing.assert_close(grad, probe / alpha_bar.sqrt(), rtol=1e-3, atol=1e-3)
