@@ -218,3 +218,22 @@ def test_pretrained_vae_path_errors(tmp_path: Path) -> None:
     with torch.no_grad():
         assert L.encode(loaded, x, 1.0).shape == (1, 4, 8, 8)  # grayscale into an RGB VAE
         assert L.decode(loaded, L.encode(loaded, x, 1.0), 1.0, 1).shape == (1, 1, 16, 16)
+
+
+def test_reflect_padding_survives_save_and_load(tmp_path: Path) -> None:
+    import torch.nn as nn
+
+    from raydiff.models.checkpoint import UNET_EMA, load_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 3, 3, 16, base_channels=8, padding="reflect").eval()
+    assert {m.padding_mode for m in unet.modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)} == {"reflect"}
+    unet.save_pretrained(tmp_path / UNET_EMA, safe_serialization=True)
+    loaded = load_unet(tmp_path).eval()
+    assert {m.padding_mode for m in loaded.modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)} == {"reflect"}
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 400])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t).sample, unet(x, t).sample)
+        zeros = build_unet("tiny", 3, 3, 16, base_channels=8)
+        zeros.load_state_dict(unet.state_dict())
+        assert not torch.allclose(zeros.eval()(x, t).sample, unet(x, t).sample)  # the mode matters at the edge

@@ -145,6 +145,11 @@ class ModelsConfig:
     preset: Literal["tiny", "ddad", "anoddpm"] = "ddad"
     #: Overrides the preset's base width.
     base_channels: int | None = field(default=None, metadata=_range(4, 1024))
+    #: Padding of the UNet's (and the trained VAE's) convolutions: ``zeros`` (diffusers' default,
+    #: as the papers' code) or ``reflect``. Measured on the demo: reflect does not remove the
+    #: border artefact (normal images' maxima on the 1-px border: 49 % → 62 % for no-diffusion);
+    #: the per-ring normalisation does (``raydiff.scoring.postprocess``).
+    padding: Literal["zeros", "reflect"] = "zeros"
     schedule: Literal["linear", "cosine", "dynad"] = "linear"
     #: Linear schedule ends (ignored by cosine; ``dynad`` is 0.0015 -> 0.0195).
     beta_start: float = field(default=1e-4, metadata=_range(0.0, 1.0))

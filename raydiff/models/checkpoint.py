@@ -35,8 +35,9 @@ from torch import Tensor
 
 from raydiff import diffusion as D
 from raydiff.models import latent as L
-from raydiff.errors import CheckpointError
+from raydiff.errors import CheckpointError, ConfigError
 from raydiff.io import MARKER, is_complete
+from raydiff.models.presets import PADDING_KEY, apply_padding
 
 META = "meta.json"
 UNET_EMA = "unet_ema"
@@ -239,8 +240,9 @@ def load_unet(folder: Path, name: str = UNET_EMA, device: torch.device | str = "
     cfg_path, weights = _require(sub, "config.json"), _require(sub, WEIGHTS)
     try:
         config = json.loads(cfg_path.read_text())
-        unet = UNet2DModel.from_config(config)
-    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        padding = config.pop(PADDING_KEY, "zeros")  # checkpoints from before the setting: zeros
+        unet = apply_padding(UNet2DModel.from_config(config), padding)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError, ConfigError) as err:
         raise CheckpointError(cfg_path, f"not a valid UNet2DModel config ({err}).", _RETRAIN) from None
     try:
         state = load_file(str(weights))
@@ -354,7 +356,9 @@ def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.de
         raise CheckpointError(folder, f"'{VAE}/' (config.json + {WEIGHTS}) is missing.",
                               "re-train with `raydiff train`, or delete the folder.")
     try:
-        vae = AutoencoderKL.from_config(json.loads((sub / "config.json").read_text()))
+        vae_config = json.loads((sub / "config.json").read_text())
+        vae_padding = vae_config.pop(PADDING_KEY, "zeros")
+        vae = apply_padding(AutoencoderKL.from_config(vae_config), vae_padding)
         from safetensors.torch import load_file
 
         state = load_file(str(sub / WEIGHTS))

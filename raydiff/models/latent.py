@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 
 from raydiff.errors import ConfigError
+from raydiff.models.presets import apply_padding
 
 #: preset → (widths per level at full depth, res blocks per level).
 VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -35,8 +36,10 @@ VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
 }
 
 
-def build_vae(preset: str, channels: int, image_size: int, latent_channels: int, downsample: int) -> AutoencoderKL:
-    """A fresh AutoencoderKL: ``downsample`` 2× reductions (latents are image_size / 2**downsample)."""
+def build_vae(preset: str, channels: int, image_size: int, latent_channels: int, downsample: int,
+              padding: str = "zeros") -> AutoencoderKL:
+    """A fresh AutoencoderKL: ``downsample`` 2× reductions (latents are image_size / 2**downsample);
+    ``padding``: its convolutions' padding mode (``raydiff.models.presets.apply_padding``)."""
     widths, layers = VAE_PRESETS[preset]
     if image_size % (1 << downsample):
         raise ConfigError(
@@ -45,7 +48,7 @@ def build_vae(preset: str, channels: int, image_size: int, latent_channels: int,
             "lower vae_downsample or use a power-of-two image size.",
         )
     blocks = widths[: downsample + 1]
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=channels,
         out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * len(blocks),
@@ -56,6 +59,7 @@ def build_vae(preset: str, channels: int, image_size: int, latent_channels: int,
         norm_num_groups=math.gcd(32, blocks[0] // 2),
         sample_size=image_size,
     )
+    return apply_padding(vae, padding)  # type: ignore[arg-type]
 
 
 def load_pretrained_vae(path: str | Path, device: torch.device | str = "cpu") -> AutoencoderKL:

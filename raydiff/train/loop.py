@@ -330,7 +330,7 @@ def train_one(
     torch.manual_seed(seed)
     tc = cfg.train
     unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned_variance else 1), sample_size,
-                      mc.base_channels).to(dev)
+                      mc.base_channels, mc.padding).to(dev)
     if tc.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -433,7 +433,7 @@ def _prepare_vae(
     else:
         torch.manual_seed(derive_seed(seed, "vae-init"))
         vae = L.build_vae(cfg.models.preset, channels, cfg.dataset.image_size, lc.latent_channels,
-                          lc.vae_downsample).to(dev)
+                          lc.vae_downsample, cfg.models.padding).to(dev)
         say(f"{category}/latent: training the VAE for {lc.vae_train_steps} steps")
         vae_rows: list[float] = []
         L.train_vae(vae, images, lc.vae_train_steps, lc.vae_lr, lc.vae_kl_weight, cfg.models.batch_size,
