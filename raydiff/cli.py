@@ -362,7 +362,8 @@ def show_sweep(result: dict[str, Any]) -> None:
     from raydiff.workflow import describe_stages
 
     table = result["tables"]["metrics"]
-    cols = [c for c in ("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "seconds_per_image") if c in table.columns]
+    cols = [c for c in ("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "argmax_on_border", "seconds_per_image")
+            if c in table.columns]
     print_table(table.select(cols).sort(["category", "i_auroc"], descending=[False, True], nulls_last=True))
     for line in describe_stages(result["stages"]):
         click.echo(line)

@@ -44,7 +44,7 @@ from raydiff.report_figures import (
     plot_side_by_side,
 )
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
-from raydiff.report_tables import COST_COLUMNS, category_means, key_filter, metrics_table, with_cost
+from raydiff.report_tables import COST_COLUMNS, category_means, key_filter, metrics_table, with_border, with_cost
 
 METRIC_NAMES: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_ap": "P-AP", "aupro": "AUPRO@0.3"}
 FIG_DIR = "report"
@@ -396,12 +396,15 @@ INTRO = (
 SCORE_UNITS = (
     "<p><b>Score units.</b> A pixel score is higher for more anomalous pixels. Each variant's raw "
     "components (reconstruction error, KL in nats, DFT trend magnitude, feature distance, ...) are "
-    "standardised with the mean and standard deviation of the category's held-out normal images "
-    "before they are combined and smoothed, so a score is roughly 'normal standard deviations above a "
-    "typical normal pixel'. Scores compare images within one (category, variant); across variants "
-    "compare ranks and the metrics, not the raw numbers. The image score is the variant's pooling of "
-    "its map (max, avg-pool max, top-k mean). Reconstructions are not stored in the run folder (only "
-    "score maps are), so they are not shown.</p>"
+    "standardised with the mean and standard deviation of the category's held-out normal images, "
+    "combined and smoothed; the final map is then scaled per distance to the image edge so that "
+    "<b>0 is a typical normal pixel and 1 the 99th percentile of the held-out normal pixels</b> at "
+    "that distance (a score of 3 is three of those spreads above normal). Scores compare images within "
+    "one (category, variant); across variants compare ranks and the metrics. The image score is the "
+    "variant's pooling of its map (max, avg-pool max, top-k mean). <code>argmax_on_border</code>: how "
+    "often a normal image's highest pixel lies on the border, beside <code>border_share</code>, the "
+    "border's share of the pixels (what chance gives). Reconstructions are not stored in the run "
+    "folder (only score maps are), so they are not shown.</p>"
 )
 #: Pixel FPR of the thresholds drawn in the report (inspect's default).
 REPORT_FPR = 0.01
@@ -475,7 +478,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     cfg = _load_run_config(run_dir)
     given = metrics if metrics is not None and by_defect is not None else None
-    metrics = with_cost(metrics, images) if metrics is not None else metrics_table(pixels, images)
+    metrics = with_border(with_cost(metrics, images), pixels) if metrics is not None else metrics_table(pixels, images)
     by_defect = with_cost(by_defect, images) if by_defect is not None else metrics_table(pixels, images, by_defect=True)
     image_rows = images.select(*KEYS, "image_id", "defect_type", "label", "score").collect()
 

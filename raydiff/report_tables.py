@@ -45,9 +45,57 @@ def with_cost(metrics: pl.DataFrame, images: pl.LazyFrame) -> pl.DataFrame:
     return bare.join(cost_table(images), on=list(KEYS), how="left").sort(order)
 
 
+#: Per (dataset, category, variant): how often a normal test image's maximum-score pixel lies on
+#: the image border, and the share of pixels that border holds (what chance would give).
+BORDER_COLUMNS: tuple[str, ...] = ("argmax_on_border", "border_share")
+
+
+def border_width(side: int) -> int:
+    """The border the ``argmax_on_border`` column counts: 1 px per 32 px of side (at least 1)."""
+    return max(1, round(side / 32))
+
+
+def border_table(pixels: pl.LazyFrame) -> pl.DataFrame:
+    """``argmax_on_border``: the fraction of normal test images (label 0) whose highest pixel score
+    lies within ``border_width`` px of the edge; ``border_share``: that border's share of the
+    pixels. Image scores are mostly maxima, so a variant far above its share loses I-AUROC to its
+    border (ties: the first pixel in (y, x) order)."""
+    argmax = (
+        pixels.filter(pl.col("label") == 0)
+        .select(*KEYS, "image_id", "y", "x", "score")
+        .sort("y", "x")
+        .group_by(*KEYS, "image_id")
+        .agg(pl.col("y").get(pl.col("score").arg_max()).alias("ay"), pl.col("x").get(pl.col("score").arg_max()).alias("ax"))
+    )
+    size = pixels.group_by(*KEYS).agg((pl.col("y").max() + 1).alias("h"), (pl.col("x").max() + 1).alias("w"))
+    joined = argmax.join(size, on=list(KEYS)).collect()
+    if joined.height == 0:
+        return pl.DataFrame(schema={**{k: pl.String for k in KEYS}, "argmax_on_border": pl.Float64, "border_share": pl.Float64})
+    b = (pl.min_horizontal("h", "w") / 32).round().clip(1).cast(pl.Int64)  # = border_width
+    d = pl.min_horizontal(pl.col("ay"), pl.col("ax"), pl.col("h") - 1 - pl.col("ay"), pl.col("w") - 1 - pl.col("ax"))
+    inner = (pl.col("h") - 2 * pl.col("b")).clip(0) * (pl.col("w") - 2 * pl.col("b")).clip(0)
+    return (
+        joined.with_columns(b.alias("b"))
+        .with_columns((d < pl.col("b")).alias("on_border"), (1 - inner / (pl.col("h") * pl.col("w"))).alias("share"))
+        .group_by(*KEYS)
+        .agg(pl.col("on_border").mean().cast(pl.Float64).alias("argmax_on_border"),
+             pl.col("share").first().cast(pl.Float64).alias("border_share"))
+        .sort(*KEYS)
+    )
+
+
+def with_border(metrics: pl.DataFrame, pixels: pl.LazyFrame) -> pl.DataFrame:
+    """A per-variant metrics table with the ``BORDER_COLUMNS`` (computed unless present)."""
+    if all(c in metrics.columns for c in BORDER_COLUMNS):
+        return metrics
+    return metrics.join(border_table(pixels), on=list(KEYS), how="left").sort(*KEYS)
+
+
 def metrics_table(pixels: pl.LazyFrame, images: pl.LazyFrame, by_defect: bool = False) -> pl.DataFrame:
-    """``compute_metrics`` (exact, unchanged) joined with the cost columns of the images table."""
-    return with_cost(compute_metrics(pixels, images, by_defect=by_defect), images)
+    """``compute_metrics`` (exact, unchanged) joined with the cost columns of the images table
+    (and, per variant, the ``BORDER_COLUMNS``)."""
+    table = with_cost(compute_metrics(pixels, images, by_defect=by_defect), images)
+    return table if by_defect else with_border(table, pixels)
 
 
 def category_groups(dataset: str, categories: Sequence[str]) -> dict[str, list[str]]:
