@@ -44,7 +44,15 @@ from raydiff.report_figures import (
     plot_side_by_side,
 )
 from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
-from raydiff.report_tables import COST_COLUMNS, category_means, key_filter, metrics_table, with_border, with_cost
+from raydiff.report_tables import (
+    COST_COLUMNS,
+    category_means,
+    key_filter,
+    metrics_table,
+    with_border,
+    with_cost,
+    with_provenance,
+)
 
 METRIC_NAMES: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_ap": "P-AP", "aupro": "AUPRO@0.3"}
 FIG_DIR = "report"
@@ -271,6 +279,29 @@ def _img(name: str, alt: str) -> str:
     return f"<img src='{FIG_DIR}/{_esc(name)}' alt='{_esc(alt)}'>"
 
 
+def provenance_html(metrics: pl.DataFrame) -> str:
+    """One line: where φ's weights and the VAE came from. A random φ or a VAE trained from scratch
+    is not the papers' setting, so their numbers are not comparable to such a run's."""
+    found = {}
+    for col in ("feature_weights", "vae"):
+        if col in metrics.columns:
+            found[col] = sorted(v for v in metrics[col].unique().to_list() if v is not None)
+    said = [f"{what}: <b>{_esc(', '.join(found[col]))}</b>"
+            for col, what in (("feature_weights", "feature extractor φ (ResNet-34)"), ("vae", "VAE of the latent model"))
+            if found.get(col)]
+    if not said:
+        return ""
+    notes = []
+    if "random" in found.get("feature_weights", []):
+        notes.append("φ is randomly initialised (set <code>features.resnet34_weights</code> to ImageNet weights "
+                     "for the papers' setting)")
+    if "trained" in found.get("vae", []):
+        notes.append("the VAE was trained from scratch (the papers use a pretrained one: "
+                     "<code>models.latent.vae_path</code>)")
+    tail = (" Not the papers' setting: " + "; ".join(notes) + ".") if notes else ""
+    return f"<p class=small>Provenance: {'; '.join(said)}.{tail}</p>"
+
+
 def _anchor(*parts: str) -> str:
     return "-".join(_safe(p).lower() for p in parts)
 
@@ -440,6 +471,7 @@ def report_html(
             f"<h2 id='{anchor}'>Dataset {_esc(dataset)}: {len(cats)} categories ({_esc(', '.join(cats))}), "
             f"variants {_esc(', '.join(variants))}</h2>"
         )
+        parts.append(provenance_html(m))
         parts.append(f"<span id='{anchor}-tables'></span>" + tables_html(m, d, mm))
         parts.append(published_html(mm, dataset))
         name = f"cost-{_safe(dataset)}.png"
@@ -479,6 +511,7 @@ def write_report(
     cfg = _load_run_config(run_dir)
     given = metrics if metrics is not None and by_defect is not None else None
     metrics = with_border(with_cost(metrics, images), pixels) if metrics is not None else metrics_table(pixels, images)
+    metrics = with_provenance(metrics, cfg)
     by_defect = with_cost(by_defect, images) if by_defect is not None else metrics_table(pixels, images, by_defect=True)
     image_rows = images.select(*KEYS, "image_id", "defect_type", "label", "score").collect()
 

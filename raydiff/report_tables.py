@@ -91,6 +91,50 @@ def with_border(metrics: pl.DataFrame, pixels: pl.LazyFrame) -> pl.DataFrame:
     return metrics.join(border_table(pixels), on=list(KEYS), how="left").sort(*KEYS)
 
 
+#: Where a variant's inputs came from: φ's weights (imagenet | random) for the variants that use
+#: φ, and the VAE (pretrained | trained) for those scoring with the latent model; null elsewhere.
+PROVENANCE_COLUMNS: tuple[str, ...] = ("feature_weights", "vae")
+
+
+def provenance(cfg: Any, category: str) -> dict[str, str | None]:
+    """{feature_weights, vae} of one category's fitted state and latent model (None when unknown)."""
+    import json
+
+    from raydiff.models.checkpoint import META
+    from raydiff.paths import fitted_dir, model_dir
+    from raydiff.scoring.fit import STATS_FILE
+
+    out: dict[str, str | None] = {"feature_weights": None, "vae": None}
+    try:
+        weights = json.loads((fitted_dir(cfg, category) / STATS_FILE).read_text()).get("features_weights")
+        out["feature_weights"] = None if weights is None else ("random" if weights == "none" else "imagenet")
+    except (OSError, ValueError):
+        pass
+    try:
+        source = json.loads((model_dir(cfg, category, "latent") / META).read_text()).get("vae", {}).get("source")
+        out["vae"] = source if source in ("pretrained", "trained") else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return out
+
+
+def with_provenance(metrics: pl.DataFrame, cfg: Any) -> pl.DataFrame:
+    """A per-variant metrics table with the ``PROVENANCE_COLUMNS`` (unless present)."""
+    from raydiff.config import VARIANT_TABLE
+
+    if cfg is None or all(c in metrics.columns for c in PROVENANCE_COLUMNS):
+        return metrics
+    per_cat = {c: provenance(cfg, c) for c in metrics["category"].unique().to_list()}
+    rows = []
+    for cat, variant in metrics.select("category", "variant").iter_rows():
+        spec = VARIANT_TABLE.get(variant)
+        p = per_cat[cat]
+        rows.append({"feature_weights": p["feature_weights"] if spec is not None and spec.uses_features else None,
+                     "vae": p["vae"] if spec is not None and spec.model_kind == "latent" else None})
+    extra = pl.DataFrame(rows, schema={"feature_weights": pl.String, "vae": pl.String}, orient="row")
+    return pl.concat([metrics.drop(*(c for c in PROVENANCE_COLUMNS if c in metrics.columns)), extra], how="horizontal")
+
+
 def metrics_table(pixels: pl.LazyFrame, images: pl.LazyFrame, by_defect: bool = False) -> pl.DataFrame:
     """``compute_metrics`` (exact, unchanged) joined with the cost columns of the images table
     (and, per variant, the ``BORDER_COLUMNS``)."""

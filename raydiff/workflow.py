@@ -270,7 +270,7 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
     from raydiff.errors import OutputError
     from raydiff.io import atomic_write_text
     from raydiff.paths import run_dir
-    from raydiff.report_tables import metrics_table
+    from raydiff.report_tables import metrics_table, with_provenance
     from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
 
     folder = run_dir(cfg)
@@ -284,7 +284,7 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
             "to compute metrics of the complete ones only.",
         )
     pixels, images = scan_pixels(folder), scan_images(folder)
-    table = metrics_table(pixels, images)
+    table = with_provenance(metrics_table(pixels, images), cfg)
     by_defect = metrics_table(pixels, images, by_defect=True)
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")

@@ -94,6 +94,16 @@ def test_metrics_and_report_written(run: SimpleNamespace) -> None:
     for col in ("i_auroc", "p_auroc", "p_ap", "aupro", "unet_forwards_per_image"):
         assert metrics[col].null_count() == 0 and metrics[col].is_finite().all(), col
     assert metrics["i_auroc"].is_between(0, 1).all()
+    # Provenance: no RESNET34_WEIGHTS and no vae_path, so φ is random and the VAE trained here;
+    # each column is set only for the variants it applies to.
+    from raydiff.config import VARIANT_TABLE
+
+    for row in metrics.iter_rows(named=True):
+        spec = VARIANT_TABLE[row["variant"]]
+        assert row["feature_weights"] == ("random" if spec.uses_features else None), row["variant"]
+        assert row["vae"] == ("trained" if spec.model_kind == "latent" else None), row["variant"]
+    assert 0 <= metrics["argmax_on_border"].min() and metrics["argmax_on_border"].max() <= 1
+    assert "Provenance: feature extractor" in Path(run.result["report"]).read_text()
     assert Path(run.result["report"]).is_file()
     assert (run.folder / "config.yaml").is_file() and (run.folder / "versions.json").is_file()
 

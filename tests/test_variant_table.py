@@ -87,6 +87,15 @@ def test_each_variant_fits_and_scores(variant: str) -> None:
     result = score_batch(ctx, test, ["t0", "t1"], [variant])[variant]
     assert result.maps.shape == (2, SIZE, SIZE) and np.isfinite(result.maps).all()
     assert result.scores.shape == (2,) and np.isfinite(result.scores).all() and result.forwards_per_image > 0
+    # uses_features is true exactly for the variants that need φ: the others score without one.
+    if not VARIANT_TABLE[variant].uses_features:
+        bare = CategoryContext(cfg=cfg, category="c", models=models, features=None, fitted=fitted)  # type: ignore[arg-type]
+        again = score_batch(bare, test, ["t0", "t1"], [variant])[variant]
+        np.testing.assert_array_equal(again.maps, result.maps)
+    else:
+        bare = CategoryContext(cfg=cfg, category="c", models=models, features=None, fitted=fitted)  # type: ignore[arg-type]
+        with pytest.raises((TypeError, AttributeError)):
+            score_batch(bare, test, ["t0", "t1"], [variant])
 
 
 def test_every_variant_has_its_own_report_colour() -> None:

@@ -278,6 +278,9 @@ class VariantSpec:
     family: str
     #: The diffusion timesteps its parameters use (each must be < models.timesteps).
     timesteps: Callable[[Any], list[int]]
+    #: It uses the feature extractor φ (ResNet-34): its scores depend on ``features.resnet34_weights``
+    #: (the ``feature_weights`` column of the metrics says imagenet or random).
+    uses_features: bool = False
 
 
 def _t0(p: Any) -> list[int]:
@@ -291,9 +294,10 @@ VARIANT_TABLE: dict[str, VariantSpec] = {
         VariantSpec("static-simplex", "kashihara_static", StaticConfig, "static_simplex", "pixel-simplex", "static-simplex", _t0),
         VariantSpec("static-gmm", "kashihara_static", StaticConfig, "static_gmm", "pixel-gmm", "static-gmm", _t0),
         VariantSpec("no-diffusion", "kashihara_no_diffusion", NoDiffusionConfig, "no_diffusion", "pixel", "no-diffusion", _t0),
-        VariantSpec("dynamic", "dynad", DynamicConfig, "dynamic", "latent", "dynamic", lambda p: [p.t_max]),
-        VariantSpec("dynamic-pixel", "dynad", DynamicConfig, "dynamic_pixel", "pixel", "dynamic-pixel", lambda p: [p.t_max]),
-        VariantSpec("kl", "ran_kl", KLConfig, "kl", "pixel", "kl", lambda p: list(p.timesteps)),
+        VariantSpec("dynamic", "dynad", DynamicConfig, "dynamic", "latent", "dynamic", lambda p: [p.t_max], True),
+        VariantSpec("dynamic-pixel", "dynad", DynamicConfig, "dynamic_pixel", "pixel", "dynamic-pixel",
+                    lambda p: [p.t_max], True),
+        VariantSpec("kl", "ran_kl", KLConfig, "kl", "pixel", "kl", lambda p: list(p.timesteps), True),
         VariantSpec("trend", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
         VariantSpec("trend-intensity", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
         VariantSpec("trend-uncertainty", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
