@@ -39,7 +39,7 @@ SUBS = ("engine", "naive", "train", "metrics")
 def _cfg(args: argparse.Namespace) -> Any:
     from raydiff.bench.engine import bench_config
 
-    overrides: dict[str, Any] = {"dataset.image_size": args.size}
+    overrides: dict[str, Any] = {"dataset.image_size": args.size} if args.size else {}
     if args.preset:
         overrides["models.preset"] = args.preset
     cfg = bench_config(args.config, overrides)  # variant settings only: the dataset is never read
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from raydiff.bench.train import bench_train
 
         print("\n== train ==")
-        res = bench_train(args.preset or "tiny", args.size, args.train_batch, args.train_steps, args.device,
+        res = bench_train(args.preset or "tiny", args.size or 32, args.train_batch, args.train_steps, args.device,
                           channels=args.channels, peak=peak["tflops"] * 1e12, fused_adamw=not args.no_fused_adamw,
                           foreach_ema=not args.no_foreach_ema, channels_last=args.channels_last)
         out["train"] = res
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which benchmarks ({', '.join(SUBS)}; default: all)")
     p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", type=int, default=32, help="image size (256 for GPU numbers)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size (default: the config's, e.g. 32 for textures.yaml, 256 for mvtec.yaml; train: 32)")
     p.add_argument("--preset", default=None, help="UNet preset (default: the config's)")
     p.add_argument("--variants", default=None, help="comma-separated (default: the config's enabled ones)")
     p.add_argument("--channels", type=int, default=3)
