@@ -315,3 +315,35 @@ def test_foreach_ema_and_fused_adamw_fallback() -> None:
     mc = tiny_cfg().models
     opt = make_optimizer(online.parameters(), mc, fused=True, device=torch.device("cpu"))
     assert not opt.defaults.get("fused")  # CUDA only: the CPU keeps torch's default kernels
+
+
+def test_loss_log_fetches_in_bulk_and_names_a_non_finite_step(tmp_path: Path) -> None:
+    from raydiff.train.loop import LossLog
+
+    rows: list[dict[str, float]] = []
+    log = LossLog(rows, lr=1e-3)
+    log.add(1, 0.1, torch.tensor(0.5), torch.tensor(0.01))
+    log.add(2, 0.2, torch.tensor(0.4), torch.zeros(()))
+    assert rows == []  # nothing read back before the flush
+    log.flush("c/pixel", tmp_path)
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 0.5), (2, pytest.approx(0.4))]
+    log.add(3, 0.3, torch.tensor(float("nan")), torch.zeros(()))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 2"):
+        log.flush("c/pixel", tmp_path)
+    assert len(rows) == 2
+
+
+def test_bench_reads_mvtec_yaml_without_its_dataset_and_honours_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raydiff.bench.engine import bench_config, bench_scoring
+    from raydiff.config import load_config
+
+    monkeypatch.delenv("MVTEC_ROOT", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    cfg = bench_config(repo / "configs" / "mvtec.yaml", {"dataset.image_size": 16, "models.preset": "tiny"})
+    ref = load_config(repo / "configs" / "mvtec.yaml", {"dataset.root": "/anywhere"})
+    assert cfg.variants == ref.variants and cfg.features.resnet34_weights is None
+    said: list[str] = []
+    res = bench_scoring(cfg, "cpu", batch=3, n_images=2, variants=["kl"], peak_tflops=1.0, say=said.append)
+    assert res["batch"] == 3 and res["n_images"] == 3 and "not capped" in said[0]
+    row = res["rows"][-1]
+    assert row["unet_forwards_per_image"] == 3 and row["unet_backwards_per_image"] == 0 and row["mfu"] > 0
