@@ -284,6 +284,10 @@ def test_malformed_set_values_are_one_line(bad: str) -> None:
 def test_device_choice_is_checked() -> None:
     code, out = cli("fit", "--device", "tpu")
     assert code == 2 and "tpu" in out and "Traceback" not in out
+    for sub in ("engine", "train", "noise"):  # the benchmarks' own parsers
+        result = CliRunner().invoke(main, ["bench", sub, "--device", "tpu"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, sub
+        assert "invalid choice: 'tpu'" in result.output, sub
 
 
 def test_validate_visa_folder_with_visa_config_reads_it_as_visa(tmp_path: Path) -> None:

@@ -313,7 +313,7 @@ def format_table(result: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml); its dataset is not read.")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--size", type=int, default=None, help="Image size (default: the config's).")
     p.add_argument("--preset", default=None, help="UNet preset (default: the config's).")
     p.add_argument("--batch", type=int, default=4)

@@ -319,7 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m raydiff.bench.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs" / "mvtec.yaml"))
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--preset", default="ddad")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--channels", type=int, default=3)

@@ -47,7 +47,7 @@ def time_per_map(kind: str, size: int, maps: int, device: str, backend: str, rep
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--maps", type=int, default=4, help="maps per call (batch x channels)")
     parser.add_argument("--repeats", type=int, default=3)

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subs", nargs="*", default=list(SUBS), choices=[*SUBS, []], metavar="SUB",
                    help=f"which benchmarks ({', '.join(SUBS)}; default: all)")
     p.add_argument("--config", default=None, help="YAML config (default: configs/textures.yaml)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--size", type=int, default=None,
                    help="image size (default: the config's, e.g. 32 for textures.yaml, 256 for mvtec.yaml; train: 32)")
     p.add_argument("--preset", default=None, help="UNet preset (default: the config's)")

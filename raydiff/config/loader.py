@@ -626,9 +626,22 @@ def _dataset_identity(cfg: Config) -> dict[str, Any]:
     return ds
 
 
+#: ``models`` keys added after models were first trained, with the value every earlier model had:
+#: hashed only when set to something else, so existing model folders keep their ids.
+ADDED_MODEL_KEYS: dict[str, Any] = {"padding": "zeros"}
+
+
+def _models_identity(cfg: Config) -> dict[str, Any]:
+    models = config_to_dict(cfg.models)
+    for key, before in ADDED_MODEL_KEYS.items():
+        if models.get(key) == before:
+            models.pop(key)
+    return models
+
+
 def model_id(cfg: Config) -> str:
     """Stable id of what determines the trained weights."""
-    return _digest({"dataset": _dataset_identity(cfg), "models": config_to_dict(cfg.models), "seed": cfg.seed})
+    return _digest({"dataset": _dataset_identity(cfg), "models": _models_identity(cfg), "seed": cfg.seed})
 
 
 def run_id(cfg: Config) -> str:

@@ -259,8 +259,10 @@ def train_all(
         ),
     )
     results = tuner.fit()
+    # A trial whose actor died before its first report has no config: name it by its error alone.
     failed = [
-        f"{','.join(j['category'] + '/' + j['kind'] for j in r.config['jobs'])}: {r.error}" for r in results if r.error
+        f"{','.join(j['category'] + '/' + j['kind'] for j in (r.config or {}).get('jobs', [])) or 'a training run'}: {r.error}"
+        for r in results if r.error
     ]
     incomplete = [str(f) for f in folders if not is_complete(f)]
     if failed or incomplete:
