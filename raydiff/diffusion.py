@@ -211,12 +211,15 @@ class MeanVariance(NamedTuple):
 
 
 def p_mean_variance(
-    s: Schedule, model_out: Tensor, x_t: Tensor, t: Tensor, learned_variance: bool, clip_x0: bool = False
+    s: Schedule, model_out: Tensor, x_t: Tensor, t: Tensor, learned_variance: bool, clip_x0: bool = False,
+    fixed_large: bool = False,
 ) -> MeanVariance:
     """Mean and variance of p_θ(x_{t-1} | x_t) for an ε-prediction model.
 
     μ_θ = μ̃_t(x̂0(x_t, ε_θ), x_t) (DDPM eqs. 7, 15); σ² learned (iDDPM eq. 15) when
-    ``learned_variance`` (``model_out`` is (B, 2C, H, W): ε then v), else β̃_t (DDPM "fixed small").
+    ``learned_variance`` (``model_out`` is (B, 2C, H, W): ε then v), else β̃_t (DDPM "fixed small");
+    ``fixed_large``: σ² = β_t (DDPM "fixed large", Fučka eq. 5, Kashihara), also for a model that
+    learned its variance (v is then ignored; diffusers' ``variance_type="fixed_large"``).
     ``clip_x0`` clamps x̂0 to [-1, 1] before computing the mean (pixel space only).
     """
     eps, v = split_model_output(model_out, x_t.shape[1], learned_variance)
@@ -224,7 +227,9 @@ def p_mean_variance(
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
     mean, post_var, post_log_var = q_posterior(s, x0, x_t, t)
-    if v is not None:
+    if fixed_large:
+        var, log_var = extract(s.betas, t, x_t), extract(s.log_betas, t, x_t)
+    elif v is not None:
         log_var = model_log_variance(s, v, t)
         var = log_var.exp()
     else:
@@ -239,13 +244,14 @@ class StepOutput(NamedTuple):
 
 def ddpm_step(
     s: Schedule, model_out: Tensor, x_t: Tensor, t: Tensor, noise: Tensor, learned_variance: bool,
-    clip_x0: bool = False,
+    clip_x0: bool = False, fixed_large: bool = False,
 ) -> StepOutput:
     """Ancestral step x_{t-1} = μ_θ + σ_t·z (DDPM Algorithm 2), no noise where t = 0.
 
-    ``noise`` z (B,C,H,W) is drawn by the caller from the model's noise kind (unit variance).
+    ``noise`` z (B,C,H,W) is drawn by the caller from the model's noise kind (unit variance);
+    σ² as in :func:`p_mean_variance` (``fixed_large``: β_t).
     """
-    pm = p_mean_variance(s, model_out, x_t, t, learned_variance, clip_x0)
+    pm = p_mean_variance(s, model_out, x_t, t, learned_variance, clip_x0, fixed_large)
     nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
     return StepOutput(pm.mean + nonzero * torch.exp(0.5 * pm.log_var) * noise, pm.x0)
 

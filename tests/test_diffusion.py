@@ -80,11 +80,13 @@ def test_q_sample_matches_add_noise(sched: D.Schedule) -> None:
     torch.testing.assert_close(D.predict_x0(sched, ours, t, noise), x0, rtol=1e-3, atol=5e-3)
 
 
-@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range", "fixed_large"])
 @pytest.mark.parametrize("clip", [False, True])
 def test_ddpm_step_matches_diffusers(sched: D.Schedule, variance_type: str, clip: bool) -> None:
-    """x̂0, μ_θ, log σ² and the ancestral sample against DDPMScheduler.step for the same inputs."""
+    """x̂0, μ_θ, log σ² and the ancestral sample against DDPMScheduler.step for the same inputs
+    (``fixed_large``: σ² = β_t, Fučka eq. 5)."""
     learned = variance_type == "learned_range"
+    large = variance_type == "fixed_large"
     ref = _ref(sched, variance_type=variance_type, clip_sample=clip, prediction_type="epsilon")
     C = 2
     g = torch.Generator().manual_seed(1)
@@ -96,8 +98,8 @@ def test_ddpm_step_matches_diffusers(sched: D.Schedule, variance_type: str, clip
         t = torch.tensor([t_int])
         out_ref = ref.step(model_out, t_int, x_t, generator=torch.Generator().manual_seed(7))
         noise = torch.randn(1, C, 6, 6, generator=torch.Generator().manual_seed(7))
-        ours = D.ddpm_step(sched, model_out, x_t, t, noise, learned_variance=learned, clip_x0=clip)
-        pm = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=learned, clip_x0=clip)
+        ours = D.ddpm_step(sched, model_out, x_t, t, noise, learned_variance=learned, clip_x0=clip, fixed_large=large)
+        pm = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=learned, clip_x0=clip, fixed_large=large)
         torch.testing.assert_close(pm.x0, out_ref.pred_original_sample, rtol=2e-4, atol=2e-4)
         torch.testing.assert_close(ours.pred_x0, out_ref.pred_original_sample, rtol=2e-4, atol=2e-4)
         if t_int > 0:

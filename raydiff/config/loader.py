@@ -644,10 +644,19 @@ def model_id(cfg: Config) -> str:
     return _digest({"dataset": _dataset_identity(cfg), "models": _models_identity(cfg), "seed": cfg.seed})
 
 
+#: Variant parameters added after run folders were first written, with the value every earlier
+#: run used: hashed only when set to something else, so existing run folders keep their ids.
+ADDED_VARIANT_KEYS: dict[str, Any] = {"variance": "model"}
+
+
 def run_id(cfg: Config) -> str:
     """Stable id of what determines every score (see the module docstring)."""
     variants = config_to_dict(cfg.variants)
     variants.pop("enabled")
+    for section in variants.values():
+        for key, before in ADDED_VARIANT_KEYS.items():
+            if isinstance(section, dict) and section.get(key) == before:
+                section.pop(key)
     return _digest(
         {
             "model": model_id(cfg),

@@ -25,6 +25,8 @@ DatasetLayout = Literal["mvtec", "visa", "btad", "generic"]
 DATASET_LAYOUTS: tuple[str, ...] = get_args(DatasetLayout)
 Smoothing = Literal["none", "mean", "gaussian"]
 ImageScore = Literal["max", "avgpool-max", "topk-mean", "mean"]
+#: σ² of a ddpm reverse step (``raydiff.diffusion.p_mean_variance``).
+ReverseVariance = Literal["model", "fixed-large"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,9 @@ class StaticConfig:
     #: Reverse steps from t0 to 0 (DDPM ancestral uses t0 steps when ``steps == t0``).
     steps: int = field(default=200, metadata=_range(1, 100_000))
     sampler: Literal["ddpm", "ddim"] = "ddpm"
+    #: σ² of the ddpm steps: ``model`` (the model's learned variance, β̃ for an ε-only model) or
+    #: ``fixed-large`` (β_t: Fučka eq. 5, Kashihara). Unused by ddim.
+    variance: ReverseVariance = "model"
     smoothing: Smoothing = "mean"
     smoothing_size: int = field(default=11, metadata=_range(1, 255))
     sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
@@ -205,6 +210,7 @@ class NoDiffusionConfig:
     t0: int = field(default=50, metadata=_range(1, 100_000))
     steps: int = field(default=5, metadata=_range(1, 100_000))
     sampler: Literal["ddpm", "ddim"] = "ddim"
+    variance: ReverseVariance = "model"
     smoothing: Smoothing = "none"
     smoothing_size: int = field(default=11, metadata=_range(1, 255))
     sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))

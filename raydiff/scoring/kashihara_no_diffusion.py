@@ -36,7 +36,8 @@ def components(cache: object, variant_id: str, params: NoDiffusionConfig) -> dic
     """{"sq_error": (B,H,W)}: squared error between x0 and the reverse chain started at x0 itself."""
     kind = VARIANT_MODEL_KIND[variant_id]
     x0 = cache.x0  # type: ignore[attr-defined]
-    x0_hat = reverse_to_clean(cache, kind, x0, params.t0, params.steps, params.sampler, purpose=(variant_id,))
+    x0_hat = reverse_to_clean(cache, kind, x0, params.t0, params.steps, params.sampler, purpose=(variant_id,),
+                              variance=params.variance)
     return {COMPONENT: squared_error_map(x0, x0_hat)}
 
 

@@ -48,7 +48,7 @@ def components(cache: object, variant_id: str, params: StaticConfig) -> dict[str
     shared = cache.forward_eps(kind, params.t0, model.noise_kind)  # type: ignore[attr-defined]
     x0_hat = reverse_to_clean(
         cache, kind, shared["x_t"], params.t0, params.steps, params.sampler,
-        purpose=(variant_id,), first=(shared["eps"], shared.get("v")),
+        purpose=(variant_id,), first=(shared["eps"], shared.get("v")), variance=params.variance,
     )
     return {COMPONENT: squared_error_map(cache.x0, x0_hat)}  # type: ignore[attr-defined]
 

@@ -89,13 +89,15 @@ def reverse_to_clean(
     sampler: Sampler,
     purpose: tuple[object, ...],
     first: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    variance: str = "model",
 ) -> torch.Tensor:
     """Walk model ``kind``'s reverse chain from x_start (taken as x_t0) to a clean image.
 
     ``cache`` is the :class:`~raydiff.scoring.context.BatchCache` (counted UNet calls, seeds);
     ``first`` = (ε, v) already computed at (x_start, t0), e.g. shared through
     ``cache.forward_eps``: then the chain costs S - 1 new UNet passes, else S.
-    ``purpose`` names the random stream of the ddpm terms (e.g. the variant id).
+    ``purpose`` names the random stream of the ddpm terms (e.g. the variant id). ``variance``: the
+    ddpm steps' σ² — ``model`` (learned, or β̃ for an ε-only model) or ``fixed-large`` (β).
     Returns x̂0 (B,C,H,W) float32 in [-1, 1].
     """
     model = cache.model(kind)  # type: ignore[attr-defined]
@@ -123,5 +125,6 @@ def reverse_to_clean(
             z = torch.zeros_like(x)  # the last step adds no noise
         out = eps if v is None else torch.cat([eps, v], dim=1)
         jj = torch.full_like(tt, j)
-        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=True).prev_sample  # type: ignore[arg-type]
+        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=True,  # type: ignore[arg-type]
+                        fixed_large=variance == "fixed-large").prev_sample
     return x
