@@ -334,7 +334,7 @@ def metrics(cfg: Config, allow_incomplete: bool) -> None:
     from raydiff.workflow import evaluate
 
     table, _, missing = evaluate(cfg, allow_incomplete=allow_incomplete)
-    print_table(table)
+    print_table(summary(table))
     if missing:
         click.secho(f"warning: left out (scores missing or incomplete): {', '.join(missing)}", fg="yellow", err=True)
     click.echo(f"metrics: {run_dir(cfg) / 'metrics.csv'}")
@@ -357,14 +357,21 @@ def sweep(cfg: Config, limit: int | None, overwrite: bool) -> None:
     show_sweep(result)
 
 
+#: The metrics table's columns printed on the terminal (metrics.csv has them all).
+SUMMARY_COLUMNS = ("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "argmax_on_border", "seconds_per_image")
+
+
+def summary(table: Any) -> Any:
+    """The metrics table as printed: SUMMARY_COLUMNS, best I-AUROC first per category."""
+    cols = [c for c in SUMMARY_COLUMNS if c in table.columns]
+    return table.select(cols).sort(["category", "i_auroc"], descending=[False, True], nulls_last=True)
+
+
 def show_sweep(result: dict[str, Any]) -> None:
     """The end of a sweep: the metrics table best first per category, placement, where things are."""
     from raydiff.workflow import describe_stages
 
-    table = result["tables"]["metrics"]
-    cols = [c for c in ("category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro", "argmax_on_border", "seconds_per_image")
-            if c in table.columns]
-    print_table(table.select(cols).sort(["category", "i_auroc"], descending=[False, True], nulls_last=True))
+    print_table(summary(result["tables"]["metrics"]))
     for line in describe_stages(result["stages"]):
         click.echo(line)
     click.echo(f"run folder: {result['run_dir']}")
