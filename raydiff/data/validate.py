@@ -141,14 +141,18 @@ def _image_owner_hint(kind: str, mask: Path) -> str:
     return f"no row of {VISA_CSV} lists it as a mask"
 
 
+def _refuse_broken_link(p: Path) -> None:
+    if p.is_symlink() and not p.exists():
+        raise DatasetError(p, f"is a broken symbolic link (to {os.readlink(p)}): it would be skipped.",
+                           "fix the link or remove it.")
+
+
 def _check_entries(folder: Path, allow_dirs: bool) -> None:
     """No entry of a folder is skipped silently: broken links and (unless allowed) sub-folders fail."""
     for p in sorted(folder.iterdir()):
         if is_ignored(p):
             continue
-        if p.is_symlink() and not p.exists():
-            raise DatasetError(p, f"is a broken symbolic link (to {os.readlink(p)}): it would be skipped.",
-                               "fix the link or remove it.")
+        _refuse_broken_link(p)
         if p.is_dir() and not allow_dirs:
             n = sum(1 for q in p.rglob("*") if q.is_file() and is_image_file(q))
             raise DatasetError(
@@ -168,8 +172,7 @@ def _check_class_parents(kind: str, cat_dir: Path) -> None:
         for p in sorted(folder.iterdir()):
             if is_ignored(p):
                 continue
-            if p.is_symlink() and not p.exists():
-                raise DatasetError(p, f"is a broken symbolic link (to {os.readlink(p)}).", "fix the link or remove it.")
+            _refuse_broken_link(p)
             if p.is_file():
                 raise DatasetError(p, f"is a file directly in {parent}/, outside any class folder: it would be skipped.",
                                    f"move it into a class folder of {parent}/ ({_TRAIN_DIR.get(kind, '')} for normal "
