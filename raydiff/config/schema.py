@@ -335,6 +335,10 @@ class VariantsConfig:
         """The parameter dataclass of a variant id (its ``VARIANT_TABLE`` field)."""
         return getattr(self, VARIANT_TABLE[variant].field)
 
+    def model(self, variant: str) -> str:
+        """The model a variant scores with."""
+        return VARIANT_MODEL_KIND[variant]
+
 
 @dataclass(frozen=True)
 class FeaturesConfig:

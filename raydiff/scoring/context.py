@@ -126,6 +126,10 @@ class BatchCache:
     def model(self, kind: str) -> Any:
         return self.ctx.models[kind]
 
+    def model_of(self, variant: str) -> str:
+        """The name of the model variant ``variant`` scores with (``cfg.variants.model``)."""
+        return self.ctx.cfg.variants.model(variant)
+
     def noise(self, kind: str, noise_kind: str, shape: tuple[int, ...] | None = None, draw: int = 0) -> torch.Tensor:
         """The shared noise draw ``draw`` of ``noise_kind`` for model ``kind`` (B,C,H,W)."""
         shape = shape or tuple(self.x0.shape)

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import VARIANT_MODEL_KIND, DynamicConfig
+from raydiff.config import DynamicConfig
 from raydiff.errors import CheckpointError
 from raydiff.scoring.postprocess import normalise, upsample
 
@@ -177,7 +177,7 @@ def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
 
 def components(cache: Any, variant_id: str, params: DynamicConfig) -> dict[str, torch.Tensor]:
     """Raw maps {"l_map", "f_map"}, each (B,H,W) float32 ≥ 0, higher = more anomalous."""
-    kind = VARIANT_MODEL_KIND[variant_id]
+    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)
     latent = model.vae is not None
     x0 = cache.x0

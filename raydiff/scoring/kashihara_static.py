@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import torch
 
-from raydiff.config import VARIANT_MODEL_KIND, StaticConfig
+from raydiff.config import StaticConfig
 from raydiff.scoring.postprocess import normalise
 from raydiff.scoring.sampling import reverse_to_clean
 
@@ -42,8 +42,8 @@ def squared_error_map(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
 
 
 def components(cache: object, variant_id: str, params: StaticConfig) -> dict[str, torch.Tensor]:
-    """{"sq_error": (B,H,W)} for one ``static-*`` variant (its model kind from ``VARIANT_MODEL_KIND``)."""
-    kind = VARIANT_MODEL_KIND[variant_id]
+    """{"sq_error": (B,H,W)} for one ``static-*`` variant (its model from the config)."""
+    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)  # type: ignore[attr-defined]
     shared = cache.forward_eps(kind, params.t0, model.noise_kind)  # type: ignore[attr-defined]
     x0_hat = reverse_to_clean(

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import VARIANT_MODEL_KIND, TrendConfig
+from raydiff.config import TrendConfig
 from raydiff.scoring.kashihara_static import squared_error_map
 from raydiff.scoring.postprocess import normalise
 from raydiff.scoring.sampling import reverse_to_clean
@@ -93,7 +93,7 @@ def probe_direction(seeds: list[int], shape: tuple[int, ...], device: torch.devi
 
 def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str, torch.Tensor]:
     """{"intensity": trend_I, "uncertainty": trend_U}, each (B,H,W) (raw, unnormalised)."""
-    kind = VARIANT_MODEL_KIND[variant_id]
+    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)  # type: ignore[attr-defined]
     x0 = cache.x0  # type: ignore[attr-defined]
     probe = probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)  # type: ignore[attr-defined]

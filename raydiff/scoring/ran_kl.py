@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import VARIANT_MODEL_KIND, KLConfig
+from raydiff.config import KLConfig
 from raydiff.scoring.postprocess import normalise, upsample
 
 #: The ResNet-34 blocks of the feature-level score.
@@ -84,7 +84,7 @@ def feature_mse_map(
 
 def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, torch.Tensor]:
     """{"kl_t{t}": (B,H,W) for each t, "feature": (B,H,W)} (raw, unnormalised)."""
-    kind = VARIANT_MODEL_KIND[variant_id]
+    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)  # type: ignore[attr-defined]
     x0 = cache.x0  # type: ignore[attr-defined]
     size = x0.shape[-1]
