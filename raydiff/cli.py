@@ -18,9 +18,9 @@ import click
 from raydiff.config import (
     DATASET_LAYOUTS,
     DEFAULT_CONFIG,
-    MODEL_KINDS,
     Config,
     check_plain_name,
+    load_config,
     load_config_explained,
     parse_overrides,
 )
@@ -230,8 +230,8 @@ def _category(cfg: Config, category: str | None) -> tuple[Config, str, Any]:
 @main.command()
 @config_options(one_category=True)
 @click.option("--category", help="Category to train (default: the first).")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(MODEL_KINDS),
-              help="Model kind(s) (default: those the enabled variants need).")
+@click.option("--kind", "--model", "kinds", multiple=True,
+              help="Model name(s) of the config (default: those the enabled variants need).")
 @click.option("--ray", "use_ray", is_flag=True, help="Train on the local Ray (Ray Train) instead of in process.")
 def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bool) -> None:
     """Train one category's diffusion model(s); a finished model is skipped, a partial one resumes.
@@ -244,7 +244,11 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
     from raydiff.workflow import init_ray
 
     cfg, category, manifest = _category(cfg, category)
-    kinds = kinds or cfg.model_kinds_needed()
+    unknown = [k for k in kinds if k not in cfg.models.names]
+    if unknown:
+        raise click.UsageError(f"--model {unknown[0]}: not a model of this config; its models: "
+                               f"{', '.join(cfg.models.names)}.")
+    kinds = kinds or cfg.models_needed()
     if use_ray:
         from raydiff.train.launch import train_all
 
@@ -449,6 +453,69 @@ def config_cmd(cfg: Config, origins: list[dict[str, Any]], fmt: str) -> None:
     for r in origins:
         value = json.dumps(r["value"]) if not isinstance(r["value"], str) else r["value"]
         click.echo(f"{r['key']:<{width}}  {value:<24}  {r['origin']}")
+
+
+@main.command("plan")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML config (default: configs/textures.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
+@click.option("--categories", help="Comma-separated; overrides dataset.categories.")
+@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.35, show_default=True,
+              help="Model-FLOP utilisation the estimate assumes.")
+@click.option("--gpu-tflops", type=click.FloatRange(0, min_open=True), default=989.0, show_default=True,
+              help="Peak TFLOP/s of one GPU (989: H100/H200 dense bf16).")
+@click.option("--test-images", type=click.IntRange(1), default=100, show_default=True,
+              help="Test images per category (MVTec AD's categories use their own counts).")
+@click.option("--train-images", type=click.IntRange(1), default=200, show_default=True,
+              help="Normal training images per category (likewise).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the plan as JSON (keys: models, variants, cost).")
+def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | None, mfu: float,
+             gpu_tflops: float, test_images: int, train_images: int, json_out: Path | None) -> None:
+    """List what a config trains and scores, and estimate its GPU-hours; no data and no GPU needed.
+
+    \b
+    Example:
+      raydiff plan --config configs/mvtec-papers.yaml --json plan.json
+    """
+    import json
+
+    from raydiff.io import atomic_write_text
+    from raydiff.plan import build_plan
+
+    overrides, origins = _overrides(None, None, categories, None, sets)
+    # The plan reads no data: a dataset root given by an unset ${VAR} does not stop it.
+    overrides.setdefault("dataset.root", ".")
+    origins.setdefault("dataset.root", "raydiff plan (reads no data)")
+    cfg = load_config(config_path.expanduser() if config_path else DEFAULT_CONFIG, overrides, origins=origins)
+    plan = build_plan(cfg, mfu=mfu, gpu_tflops=gpu_tflops, test_images=test_images, train_images=train_images)
+    click.echo(f"config: {plan['config']}")
+    click.echo(f"models (trained once per category, {len(plan['models'])}):")
+    for m in plan["models"]:
+        betas = "" if m["beta_start"] is None else f" {m['beta_start']:g}->{m['beta_end']:g}"
+        click.echo(f"  {m['name']}: {m['arch']} {m['preset']}, {m['schedule']}{betas} T={m['timesteps']}, "
+                   f"noise {m['noise']}, variance {m['variance']}, {m['train_steps']} steps x {m['batch_size']}, "
+                   f"lr {m['lr']:g}, wd {m['weight_decay']:g}, ema {m['ema_decay']:g}; "
+                   f"{m['forward_gflop']:.3g} GFLOP/forward; used by {', '.join(m['used_by'])}")
+    click.echo(f"variants ({len(plan['variants'])}):")
+    for v in plan["variants"]:
+        shared = "" if v["shares_computation_with"] == v["name"] else f" (shares its pass with {v['shares_computation_with']})"
+        extra = f", backward {v['unet_backwards_per_image']:g}" if v["unet_backwards_per_image"] else ""
+        click.echo(f"  {v['name']}: {v['method']} on {v['model']}; UNet forwards/image {v['unet_forwards_per_image']:g}"
+                   f"{extra}{shared}" + (f"; reproduces {v['reproduces']}" if v["reproduces"] else ""))
+        params = ", ".join(f"{k}={json.dumps(val)}" for k, val in v["params"].items())
+        click.echo(f"      {params}")
+        for cat, changed in v["per_category"].items():
+            if changed:
+                click.echo(f"      {cat}: " + ", ".join(f"{k}={json.dumps(val)}" for k, val in changed.items()))
+    c = plan["cost"]
+    click.echo(f"cost at MFU {c['mfu']:g} of {c['gpu_tflops']:g} TFLOP/s, {len(c['categories'])} categories "
+               f"(image counts: {c['image_counts']}):")
+    click.echo(f"  training {c['training_gpu_hours']:.2f} GPU-h, fitting {c['fit_gpu_hours']:.2f} GPU-h, "
+               f"scoring {c['scoring_gpu_hours']:.2f} GPU-h; total {c['total_gpu_hours']:.2f} GPU-h")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(plan, indent=2) + "\n")
+        click.echo(f"plan: {json_out}")
 
 
 @main.command()

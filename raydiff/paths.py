@@ -1,7 +1,7 @@
 """Where everything lives under the output root.
 
     OUT/
-      models/<model_id>/<dataset>/<category>/<kind>/     checkpoint (diffusers folders + meta.json)
+      models/<model_id>/<dataset>/<category>/<model>/    checkpoint (diffusers folders + meta.json)
       <run_id>/
         config.yaml, versions.json                       what produced the run
         fitted/<dataset>/<category>/                     KNN prior + normalisation statistics
@@ -21,8 +21,9 @@ def output_root(cfg: Config) -> Path:
     return Path(cfg.output.root).expanduser()
 
 
-def model_dir(cfg: Config, category: str, kind: str) -> Path:
-    return output_root(cfg) / "models" / model_id(cfg) / cfg.dataset.dataset_name / category / kind
+def model_dir(cfg: Config, category: str, model: str) -> Path:
+    """The folder of model ``model`` (a name of ``cfg.models``) trained for ``category``."""
+    return output_root(cfg) / "models" / model_id(cfg, model, category) / cfg.dataset.dataset_name / category / model
 
 
 def run_dir(cfg: Config) -> Path:

@@ -43,7 +43,7 @@ from raydiff.report_figures import (
     plot_examples,
     plot_side_by_side,
 )
-from raydiff.report_published import CAVEATS, PUBLISHED, published_dataset
+from raydiff.config.published import CAVEATS, PUBLISHED, published_dataset
 from raydiff.report_tables import (
     COST_COLUMNS,
     category_means,
@@ -230,26 +230,31 @@ def fmt_published(value: float | None) -> str:
 
 PUBLISHED_HEADERS: tuple[str, ...] = (
     "method", "source", "published I-AUROC", "published P-AUROC", "published PRO", "published P-AP",
-    "published s/img", "ours: variant", "ours I-AUROC", "ours P-AUROC", "ours AUPRO@0.3", "ours P-AP", "ours s/img",
+    "published s/img", "read with", "ours: variant reproducing it", "ours I-AUROC", "ours P-AUROC",
+    "ours AUPRO@0.3", "ours P-AP", "ours s/img",
 )
 
 
-def published_html(means: pl.DataFrame, dataset: str) -> str:
-    """Published numbers (METHODS.md) beside this run's means; "" when the dataset does not match."""
+def published_html(means: pl.DataFrame, dataset: str, cfg: Config | None = None) -> str:
+    """Published numbers (METHODS.md) beside this run's means of the variants that reproduce each
+    paper setting (``reproduces:`` in the config); "" when the dataset does not match."""
     key = published_dataset(dataset)
     if key is None:
         return ""
     ours = {r["variant"]: r for r in means.filter(pl.col("group") == "all").iter_rows(named=True)}
+    instances = cfg.variants.instances if cfg is not None else {}
     rows = []
     for p in (p for p in PUBLISHED if p.dataset == key):
         published = [fmt_published(x) for x in (p.i_auroc, p.p_auroc, p.pro, p.p_ap)] + [fmt_number(p.seconds_per_image)]
-        o = ours.get(p.variant or "")
-        if o is None:
-            which, mine = f"{p.variant or '-'} (not in this run)", ["n/a"] * 5
-        else:
-            which = f"{p.variant} (mean over {o['n_categories']} of {o['of_categories']} categories in this run)"
+        matches = [v for v, inst in instances.items() if inst.reproduces == p.key and v in ours]
+        if not matches:
+            rows.append([p.method, p.source, *published, p.caveat,
+                         f"none (no variant of this run has reproduces: {p.key})", *(["–"] * 5)])
+        for v in matches:
+            o = ours[v]
+            which = f"{v} (mean over {o['n_categories']} of {o['of_categories']} categories in this run)"
             mine = [fmt_metric(o[m]) for m in ("i_auroc", "p_auroc", "aupro", "p_ap")] + [fmt_number(o["seconds_per_image"])]
-        rows.append([p.method, p.source, *published, which, *mine])
+            rows.append([p.method, p.source, *published, p.caveat, which, *mine])
     caveats = "".join(f"<li>{_esc(c)}</li>" for c in CAVEATS)
     return (
         f"<h3>Published numbers ({_esc(key)}) beside ours</h3>"
@@ -473,7 +478,7 @@ def report_html(
         )
         parts.append(provenance_html(m))
         parts.append(f"<span id='{anchor}-tables'></span>" + tables_html(m, d, mm))
-        parts.append(published_html(mm, dataset))
+        parts.append(published_html(mm, dataset, cfg))
         name = f"cost-{_safe(dataset)}.png"
         plot_cost(mm.filter(pl.col("group") == "all"), f"{dataset}: mean over categories, per variant", figs / name)
         parts.append(f"<h3 id='{anchor}-cost'>Accuracy vs cost</h3>" + _img(name, "accuracy vs cost"))

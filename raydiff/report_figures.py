@@ -29,14 +29,15 @@ def _fmt_pct(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def variant_color(variant: str) -> str:
-    """The same colour for a variant in every figure: its position in ``VARIANT_TABLE``, on a
-    palette as long as the table (tab10, then tab20, then evenly spaced hues), so no two
-    registered variants share a colour."""
-    from raydiff.config import VARIANT_IDS
+def variant_color(variant: str, variants: Sequence[str] = ()) -> str:
+    """The same colour for a variant in every figure: its position in ``variants`` (the run's
+    variant instances, config order; else the built-in variants), on a palette as long as the
+    list (tab10, then tab20, then evenly spaced hues), so no two of them share a colour."""
+    from raydiff.config import BUILTIN_VARIANTS
 
-    n = len(VARIANT_IDS)
-    index = VARIANT_IDS.index(variant) if variant in VARIANT_IDS else sum(map(ord, variant)) % n
+    names = list(variants) or list(BUILTIN_VARIANTS)
+    n = len(names)
+    index = names.index(variant) if variant in names else sum(map(ord, variant)) % n
     if n <= 20:
         palette = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
         return matplotlib.colors.to_hex(palette[index % len(palette)])

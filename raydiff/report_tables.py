@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics
-from raydiff.report_published import published_dataset
+from raydiff.config.published import published_dataset
 
 #: MVTec AD texture categories; every other MVTec category is an object.
 MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
@@ -96,8 +96,9 @@ def with_border(metrics: pl.DataFrame, pixels: pl.LazyFrame) -> pl.DataFrame:
 PROVENANCE_COLUMNS: tuple[str, ...] = ("feature_weights", "vae")
 
 
-def provenance(cfg: Any, category: str) -> dict[str, str | None]:
-    """{feature_weights, vae} of one category's fitted state and latent model (None when unknown)."""
+def provenance(cfg: Any, category: str, model: str | None = None) -> dict[str, str | None]:
+    """{feature_weights, vae} of one category's fitted state and latent model ``model`` (None when
+    unknown, or with no model)."""
     import json
 
     from raydiff.models.checkpoint import META
@@ -110,8 +111,10 @@ def provenance(cfg: Any, category: str) -> dict[str, str | None]:
         out["feature_weights"] = None if weights is None else ("random" if weights == "none" else "imagenet")
     except (OSError, ValueError):
         pass
+    if model is None:
+        return out
     try:
-        source = json.loads((model_dir(cfg, category, "latent") / META).read_text()).get("vae", {}).get("source")
+        source = json.loads((model_dir(cfg, category, model) / META).read_text()).get("vae", {}).get("source")
         out["vae"] = source if source in ("pretrained", "trained") else None
     except (OSError, ValueError, AttributeError):
         pass
@@ -120,17 +123,22 @@ def provenance(cfg: Any, category: str) -> dict[str, str | None]:
 
 def with_provenance(metrics: pl.DataFrame, cfg: Any) -> pl.DataFrame:
     """A per-variant metrics table with the ``PROVENANCE_COLUMNS`` (unless present)."""
-    from raydiff.config import VARIANT_TABLE
-
     if cfg is None or all(c in metrics.columns for c in PROVENANCE_COLUMNS):
         return metrics
-    per_cat = {c: provenance(cfg, c) for c in metrics["category"].unique().to_list()}
+    seen: dict[tuple[str, str], dict[str, str | None]] = {}
     rows = []
     for cat, variant in metrics.select("category", "variant").iter_rows():
-        spec = VARIANT_TABLE.get(variant)
-        p = per_cat[cat]
-        rows.append({"feature_weights": p["feature_weights"] if spec is not None and spec.uses_features else None,
-                     "vae": p["vae"] if spec is not None and spec.model_kind == "latent" else None})
+        inst = cfg.variants.instances.get(variant)
+        if inst is None:
+            rows.append({"feature_weights": None, "vae": None})
+            continue
+        latent = cfg.model_spec(inst.model).is_latent
+        key = (cat, inst.model if latent else "")
+        if key not in seen:
+            seen[key] = provenance(cfg, cat, inst.model) if latent else provenance(cfg, cat)
+        p = seen[key]
+        rows.append({"feature_weights": p["feature_weights"] if cfg.variants.method(variant).uses_features else None,
+                     "vae": p["vae"] if latent else None})
     extra = pl.DataFrame(rows, schema={"feature_weights": pl.String, "vae": pl.String}, orient="row")
     return pl.concat([metrics.drop(*(c for c in PROVENANCE_COLUMNS if c in metrics.columns)), extra], how="horizontal")
 

@@ -298,7 +298,8 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(existing, dump_config(cfg))
-        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg), "model_id": model_id(cfg)}
+        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg),
+                "model_ids": {m: {c: model_id(cfg, m, c) for c in cfg.dataset.categories} for m in cfg.models_needed()}}
         atomic_write_text(folder / "versions.json", json.dumps(meta, indent=2))
     except OSError as err:
         raise OutputError(folder, f"cannot write the output folder ({err.strerror}).", "check free space and permissions, or pick another --output.") from None

@@ -150,7 +150,7 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
     dev = torch.device(device or worker_device(cfg))
     rows = manifest.filter(pl.col("category") == category)
     channels = dataset_channels(rows, cfg.dataset.channels)
-    models = {k: load_model(model_dir(cfg, category, k), dev) for k in cfg.model_kinds_needed()}
+    models = {k: load_model(model_dir(cfg, category, k), dev) for k in cfg.models_needed()}
     train = rows.filter(pl.col("split") == "train").sort("image_id")
     holdout = rows.filter(pl.col("split") == "holdout").sort("image_id")
     if holdout.height == 0:
@@ -296,7 +296,7 @@ def _models_ready(cfg: Config, category: str) -> bool:
     from raydiff.io import is_complete
     from raydiff.paths import model_dir
 
-    return all(is_complete(model_dir(cfg, category, k)) for k in cfg.model_kinds_needed())
+    return all(is_complete(model_dir(cfg, category, k)) for k in cfg.models_needed())
 
 
 def training_records(cfg: Config, categories: list[str], since: str) -> list[dict[str, Any]]:
@@ -307,7 +307,7 @@ def training_records(cfg: Config, categories: list[str], since: str) -> list[dic
 
     out = []
     for c in categories:
-        for k in cfg.model_kinds_needed():
+        for k in cfg.models_needed():
             try:
                 meta = json.loads((model_dir(cfg, c, k) / META).read_text())
             except (OSError, ValueError):
@@ -337,7 +337,7 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
 
     def train() -> None:
         t0 = time.perf_counter()
-        train_all(cfg, categories, list(cfg.model_kinds_needed()), manifest)
+        train_all(cfg, categories, list(cfg.models_needed()), manifest)
         progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
     def score(category: str) -> dict[str, Any]:
@@ -349,7 +349,7 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
             progress(f"[score] {category}: all {len(s['skipped'])} variants already complete, skipped")
         return s
 
-    kinds = cfg.model_kinds_needed()
+    kinds = cfg.models_needed()
     progress(f"[train] {len(categories)} categories x {len(kinds)} model kinds ({', '.join(kinds)}); "
              "each category is fitted and scored as soon as its models exist")
     stages = ChainStages(

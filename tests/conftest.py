@@ -8,7 +8,6 @@ so every scoring test file shares one training of each kind. Marked work: caller
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,7 @@ class TextureModels:
         if kind not in self._paths:
             from raydiff.train.loop import train_one
 
-            models = dataclasses.replace(self.cfg.models, train_steps=TEXTURE_TRAIN_STEPS[kind],
-                                         checkpoint_every=TEXTURE_TRAIN_STEPS[kind])
-            cfg = dataclasses.replace(self.cfg, models=models)
+            cfg = self.cfg.with_models(train_steps=TEXTURE_TRAIN_STEPS[kind], checkpoint_every=TEXTURE_TRAIN_STEPS[kind])
             self._paths[kind] = train_one(cfg, self.category, kind, self.manifest, out_dir=self.out / kind,
                                           device="cpu", resume=False)
         return self._paths[kind]

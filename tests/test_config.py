@@ -31,7 +31,7 @@ def write(tmp_path: Path, data: object) -> Path:
 def test_defaults_are_valid() -> None:
     cfg = load_config(None)
     assert isinstance(cfg, Config)
-    assert cfg.models.kinds == ("pixel", "pixel-simplex", "pixel-gmm", "latent")
+    assert cfg.models.names == ("pixel", "pixel-simplex", "pixel-gmm", "latent")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -118,7 +118,7 @@ def test_env_var_root_and_relative_root(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_overrides_use_dotted_keys(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, {}), {"models.train_steps": 7, "variants.kl.top_k": 3})
-    assert cfg.models.train_steps == 7 and cfg.variants.kl.top_k == 3
+    assert cfg.model_spec("pixel").train_steps == 7 and cfg.variants.params("kl").top_k == 3
 
 
 def test_round_trip_and_frozen() -> None:
@@ -127,8 +127,8 @@ def test_round_trip_and_frozen() -> None:
     assert again == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
-    assert cfg.models.augment_for("transistor").hflip is False
-    assert cfg.models.augment_for("bottle").hflip is True
+    assert cfg.model_spec("pixel").augment_for("transistor").hflip is False
+    assert cfg.model_spec("pixel").augment_for("bottle").hflip is True
 
 
 def test_ids_are_stable_and_sensitive_to_what_matters() -> None:
@@ -144,19 +144,34 @@ def test_ids_are_stable_and_sensitive_to_what_matters() -> None:
             "variants": {"enabled": ["kl"]},
         }
     )
-    assert run_id(same) == run_id(base) and model_id(same) == model_id(base)
+    def mid(cfg: object, name: str = "pixel", category: str = "a") -> str:
+        return model_id(cfg, name, category)  # type: ignore[arg-type]
+
+    assert run_id(same) == run_id(base) and mid(same) == mid(base)
     # A variant parameter changes the run but not the trained models.
     changed = config_from_dict({"variants": {"kl": {"top_k": 3}}})
-    assert run_id(changed) != run_id(base) and model_id(changed) == model_id(base)
+    assert run_id(changed) != run_id(base) and mid(changed) == mid(base)
     # A training parameter changes both.
     retrain = config_from_dict({"models": {"lr": 3e-4}})
-    assert model_id(retrain) != model_id(base) and run_id(retrain) != run_id(base)
-    assert model_id(config_from_dict({"seed": 1})) != model_id(base)
+    assert mid(retrain) != mid(base) and run_id(retrain) != run_id(base)
+    assert mid(config_from_dict({"seed": 1})) != mid(base)
+    # Each model has its own id: a setting of one model leaves the others' alone.
+    one = config_from_dict({"models": {"kinds": ["pixel", "pixel-gmm"], "pixel-gmm": {"lr": 3e-4}},
+                            "variants": {"enabled": ["kl", "static-gmm"]}})
+    assert mid(one, "pixel") == mid(base, "pixel") and mid(one, "pixel-gmm") != mid(base, "pixel-gmm")
+    # Sampling-only settings do not retrain: fixed-small vs fixed-large, the checkpoint cadence,
+    # another category's augmentation.
+    large = config_from_dict({"models": {"kinds": ["pixel-gmm"], "pixel-gmm": {"variance": "fixed-large"}},
+                              "variants": {"enabled": ["static-gmm"]}})
+    assert mid(large, "pixel-gmm") == mid(base, "pixel-gmm") and run_id(large) != run_id(base)
+    assert mid(config_from_dict({"models": {"checkpoint_every": 7}})) == mid(base)
+    aug = config_from_dict({"models": {"augment_per_category": {"b": {"hflip": False}}}})
+    assert mid(aug, "pixel", "a") == mid(base, "pixel", "a") and mid(aug, "pixel", "b") != mid(base, "pixel", "b")
 
 
-def test_model_kinds_needed() -> None:
+def test_models_needed() -> None:
     cfg = config_from_dict({"variants": {"enabled": ["kl", "static-gmm"]}})
-    assert cfg.model_kinds_needed() == ("pixel", "pixel-gmm")
+    assert cfg.models_needed() == ("pixel", "pixel-gmm")
 
 
 def test_renamed_dataset_keys_name_their_new_names_and_ids_stay() -> None:
@@ -170,10 +185,16 @@ def test_renamed_dataset_keys_name_their_new_names_and_ids_stay() -> None:
             config_from_dict({"dataset": {old: "mvtec" if old == "kind" else "resize"}})
     stored = config_from_dict({"dataset": {"kind": "visa", "fit": "center-crop"}}, upgrade=True)
     assert (stored.dataset.layout, stored.dataset.resize) == ("visa", "center-crop")
-    # The ids hash the renamed keys under their old names: the demo's models and run folder
-    # written before the rename (model 43072554c9cf, run ca68d8e7b363) are found again.
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "textures.yaml", {"dataset.root": "/x"})
-    assert (model_id(cfg), run_id(cfg)) == ("43072554c9cf", "ca68d8e7b363")
+    # The ids hash the renamed keys under their old names.
+    from raydiff.config.loader import _dataset_identity
+
+    assert {"kind", "fit"} <= set(_dataset_identity(stored)) and not {"layout", "resize"} & set(_dataset_identity(stored))
+    # The demo's ids since models are named (textures.yaml in the named form, and the same
+    # config in the earlier models.kinds form: tests/data/textures-kinds-form.yaml).
+    here = Path(__file__).resolve().parent
+    for path in (here.parent / "configs" / "textures.yaml", here / "data" / "textures-kinds-form.yaml"):
+        cfg = load_config(path, {"dataset.root": "/x"})
+        assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == ("9b8993cf4165", "624384ea9cb8"), path
 
 
 def test_every_dataset_layout_has_a_scanner() -> None:

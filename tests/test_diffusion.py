@@ -9,14 +9,14 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from raydiff import diffusion as D
-from raydiff.config import ModelsConfig
+from raydiff.config import ModelSpec
 
 KINDS = ["linear", "cosine", "dynad"]
 
 
 
-def _cfg(kind: str, T: int = 1000) -> ModelsConfig:
-    return ModelsConfig(schedule=kind, timesteps=T)  # type: ignore[arg-type]
+def _cfg(kind: str, T: int = 1000) -> ModelSpec:
+    return ModelSpec(schedule=kind, timesteps=T)  # type: ignore[arg-type]
 
 
 def _ref(s: D.Schedule, **kw: object) -> DDPMScheduler:

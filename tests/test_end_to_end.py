@@ -96,12 +96,12 @@ def test_metrics_and_report_written(run: SimpleNamespace) -> None:
     assert metrics["i_auroc"].is_between(0, 1).all()
     # Provenance: no RESNET34_WEIGHTS and no vae_path, so φ is random and the VAE trained here;
     # each column is set only for the variants it applies to.
-    from raydiff.config import VARIANT_TABLE
-
+    cfg = run.cfg
     for row in metrics.iter_rows(named=True):
-        spec = VARIANT_TABLE[row["variant"]]
-        assert row["feature_weights"] == ("random" if spec.uses_features else None), row["variant"]
-        assert row["vae"] == ("trained" if spec.model_kind == "latent" else None), row["variant"]
+        uses_features = cfg.variants.method(row["variant"]).uses_features
+        latent = cfg.model_spec(cfg.variants.model(row["variant"])).is_latent
+        assert row["feature_weights"] == ("random" if uses_features else None), row["variant"]
+        assert row["vae"] == ("trained" if latent else None), row["variant"]
     assert 0 <= metrics["argmax_on_border"].min() and metrics["argmax_on_border"].max() <= 1
     assert "Provenance: feature extractor" in Path(run.result["report"]).read_text()
     assert Path(run.result["report"]).is_file()

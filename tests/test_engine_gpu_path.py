@@ -129,7 +129,7 @@ def test_full_length_200_step_chain_bf16_matches_fp32() -> None:
 def test_noise_is_per_image_and_deterministic_with_many_threads(kind: str) -> None:
     """With 2 threads (torch may split a batched reduction differently for different numbers of
     maps), an image's noise is still bit for bit the same in any batch."""
-    cfg = tiny_cfg().models
+    cfg = tiny_cfg().model_spec("pixel")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -156,7 +156,7 @@ def test_gaussian_noise_comes_from_a_generator_on_the_device(monkeypatch: pytest
         return real(seed, device)
 
     monkeypatch.setattr(N, "generator", spy)
-    out = N.sample_noise("gaussian", (2, 1, 8, 8), [1, 2], tiny_cfg().models, device=torch.device("cpu"))
+    out = N.sample_noise("gaussian", (2, 1, 8, 8), [1, 2], tiny_cfg().model_spec("pixel"), device=torch.device("cpu"))
     assert devices == ["cpu", "cpu"]
     assert torch.equal(out[1, 0], torch.randn((1, 8, 8), generator=generator(2))[0])
 
@@ -172,7 +172,7 @@ def test_batched_standardise_and_gmm_field_are_per_map() -> None:
     torch.testing.assert_close(flat.var(1, unbiased=False), torch.ones(21, dtype=torch.float64), atol=1e-5, rtol=0)
     x = torch.rand(4, 1000, generator=g, dtype=torch.float64)
     torch.testing.assert_close(pairwise_sum(x), x.sum(-1), rtol=1e-12, atol=0)
-    cfg = tiny_cfg().models.gmm
+    cfg = tiny_cfg().model_spec("pixel-gmm").gmm
     parts = [draw_gmm_maps(generator(s), 3, 20, 24, cfg) for s in (1, 2, 3)]
     both = gmm_field(GMMMaps.cat(parts), 20, 24)
     assert torch.equal(both[3:6], gmm_field(parts[1], 20, 24))
@@ -312,7 +312,7 @@ def test_foreach_ema_and_fused_adamw_fallback() -> None:
     ema_update(b, online, 0.9, foreach=False)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    mc = tiny_cfg().models
+    mc = tiny_cfg().model_spec("pixel")
     opt = make_optimizer(online.parameters(), mc, fused=True, device=torch.device("cpu"))
     assert not opt.defaults.get("fused")  # CUDA only: the CPU keeps torch's default kernels
 

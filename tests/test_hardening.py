@@ -181,8 +181,9 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("models:\n  lr: 1e-3\n  weight_decay: 5E-2\n")
     cfg = load_config(path, parse_overrides(["models.ema_decay=9.99e-1", "features.domain_adaptation_lr=3e-4"]))
-    assert cfg.models.lr == 1e-3 and cfg.models.weight_decay == 0.05
-    assert cfg.models.ema_decay == 0.999 and cfg.features.domain_adaptation_lr == 3e-4
+    spec = cfg.model_spec("pixel")
+    assert spec.lr == 1e-3 and spec.weight_decay == 0.05
+    assert spec.ema_decay == 0.999 and cfg.features.domain_adaptation_lr == 3e-4
     assert parse_overrides(["a=1", "b=x1e3", "c=1e3"]) == {"a": 1, "b": "x1e3", "c": 1000.0}
 
 
@@ -190,7 +191,7 @@ def test_the_cli_docstring_example_works(tmp_path: Path) -> None:
     root = make_mvtec(tmp_path / "data", n_train=6)
     code, out = cli("config", "--config", str(small_config(tmp_path, root)), "--set", "models.lr=3e-4")
     assert code == 0, out
-    assert any(ln.split()[:2] == ["models.lr", "0.0003"] and "--set models.lr" in ln for ln in out.splitlines())
+    assert any(ln.split()[:2] == ["models.pixel.lr", "0.0003"] and "--set models.lr" in ln for ln in out.splitlines())
 
 
 def test_duplicate_yaml_keys_name_the_key_and_both_lines(tmp_path: Path) -> None:
@@ -364,12 +365,13 @@ def test_config_command_says_where_each_value_came_from(tmp_path: Path) -> None:
                     env={"RAYDIFF_TEST_ROOT": str(root)})
     assert code == 0, out
     rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
-    assert f"file {cfg}" in rows["models.train_steps"]
-    assert "--seed" in rows["seed"] and "--set models.lr" in rows["models.lr"]
+    # Shared model settings are shown per model, with the shared key's origin.
+    assert f"file {cfg}" in rows["models.pixel.train_steps"] and f"file {cfg}" in rows["models.latent.train_steps"]
+    assert "--seed" in rows["seed"] and "--set models.lr" in rows["models.pixel-gmm.lr"]
     assert "environment variable RAYDIFF_TEST_ROOT" in rows["dataset.root"]
-    assert rows["models.batch_size"].rstrip().endswith("default")
+    assert rows["models.pixel.batch_size"].rstrip().endswith("default")
     code, out = cli("config", "--config", str(cfg), "--format", "yaml", env={"RAYDIFF_TEST_ROOT": str(root)})
-    assert yaml.safe_load(out)["models"]["train_steps"] == 7
+    assert yaml.safe_load(out)["models"]["pixel"]["train_steps"] == 7
 
 
 def test_default_config_data_follows_the_output_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from opensimplex.internals import _init as opensimplex_init
 
-from raydiff.config import GMMConfig, ModelsConfig
+from raydiff.config import GMMConfig, ModelSpec
 from raydiff.errors import ConfigError
 from raydiff.noise import describe_noise, gaussian_noise, gmm_noise, sample_noise, simplex_noise
 from raydiff.noise.gmm import draw_gmm_maps, gmm_field
@@ -20,7 +20,7 @@ from raydiff.noise.opensimplex3 import noise3, permutation_tables
 from raydiff.noise.simplex import draw_simplex_maps, fractal_simplex, octave_frequencies
 from raydiff.seeding import generator
 
-CFG = ModelsConfig()
+CFG = ModelSpec()
 KINDS = ("gaussian", "simplex", "gmm")
 SEEDS = [0, 3, 12345, -987654321, 2**62 + 5, 2**64 + 7, -(2**70)]
 

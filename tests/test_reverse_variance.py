@@ -23,7 +23,7 @@ def _cache() -> BatchCache:
             p.add_(0.05 * torch.randn(p.shape))
     cfg = config_from_dict({"variants": {"enabled": ["static-gaussian"]}})
     model = DiffusionModel(unet=unet.eval().requires_grad_(False), kind="pixel", channels=1, learned_variance=True,
-                           noise_kind="gaussian", schedule=D.Schedule.from_config(cfg.models))
+                           noise_kind="gaussian", schedule=D.Schedule.from_config(cfg.model_spec("pixel")))
     ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": model}, features=None)
     x0 = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     return BatchCache(ctx, x0, ["a", "b"])

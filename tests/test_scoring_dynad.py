@@ -230,7 +230,7 @@ def test_components_shapes_levels_and_forward_counts(small: SimpleNamespace) -> 
             assert m.shape == (4, SIZE, SIZE) and m.dtype == torch.float32 and torch.isfinite(m).all()
             assert (m >= 0).all()
         assert cache.forwards[fam] == DYN["ddim_steps"]  # UNet passes per image
-    levels = dynad.noise_levels(cache, small.cfg.variants.dynamic).tolist()
+    levels = dynad.noise_levels(cache, small.cfg.variants.params("dynamic")).tolist()
     assert all(t % 10 == 0 and 20 <= t <= 80 for t in levels)
     assert levels[3] > min(levels[:3]), levels  # the white-noise image sits in a higher bin
     res = score_batch(small.ctx, small.test, ids, ["dynamic", "dynamic-pixel"])
@@ -298,7 +298,7 @@ def test_l_map_is_zero_when_the_model_reconstructs_perfectly(small: SimpleNamesp
     from raydiff.scoring import raw_components
     from raydiff.scoring.context import CategoryContext
 
-    sched = D.Schedule.from_config(small.cfg.models)
+    sched = D.Schedule.from_config(small.cfg.model_spec("pixel"))
     clean = small.test[:1]
     patched = clean.clone()
     patched[:, :, 8:16, 8:16] = torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1)  # a foreign square
@@ -411,9 +411,8 @@ def test_pasted_foreign_patch_scores_higher_inside(texture_models, tmp_path: Pat
     cfg = dataclasses.replace(
         tm.cfg,
         variants=dataclasses.replace(
-            tm.cfg.variants, enabled=("dynamic", "dynamic-pixel"),
-            dynamic=dataclasses.replace(tm.cfg.variants.dynamic, **dyn),
-            dynamic_pixel=dataclasses.replace(tm.cfg.variants.dynamic_pixel, **dyn),
+            tm.cfg.variants.with_params("dynamic", **dyn).with_params("dynamic-pixel", **dyn),
+            enabled=("dynamic", "dynamic-pixel"),
         ),
         output=dataclasses.replace(tm.cfg.output, root=str(tmp_path / "out")),
     )

@@ -121,6 +121,9 @@ class _FakeCache:
     def seeds(self, *purpose: object) -> list[int]:
         return [0]
 
+    def reverse_variance(self, kind: str, requested: str) -> str:
+        return requested
+
 
 @pytest.mark.parametrize("learned", [False, True])
 @pytest.mark.parametrize("t0,steps", [(12, 12), (30, 4), (9, 1)])
@@ -132,7 +135,7 @@ def test_respaced_ddpm_matches_diffusers_custom_timesteps(
     x_start = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3)) * 2 - 1
     gen_ours = torch.Generator().manual_seed(4)
     monkeypatch.setattr(
-        sampling, "step_noise", lambda cache, kind, shape, seeds: torch.randn(shape, generator=gen_ours)
+        sampling, "step_noise", lambda cache, model, kind, shape, seeds: torch.randn(shape, generator=gen_ours)
     )
     cache = _FakeCache(model)
     ours = sampling.reverse_to_clean(cache, "pixel", x_start, t0, steps, "ddpm", purpose=("test",))
@@ -280,15 +283,16 @@ def test_pasted_foreign_patch_scores_higher_inside(scoring: Scoring, patched_res
 
 def _expected_forwards(cfg) -> dict[str, int]:  # noqa: ANN001
     """Closed-form UNet forward passes per image of each variant scored alone (module docstrings)."""
-    v = cfg.variants
+    p = cfg.variants.params
+    trend = p("trend")
     return {
-        "static-gaussian": v.static_gaussian.steps,
-        "static-simplex": v.static_simplex.steps,
-        "static-gmm": v.static_gmm.steps,
-        "no-diffusion": v.no_diffusion.steps,
-        "kl": len(v.kl.timesteps),
-        "trend": len(v.trend.levels) if v.trend.reconstruction == "one-step"
-        else sum(min(v.trend.ddim_steps, t) for t in v.trend.levels),
+        "static-gaussian": p("static-gaussian").steps,
+        "static-simplex": p("static-simplex").steps,
+        "static-gmm": p("static-gmm").steps,
+        "no-diffusion": p("no-diffusion").steps,
+        "kl": len(p("kl").timesteps),
+        "trend": len(trend.levels) if trend.reconstruction == "one-step"
+        else sum(min(trend.ddim_steps, t) for t in trend.levels),
     }
 
 
@@ -365,10 +369,10 @@ def test_kl_components_vanish_for_a_model_equal_to_the_posterior() -> None:
 
     cfg = config_from_dict({"dataset": {"image_size": 32}, "variants": {"kl": {"timesteps": [1, 20, 200, 400]}}})
     x0 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
-    sched = D.Schedule.from_config(cfg.models)
+    sched = D.Schedule.from_config(cfg.model_spec("pixel"))
     phi, _ = build_features(cfg.features)
     ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": _OracleModel(sched, x0)}, features=phi)
-    comps = ran_kl.components(BatchCache(ctx, x0, ["a", "b"]), "kl", cfg.variants.kl)
+    comps = ran_kl.components(BatchCache(ctx, x0, ["a", "b"]), "kl", cfg.variants.params("kl"))
     assert set(comps) == {"kl_t1", "kl_t20", "kl_t200", "kl_t400", "feature"}
     for name, m in comps.items():
         assert m.shape == (2, 32, 32)
@@ -383,7 +387,7 @@ def test_kl_components_vanish_for_a_model_equal_to_the_posterior() -> None:
             return eps + delta, v
 
     ctx.models["pixel"] = _Off(sched, x0)
-    off = ran_kl.components(BatchCache(ctx, x0, ["a", "b"]), "kl", cfg.variants.kl)
+    off = ran_kl.components(BatchCache(ctx, x0, ["a", "b"]), "kl", cfg.variants.params("kl"))
     betas = sched.betas.double()
     ac = torch.cumprod(1 - betas, 0)
     for t in (1, 20, 200, 400):

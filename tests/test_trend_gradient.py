@@ -28,7 +28,7 @@ def tiny_model(seed: int = 0) -> DiffusionModel:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     cfg = config_from_dict({})
     return DiffusionModel(unet=unet.eval().requires_grad_(False), kind="pixel", channels=3, learned_variance=False,
-                          noise_kind="gaussian", schedule=D.Schedule.from_config(cfg.models))
+                          noise_kind="gaussian", schedule=D.Schedule.from_config(cfg.model_spec("pixel")))
 
 
 @pytest.mark.parametrize("t", [25, 200, 400])

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydiff.config import MODEL_KIND_TABLE, VARIANT_MODEL_KIND, Config, load_config
+from raydiff.config import Config, load_config
 from raydiff.config.schema import ScoringConfig
 
 #: Overrides that let a config be read without its dataset (the bench never opens it) and with
@@ -42,10 +42,18 @@ NO_DATASET: dict[str, Any] = {"dataset.root": "bench-never-reads-the-dataset", "
 
 
 def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
-    """A config for benchmarking: ``path`` with ``overrides``, never needing its dataset folder."""
-    from raydiff.config import DEFAULT_CONFIG
+    """A config for benchmarking: ``path`` with ``overrides``, never needing its dataset folder.
+    An override of a model setting (``models.preset``) applies to every model of the config, also
+    to named models that set it themselves."""
+    import dataclasses
 
-    return load_config(path or DEFAULT_CONFIG, {**NO_DATASET, **(overrides or {})})
+    from raydiff.config import DEFAULT_CONFIG, ModelSpec
+
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    every = {k: v for k, v in (overrides or {}).items() if k.startswith("models.") and k[7:] in fields}
+    rest = {k: v for k, v in (overrides or {}).items() if k not in every}
+    cfg = load_config(path or DEFAULT_CONFIG, {**NO_DATASET, **rest})
+    return cfg.with_models(**{k[7:]: v for k, v in every.items()}) if every else cfg
 
 
 def random_models(cfg: Config, channels: int, device: torch.device, kinds: Sequence[str]) -> dict[str, Any]:
@@ -55,15 +63,15 @@ def random_models(cfg: Config, channels: int, device: torch.device, kinds: Seque
     from raydiff.models.latent import build_vae
     from raydiff.models.presets import build_unet
 
-    mc, size = cfg.models, cfg.dataset.image_size
-    schedule = D.Schedule.from_config(mc).to(device)
+    size = cfg.dataset.image_size
     out: dict[str, Any] = {}
     for i, kind in enumerate(kinds):
         torch.manual_seed(cfg.seed + i)
         vae, scale, sample_channels, sample_size = None, None, channels, size
-        spec = MODEL_KIND_TABLE[kind]
-        if spec.latent:
-            lat = mc.latent
+        mc = spec = cfg.model_spec(kind)
+        schedule = D.Schedule.from_config(mc).to(device)
+        if spec.is_latent:
+            lat = mc.vae
             vae = build_vae(mc.preset, channels, size, lat.latent_channels, lat.vae_downsample).to(device).eval()
             scale, sample_channels, sample_size = 1.0, lat.latent_channels, size >> lat.vae_downsample
         learned = spec.learned_variance
@@ -108,9 +116,9 @@ class ExactL1Prior:
 def fit_random_prior(cfg: Config, features: Any, variants: Sequence[str], channels: int, g: torch.Generator) -> Any:
     """The KNN prior on random training images (faiss when installed, else :class:`ExactL1Prior`)."""
     from raydiff.features import knn_features
-    from raydiff.scoring.fit import DYNAMIC_VARIANTS, dynamic_params
+    from raydiff.scoring.fit import dynamic_params, dynamic_variants
 
-    if not any(v in DYNAMIC_VARIANTS for v in variants):
+    if not dynamic_variants(cfg, variants):
         return None
     params = dynamic_params(cfg, variants)
     size = cfg.dataset.image_size
@@ -133,7 +141,7 @@ def bench_context(
     from raydiff.scoring.context import engine_context
     from raydiff.scoring.fit import FittedState
 
-    kinds = sorted({VARIANT_MODEL_KIND[v] for v in variants})
+    kinds = sorted({cfg.variants.model(v) for v in variants})
     models = random_models(cfg, channels, device, kinds)
     features, _ = build_features(cfg.features, seed=cfg.seed, device=device)
     knn = fit_random_prior(cfg, features, variants, channels, torch.Generator().manual_seed(cfg.seed + 1))
@@ -162,14 +170,16 @@ def noise_seconds(ctx: Any, draws: dict[tuple[str, tuple[int, ...]], int], repea
     from raydiff.noise import sample_noise
 
     total = 0.0
+    spec_of = {ctx.cfg.model_spec(m).noise: ctx.cfg.model_spec(m) for m in ctx.models}
     for (kind, shape), count in draws.items():
         seeds = list(range(shape[0]))
-        sample_noise(kind, shape, seeds, ctx.cfg.models, device=ctx.device)  # type: ignore[arg-type]
+        spec = spec_of[kind]
+        sample_noise(kind, shape, seeds, spec, device=ctx.device)  # type: ignore[arg-type]
         best = float("inf")
         for _ in range(repeats):
             _sync(ctx.device)
             start = time.perf_counter()
-            sample_noise(kind, shape, seeds, ctx.cfg.models, device=ctx.device)  # type: ignore[arg-type]
+            sample_noise(kind, shape, seeds, spec, device=ctx.device)  # type: ignore[arg-type]
             _sync(ctx.device)
             best = min(best, time.perf_counter() - start)
         total += best * count
@@ -181,11 +191,11 @@ def measure(
     gflops: dict[str, float], peak_tflops: float | None, repeats: int = 1,
 ) -> dict[str, Any]:
     """One row: ``variants`` in one shared pass over ``images`` in batches of ``batch``."""
-    from raydiff.scoring import VARIANTS, raw_components, score_batch
+    from raydiff.scoring import raw_components, score_batch
 
     # Untimed pass: warm-up (allocator, cuDNN autotuning, compilation) and the counts.
     _, cache, _ = raw_components(ctx, images[:batch], ids[:batch], variants)
-    family_kind = {VARIANTS[v].family: VARIANT_MODEL_KIND[v] for v in variants}
+    family_kind = {ctx.cfg.variants.family(v): ctx.cfg.variants.model(v) for v in variants}
     fwd = dict(cache.forwards)
     bwd = dict(cache.backwards)
     flops_per_image = sum(n * gflops[family_kind[f]] for f, n in fwd.items())
@@ -202,7 +212,8 @@ def measure(
         for i in range(0, n_images, batch):
             res = score_batch(ctx, images[i : i + batch], ids[i : i + batch], variants)
             for v, r in res.items():
-                family_s[VARIANTS[v].family] = family_s.get(VARIANTS[v].family, 0.0) + r.seconds_per_image * len(r.scores)
+                fam = ctx.cfg.variants.family(v)
+                family_s[fam] = family_s.get(fam, 0.0) + r.seconds_per_image * len(r.scores)
         _sync(ctx.device)
         times.append((time.perf_counter() - start) / n_images)
     seconds = min(times)
@@ -246,8 +257,6 @@ def bench_scoring(
     ``batch`` is honoured: ``n_images`` is raised to a multiple of it (printed) when smaller.
     ``repeats``: time each pass that many times and keep the fastest (shared machines).
     """
-    from raydiff.scoring import VARIANTS
-
     device = torch.device(device)
     variants = list(variants or cfg.variants.enabled)
     sc = scoring or cfg.scoring
@@ -265,15 +274,16 @@ def bench_scoring(
     ids = [f"bench/{i:04d}.png" for i in range(n_images)]
     rows = []
     for v in variants:
-        if VARIANTS[v].family != v and any(VARIANTS[u].family == VARIANTS[v].family for u in variants[: variants.index(v)]):
-            continue  # the trend ablations share one pass with "trend"
+        fam = cfg.variants.family(v)
+        if any(cfg.variants.family(u) == fam for u in variants[: variants.index(v)]):
+            continue  # shares its pass with an earlier variant (e.g. the trend ablations with trend)
         rows.append({"variant": v, **measure(ctx, images, ids, [v], batch, gflops, peak_tflops, repeats)})
     rows.append({"variant": "all", **measure(ctx, images, ids, variants, batch, gflops, peak_tflops, repeats)})
     result = {
         "device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "threads": torch.get_num_threads(),
         "image_size": size,
-        "preset": cfg.models.preset,
+        "preset": ",".join(sorted({cfg.model_spec(k).preset for k in ctx.models})),
         "batch": batch,
         "n_images": n_images,
         "precision": "bf16" if ctx.autocast_dtype is torch.bfloat16 else "fp32",

@@ -50,7 +50,7 @@ import torch
 
 from raydiff.bench.engine import bench_config, bench_context, measure, unet_gflops
 from raydiff.bench.peak import matmul_peak
-from raydiff.config import VARIANT_MODEL_KIND, Config
+from raydiff.config import Config, ModelsConfig
 from raydiff.config.schema import ScoringConfig
 
 MODES: dict[str, dict[str, bool]] = {
@@ -59,11 +59,23 @@ MODES: dict[str, dict[str, bool]] = {
     "compiled": {"channels_last": False, "compile": True},
 }
 #: Overrides of ``--quick``: short chains, for a smoke run only.
-QUICK: dict[str, Any] = {
-    "variants.static-gaussian.steps": 3, "variants.static-simplex.steps": 3, "variants.static-gmm.steps": 3,
-    "variants.trend.levels": [25, 100, 200], "variants.no-diffusion.steps": 2, "variants.dynamic.ddim_steps": 2,
-    "variants.dynamic-pixel.ddim_steps": 2,
+#: ``--quick``: short chains, per method (applied to every variant of that method).
+QUICK: dict[str, dict[str, Any]] = {
+    "static": {"steps": 3}, "no-diffusion": {"steps": 2}, "trend": {"levels": (25, 100, 200)},
+    "dynamic": {"ddim_steps": 2},
 }
+
+
+def quick(cfg: Config) -> Config:
+    """``cfg`` with the ``QUICK`` settings for every variant of each method."""
+    variants = cfg.variants
+    for name, inst in cfg.variants.instances.items():
+        changes = dict(QUICK.get(inst.method, {}))
+        if "steps" in changes:
+            changes["steps"] = min(changes["steps"], inst.params.t0)
+        if changes:
+            variants = variants.with_params(name, **changes)
+    return dataclasses.replace(cfg, variants=variants)
 
 
 def _images(cfg: Config, n: int, channels: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -94,13 +106,18 @@ def check_noise(cfg: Config, device: torch.device, shape: tuple[int, int, int, i
 
     out: dict[str, Any] = {"shape": list(shape)}
     seeds = list(range(shape[0]))
+    from raydiff.config import ModelSpec
+
+    # The noise settings of the config's model with that noise (the defaults when it has none).
+    spec_of = {s.noise: s for s in reversed(list(cfg.models.specs.values()))}
     for kind in ("gaussian", "simplex", "gmm"):
-        sample_noise(kind, shape, seeds, cfg.models, device=device)  # type: ignore[arg-type]
+        spec = spec_of.get(kind, ModelSpec(noise=kind))  # type: ignore[arg-type]
+        sample_noise(kind, shape, seeds, spec, device=device)  # type: ignore[arg-type]
         best = math.inf
         for _ in range(repeats):
             sync()
             start = time.perf_counter()
-            sample_noise(kind, shape, seeds, cfg.models, device=device)  # type: ignore[arg-type]
+            sample_noise(kind, shape, seeds, spec, device=device)  # type: ignore[arg-type]
             sync()
             best = min(best, time.perf_counter() - start)
         out[f"{kind}_ms_per_draw"] = best * 1e3
@@ -111,9 +128,10 @@ def check_noise(cfg: Config, device: torch.device, shape: tuple[int, int, int, i
         return out
     maps = 2
     small = (maps, 1, shape[2], shape[3])
-    sample_noise("simplex", small, [0, 1], cfg.models, backend="opensimplex")  # numba compiles on first use
+    simplex = spec_of.get("simplex", ModelSpec(noise="simplex"))
+    sample_noise("simplex", small, [0, 1], simplex, backend="opensimplex")  # numba compiles on first use
     start = time.perf_counter()
-    sample_noise("simplex", small, [0, 1], cfg.models, backend="opensimplex")
+    sample_noise("simplex", small, [0, 1], simplex, backend="opensimplex")
     per_map = (time.perf_counter() - start) / maps
     n_maps = shape[0] * shape[1]
     out["opensimplex_ms_per_draw"] = per_map * n_maps * 1e3
@@ -171,16 +189,19 @@ def check_syncs(cfg: Config, device: torch.device, channels: int) -> dict[str, A
     out: dict[str, Any] = {"variants": variants}
     for steps in (4, 8):
         over = {f"variants.{v}.steps": steps for v in variants if v.startswith("static")}
-        c = bench_config(cfg.source, {**{"dataset.image_size": cfg.dataset.image_size, "models.preset": cfg.models.preset},
+        c = bench_config(cfg.source, {**{"dataset.image_size": cfg.dataset.image_size,
+                                         "models.preset": cfg.model_spec(cfg.models_needed()[0]).preset},
                                       **over, **{f"variants.{v}.t0": 20 for v in variants if v.startswith("static")}})
+        c = dataclasses.replace(c, variants=dataclasses.replace(c.variants, enabled=tuple(variants)))
         ctx = bench_context(c, device, channels, variants, ScoringConfig())
         x = _images(c, 2, channels, device)
         raw_components(ctx, x, ["s/0", "s/1"], variants)  # warm-up
         out[f"scoring_syncs_{steps}_steps"] = count(lambda ctx=ctx, x=x: raw_components(ctx, x, ["s/0", "s/1"], variants))
     for steps in (2, 4):
-        out[f"train_syncs_{steps}_steps"] = count(lambda n=steps: bench_train(
-            cfg.models.preset, cfg.dataset.image_size, 2, n, device, channels, warmup=1, kind="pixel-simplex",
-            models_cfg=cfg.models))
+        spec = cfg.models.specs.get("pixel-simplex")
+        out[f"train_syncs_{steps}_steps"] = count(lambda n=steps, spec=spec: bench_train(
+            cfg.model_spec(cfg.models_needed()[0]).preset, cfg.dataset.image_size, 2, n, device, channels, warmup=1,
+            kind="pixel-simplex", models_cfg=spec))
     out["scoring_syncs_per_step"] = (out["scoring_syncs_8_steps"] - out["scoring_syncs_4_steps"]) / 4
     out["train_syncs_per_step"] = (out["train_syncs_4_steps"] - out["train_syncs_2_steps"]) / 2
     return out
@@ -188,17 +209,15 @@ def check_syncs(cfg: Config, device: torch.device, channels: int) -> dict[str, A
 
 def check_naive(cfg: Config, device: torch.device, channels: int, peak: float | None) -> dict[str, Any]:
     """Every variant family alone, fp32, batch 1, one image."""
-    from raydiff.scoring import VARIANTS
-
     variants = list(cfg.variants.enabled)
     ctx = bench_context(cfg, device, channels, variants, ScoringConfig(precision="fp32"))
     gflops = {k: unet_gflops(m, device) for k, m in ctx.models.items()}
     images, ids = _images(cfg, 1, channels, device), ["naive/0"]
     rows, seen = {}, set()
     for v in variants:
-        if VARIANTS[v].family in seen:
+        if cfg.variants.family(v) in seen:
             continue
-        seen.add(VARIANTS[v].family)
+        seen.add(cfg.variants.family(v))
         rows[v] = measure(ctx, images, ids, [v], 1, gflops, peak)
     total = sum(r["seconds_per_image"] for r in rows.values())
     return {"rows": rows, "seconds_per_image_all_variants": total}
@@ -222,9 +241,9 @@ def check_train(cfg: Config, device: torch.device, channels: int, batch: int, st
                 warmup: int) -> dict[str, Any]:
     from raydiff.bench.train import bench_train
 
-    mc = cfg.models
     out = {}
-    for kind in mc.kinds:
+    for kind in cfg.models.names:
+        mc = cfg.model_spec(kind)
         out[kind] = bench_train(mc.preset, cfg.dataset.image_size, batch, steps, device, channels, warmup=warmup,
                                 peak=peak * 1e12 if peak else None, kind=kind, models_cfg=mc)
     return out
@@ -346,14 +365,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     overrides: dict[str, Any] = {"dataset.image_size": args.size, "models.preset": args.preset}
-    if args.quick:
-        overrides.update(QUICK)
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     cfg = bench_config(args.config, overrides)
-    cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, kinds=tuple(
-        k for k in cfg.models.kinds if k in {VARIANT_MODEL_KIND[v] for v in cfg.variants.enabled})))
+    if args.quick:
+        cfg = quick(cfg)
+    cfg = dataclasses.replace(cfg, models=ModelsConfig(specs={k: cfg.model_spec(k) for k in cfg.models_needed()}))
     result: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv), "device": str(device),
                               "config": args.config, "preset": args.preset, "image_size": args.size,
                               "quick": args.quick, "variants": list(cfg.variants.enabled)}

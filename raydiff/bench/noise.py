@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from raydiff.config import ModelsConfig
+from raydiff.config import ModelSpec
 from raydiff.noise import sample_noise
 
 
@@ -29,7 +29,7 @@ KEEP_IF_FASTER = 50.0
 
 def time_per_map(kind: str, size: int, maps: int, device: str, backend: str, repeats: int) -> float:
     """Milliseconds per (image, channel) map, best of ``repeats`` after one warm-up call."""
-    cfg, shape = ModelsConfig(), (maps, 1, size, size)
+    cfg, shape = ModelSpec(), (maps, 1, size, size)
 
     def run() -> None:
         sample_noise(kind, shape, list(range(maps)), cfg, device=device, backend=backend)  # type: ignore[arg-type]
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         torch.set_num_threads(args.threads)
     results = {}
     if args.check:
-        shape, seeds, cfg = (2, 3, 64, 64), [1, 2], ModelsConfig()
+        shape, seeds, cfg = (2, 3, 64, 64), [1, 2], ModelSpec()
         fast = sample_noise("simplex", shape, seeds, cfg, device=args.device).cpu()
         ref = sample_noise("simplex", shape, seeds, cfg, backend="opensimplex")
         results["max_abs_diff_vs_opensimplex"] = float((fast - ref).abs().max())

@@ -36,78 +36,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-#: MVTec AD (Bergmann et al., CVPR 2019, Table 1): (train good, test) images per category.
-MVTEC_SIZES: dict[str, tuple[int, int]] = {
-    "bottle": (209, 83), "cable": (224, 150), "capsule": (219, 132), "carpet": (280, 117), "grid": (264, 78),
-    "hazelnut": (391, 110), "leather": (245, 124), "metal_nut": (220, 115), "pill": (267, 167),
-    "screw": (320, 160), "tile": (230, 117), "toothbrush": (60, 42), "transistor": (213, 100),
-    "wood": (247, 79), "zipper": (240, 151),
-}
+from raydiff.plan import MVTEC_SIZES, forward_counts
 
 
 def forwards_per_image(cfg: Any) -> dict[str, float]:
-    """Model kind → UNet forward-equivalents per test image of one shared pass of every enabled
-    variant (trend's backward passes: 2 forwards each), counted by the real engine."""
-    import dataclasses
-
-    import torch
-
-    from raydiff.config import VARIANT_MODEL_KIND
-    from raydiff.features import build_features
-    from raydiff.scoring import VARIANTS, raw_components
-    from raydiff.bench.engine import random_models
-    from raydiff.scoring.context import CategoryContext
-    from raydiff.scoring.fit import FittedState
-
-    tiny = dataclasses.replace(
-        cfg,
-        dataset=dataclasses.replace(cfg.dataset, image_size=32),
-        models=dataclasses.replace(cfg.models, preset="tiny", base_channels=8,
-                                   latent=dataclasses.replace(cfg.models.latent, vae_downsample=1, vae_path=None)),
-        features=dataclasses.replace(cfg.features, resnet34_weights=None),
-    )
-    variants = list(cfg.variants.enabled)
-    kinds = sorted({VARIANT_MODEL_KIND[v] for v in variants})
-    models = random_models(tiny, 3, torch.device("cpu"), kinds)
-    features, _ = build_features(tiny.features, seed=0)
-    knn = None
-    from raydiff.scoring.fit import DYNAMIC_VARIANTS
-
-    if any(v in DYNAMIC_VARIANTS for v in variants):
-        from raydiff.features import knn_features
-        from raydiff.knn_prior import KNNPrior
-        from raydiff.scoring.fit import dynamic_params
-
-        params = dynamic_params(tiny, variants)
-        train = torch.rand(params.knn_k + 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        knn = KNNPrior.fit(knn_features(features, train).numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
-    ctx = CategoryContext(cfg=tiny, category="bench", models=models, features=features, fitted=FittedState(knn=knn))
-    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    _comps, cache, _seconds = raw_components(ctx, images, ["bench/0.png"], variants)
-    family_kind = {VARIANTS[v].family: VARIANT_MODEL_KIND[v] for v in variants}
-    out: dict[str, float] = {}
-    for family, n in cache.forwards.items():
-        kind = family_kind.get(family, "pixel")
-        out[kind] = out.get(kind, 0.0) + float(n)
-    if any(v.startswith("trend") for v in variants):
-        out["pixel"] = out.get("pixel", 0.0) + 2.0 * len(cfg.variants.trend.levels)
-    return out
+    """Model → UNet forward-equivalents per test image of one shared pass of every enabled
+    variant (trend's backward passes: 2 forwards each), counted by the real engine
+    (``raydiff.plan.forward_counts``)."""
+    return forward_counts(cfg, list(cfg.variants.enabled))["shared"]
 
 
 def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu: float) -> dict[str, Any]:
     """GPU-seconds of every piece of the sweep of ``cfg`` over ``sizes``' categories."""
-    from raydiff.config import MODEL_KIND_TABLE
-    from raydiff.models.flops import training_flops, unet_forward_flops
+    from raydiff.models.flops import model_forward_flops, training_flops
 
     rate = gpu_tflops * 1e12 * mfu
-    mc, size, lat = cfg.models, cfg.dataset.image_size, cfg.models.latent
-    kinds = list(cfg.model_kinds_needed())
+    kinds = list(cfg.models_needed())
     train_s = {k: training_flops(cfg, k) / rate for k in kinds}
-    fwd = {k: (unet_forward_flops(mc.preset, lat.latent_channels, lat.latent_channels, size >> lat.vae_downsample,
-                                  mc.base_channels) if MODEL_KIND_TABLE[k].latent else
-               unet_forward_flops(mc.preset, 3, 3 * (2 if MODEL_KIND_TABLE[k].learned_variance else 1), size,
-                                  mc.base_channels))
-           for k in kinds}
+    fwd = {k: model_forward_flops(cfg, k) for k in kinds}
     counts = forwards_per_image(cfg)
     from raydiff.train.launch import training_order
 

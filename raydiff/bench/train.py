@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raydiff import diffusion as D
-from raydiff.config import MODEL_KIND_TABLE, ModelsConfig
+from raydiff.config import BUILTIN_MODELS, ModelSpec
 from raydiff.models.presets import build_unet, count_parameters
 from raydiff.train.loop import augment_batch, diffusion_loss, ema_update, make_optimizer, sample_training_noise
 
@@ -45,21 +45,20 @@ def peak_flops(device: torch.device) -> float | None:
 def bench_train(preset: str, image_size: int, batch: int, steps: int, device: str | torch.device = "cpu",
                 channels: int = 3, warmup: int = 2, peak: float | None = None, kind: str = "pixel",
                 fused_adamw: bool = True, foreach_ema: bool = True, channels_last: bool = False,
-                models_cfg: ModelsConfig | None = None) -> dict[str, Any]:
+                models_cfg: ModelSpec | None = None) -> dict[str, Any]:
     """Time ``steps`` training steps of model ``kind`` after ``warmup``; → images/s, FLOP/step, FLOP/s, MFU."""
     from raydiff.config import AugmentConfig
     from raydiff.seeding import derive_seed, generator
 
     dev = torch.device(device)
-    spec = MODEL_KIND_TABLE[kind]
-    mc = models_cfg or ModelsConfig(preset=preset)  # type: ignore[arg-type]
+    mc = spec = models_cfg or ModelSpec(preset=preset, **BUILTIN_MODELS[kind])  # type: ignore[arg-type]
     torch.manual_seed(0)
     s = D.Schedule.build("linear", 1000).to(dev)
     vae, sample_channels, sample_size = None, channels, image_size
-    if spec.latent:
+    if spec.is_latent:
         from raydiff.models.latent import build_vae
 
-        lat = mc.latent
+        lat = mc.vae
         vae = build_vae(preset, channels, image_size, lat.latent_channels, lat.vae_downsample).to(dev).eval()
         vae.requires_grad_(False)
         sample_channels, sample_size = lat.latent_channels, image_size >> lat.vae_downsample
@@ -132,11 +131,11 @@ def bench_train(preset: str, image_size: int, batch: int, steps: int, device: st
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny", choices=["tiny", "ddad", "anoddpm"])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "ddad", "anoddpm", "dynad"])
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--kinds", nargs="+", default=["pixel"], choices=list(MODEL_KIND_TABLE))
+    p.add_argument("--kinds", nargs="+", default=["pixel"], choices=list(BUILTIN_MODELS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--channels", type=int, default=3)

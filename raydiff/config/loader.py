@@ -2,16 +2,25 @@
 
 ``load_config`` rejects unknown keys, wrong types and out-of-range values with a
 :class:`ConfigError` that names the key, the file and the valid choices. YAML keys may use ``-``
-where the field uses ``_`` (``static-gaussian``).
+where the field uses ``_`` (``smoothing-size``).
+
+Two forms of ``models`` and ``variants`` are read (``_build_models``, ``_build_variants``):
+
+- the named form: ``models: {shared settings..., NAME: {arch, noise, variance, ...}}`` and
+  ``variants: {NAME: {method, model, ...params, per_category: {CATEGORY|GROUP: {...}}}}``;
+- the earlier form: ``models: {kinds: [...], shared settings}`` and one fixed key per built-in
+  variant plus ``enabled``; it becomes the same named models and instances.
 
 Two stable hashes name output folders:
 
-- ``model_id(cfg)``: what determines the trained weights (dataset minus the category list,
-  models, seed). Checkpoints live in ``OUT/models/<model_id>/<category>/<kind>/``.
-- ``run_id(cfg)``: everything that determines any score (the above plus features and every
-  variant's parameters). Scores live in ``OUT/<run_id>/``. The category list, the enabled
-  variant list, the output root and Ray resources are left out, so a later run with more
-  categories or variants extends the same folder instead of starting a new one.
+- ``model_id(cfg, name, category)``: what determines one model's trained weights (dataset
+  settings minus root and category list, the model's spec, seed). Checkpoints live in
+  ``OUT/models/<model_id>/<dataset>/<category>/<name>/``; adding a model or a variant to a
+  config leaves every other model's id alone.
+- ``run_id(cfg)``: everything that determines any score (dataset, every model's spec, φ's
+  settings, every variant instance, seed). Scores live in ``OUT/<run_id>/``. The category
+  list, ``variants.enabled``, the output root and Ray resources are left out, so a later run
+  with more categories or more of the config's variants extends the same folder.
 """
 
 from __future__ import annotations
@@ -31,22 +40,27 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from raydiff.config.schema import (
+    BUILTIN_MODELS,
+    BUILTIN_VARIANTS,
     CONFIG_DIR,
     DEFAULT_CONFIG,
-    MODEL_KINDS,
+    METHOD_TABLE,
     TEXTURES_ENV,
-    VARIANT_MODEL_KIND,
-    VARIANT_TABLE,
     Config,
     DatasetConfig,
     GMMConfig,
     KLConfig,
+    LatentConfig,
+    LegacyVariants,
     ModelsConfig,
+    ModelSpec,
     NoDiffusionConfig,
     StaticConfig,
     TrendConfig,
+    VariantInstance,
     VariantsConfig,
 )
+from raydiff.config.published import PUBLISHED_KEYS
 from raydiff.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -72,11 +86,14 @@ class DuplicateKeyError(yaml.YAMLError):
 
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with two fixes: ``1e-3`` is a float as a user means it (YAML 1.2),
-    and a key that appears twice in one mapping is an error (PyYAML keeps the last silently)."""
+    and a key that appears twice in one mapping is an error (PyYAML keeps the last silently).
+    Merge keys (``<<: *anchor``) work as in PyYAML: a key written beside one overrides it."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor``: its keys may be overridden (PyYAML merges them next)
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             if isinstance(key, typing.Hashable) and key in seen:
                 raise DuplicateKeyError(str(key), seen[key], key_node.start_mark.line + 1)
@@ -106,12 +123,27 @@ class Origins:
     keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def at(self, key: str) -> str:
-        parts = _normal_key(key).split(".")
-        for i in range(len(parts), 0, -1):
-            origin = self.keys.get(".".join(parts[:i]))
-            if origin is not None:
-                return origin
+        for candidate in _candidates(key):
+            parts = candidate.split(".")
+            for i in range(len(parts), 1 if candidate != _normal_key(key) else 0, -1):
+                origin = self.keys.get(".".join(parts[:i]))
+                if origin is not None:
+                    return origin
         return self.file
+
+
+def _candidates(key: str) -> list[str]:
+    """``key`` and, for a named model's setting ``models.NAME.X``, the shared ``models.X`` it may
+    have come from (with ``vae`` also spelled ``latent``, the earlier form)."""
+    normal = _normal_key(key)
+    parts = normal.split(".")
+    out = [normal]
+    if len(parts) >= 3 and parts[0] == "models":
+        out.append(".".join(["models", *parts[2:]]))
+        if parts[2] == "vae":
+            out.append(".".join(["models", "latent", *parts[3:]]))
+            out.append(".".join(["models", *parts[3:]]))
+    return out
 
 
 def _normal_key(key: str) -> str:
@@ -264,7 +296,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: Where) -> Any
         if key in RENAMED:
             raise ConfigError(_at(where, key), f"key '{key}' was renamed to '{RENAMED[key]}'.", f"write '{RENAMED[key]}' instead.")
         if name not in fields:
-            valid = ", ".join(sorted(f.replace("_", "-") if cls is VariantsConfig else f for f in fields))
+            valid = ", ".join(sorted(f.replace("_", "-") if cls is LegacyVariants else f for f in fields))
             raise ConfigError(
                 _at(where, key),
                 f"unknown key '{key}'.",
@@ -287,8 +319,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, where: Where) -> Any
 def _check_consistency(obj: Any, prefix: str, origins: Where) -> None:
     """Cross-field rules that a single field's type and range cannot express."""
     if isinstance(obj, Config):
-        _check_config(obj, origins)
-        return
+        return  # checked once its models and variants are built (config_from_dict)
     if isinstance(obj, DatasetConfig):
         _check_dataset(obj, prefix, origins)
     where = _at(origins, prefix)
@@ -310,11 +341,8 @@ def _check_consistency(obj: Any, prefix: str, origins: Where) -> None:
             )
     if isinstance(obj, KLConfig) and (not obj.timesteps or min(obj.timesteps) < 1):
         raise ConfigError(where, f"'{prefix}.timesteps' must be non-empty and >= 1.", "e.g. [20, 200, 400].")
-    if isinstance(obj, ModelsConfig):
-        if not obj.kinds:
-            raise ConfigError(where, "'models.kinds' is empty.", f"list some of: {', '.join(MODEL_KINDS)}.")
-        if obj.beta_start >= obj.beta_end:
-            raise ConfigError(where, "'models.beta_start' must be < 'models.beta_end'.", "swap them.")
+    if isinstance(obj, ModelSpec) and obj.beta_start >= obj.beta_end:
+        raise ConfigError(where, f"'{prefix}.beta_start' must be < '{prefix}.beta_end'.", "swap them.")
 
 
 #: What a dataset or category name may look like: it names folders under the output root.
@@ -366,25 +394,281 @@ def _check_config(cfg: Config, origins: Where) -> None:
     where = _at(origins, "variants.enabled")
     if not cfg.variants.enabled:
         raise ConfigError(where, "'variants.enabled' is empty: nothing would be scored.",
-                          f"list some of: {', '.join(VARIANT_TABLE)}.")
-    missing = sorted({VARIANT_MODEL_KIND[v] for v in cfg.variants.enabled} - set(cfg.models.kinds))
+                          f"list some of: {', '.join(cfg.variants.instances)}.")
+    dynamic = []
+    for name, inst in cfg.variants.instances.items():
+        spec = cfg.models.spec(inst.model)
+        method = METHOD_TABLE[inst.method]
+        at = _at(origins, f"variants.{name}")
+        for category, params in [(None, inst.params), *inst.per_category.items()]:
+            on = f" (for {category})" if category else ""
+            levels = method.timesteps(params)
+            if any(t >= spec.timesteps for t in levels):
+                raise ConfigError(
+                    at, f"variant '{name}' uses timestep {max(levels)}{on} >= the timesteps of its model "
+                    f"'{inst.model}' ({spec.timesteps}).", f"keep every timestep below {spec.timesteps}.")
+            if isinstance(params, KLConfig) and params.chain_steps:
+                if params.chain_steps > spec.timesteps:
+                    raise ConfigError(at, f"variant '{name}': chain_steps = {params.chain_steps}{on} exceeds its "
+                                      f"model's {spec.timesteps} timesteps.", f"use chain_steps <= {spec.timesteps}.")
+                if max(params.timesteps) >= params.chain_steps:
+                    raise ConfigError(at, f"variant '{name}': timesteps {list(params.timesteps)}{on} are steps of the "
+                                      f"{params.chain_steps}-step chain and must be below {params.chain_steps}.",
+                                      "lower them (RAN: [5, 50, 100] on a 250-step chain).")
+            if inst.method == "dynamic" and name in cfg.variants.enabled:
+                dynamic.append((name, category, params))
+    # Every dynamic instance of a category shares one KNN prior (fit step): k and bins must agree.
+    for category in {c for _, c, _ in dynamic}:
+        rows = [(n, p) for n, c, p in dynamic if c == category or c is None]
+        firsts = {(p.knn_k, p.bins) for _, p in rows}
+        if len(firsts) > 1:
+            names = ", ".join(f"{n} ({p.knn_k}/{p.bins})" for n, p in rows)
+            raise ConfigError(_at(origins, "variants"), f"the dynamic variants {names} differ in knn_k/bins; they "
+                              "share one KNN prior per category.", "give every dynamic variant the same knn_k and bins.")
+
+
+# --------------------------------------------------------------------------------------------
+# The models and variants sections (named form, and the earlier fixed form)
+# --------------------------------------------------------------------------------------------
+
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
+_VAE_FIELDS = {f.name for f in dataclasses.fields(LatentConfig)} | {f.name.replace("_", "-") for f in dataclasses.fields(LatentConfig)}
+_VARIANT_KEYS = ("method", "model", "per_category", "reproduces")
+_LEGACY_VARIANT_FIELDS = {f.name for f in dataclasses.fields(LegacyVariants)}
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested mappings (augment, simplex, latent, ...) are merged."""
+    out = dict(base)
+    for k, v in over.items():
+        key = str(k).replace("-", "_")
+        old = next((ok for ok in out if str(ok).replace("-", "_") == key), None)
+        if old is not None and isinstance(out[old], Mapping) and isinstance(v, Mapping):
+            out[old] = _merge(out[old], v)
+        else:
+            if old is not None:
+                del out[old]
+            out[k] = v
+    return out
+
+
+def _mapping(value: Any, key: str, where: Where) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        at = _at(where, key)
+        raise ConfigError(at, f"key '{key}' must be a mapping, got {value!r}.", f"correct '{key}' {_fix_in(at)}.")
+    return value
+
+
+def _build_models(data: Any, where: Where) -> ModelsConfig:
+    """``models:``: shared settings (ModelSpec keys), named models (``NAME: {...}``) and, in the
+    earlier form, ``kinds`` (names of built-in models)."""
+    data = _mapping(data, "models", where)
+    shared: dict[str, Any] = {}
+    named: dict[str, Mapping[str, Any]] = {}
+    kinds = None
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        if key == "kinds":
+            kinds = _convert(value, tuple[str, ...], "models.kinds", where)
+        elif key == "latent" and isinstance(value, Mapping) and value and set(map(str, value)) <= _VAE_FIELDS:
+            shared["vae"] = _merge(shared.get("vae", {}), value)  # the earlier spelling of the VAE settings
+        elif key.replace("-", "_") in _MODEL_FIELDS:
+            shared[key] = value
+        elif key in _VAE_FIELDS:
+            shared["vae"] = _merge(shared.get("vae", {}), {key: value})  # a VAE setting written flat
+        elif isinstance(value, Mapping) or value is None:
+            check_plain_name(key, "models", _at(where, f"models.{key}"))
+            body = dict(_mapping(value, f"models.{key}", where))
+            if isinstance(body.get("latent"), Mapping) and "vae" not in body:
+                body["vae"] = body.pop("latent")
+            for flat in [k for k in body if str(k) in _VAE_FIELDS]:  # VAE settings written flat
+                body["vae"] = _merge(body.get("vae") or {}, {flat: body.pop(flat)})
+            named[key] = body
+        else:
+            raise ConfigError(
+                _at(where, f"models.{key}"), f"unknown key 'models.{key}'.",
+                f"use a model setting ({', '.join(sorted(_MODEL_FIELDS))}) or define a model "
+                f"'{key}: {{arch: pixel, ...}}'.")
+    _build(ModelSpec, shared, "models", where)  # errors in the shared settings name models.KEY
+    if kinds is not None:
+        if not kinds:
+            raise ConfigError(_at(where, "models.kinds"), "'models.kinds' is empty.",
+                              f"list some of: {', '.join([*named, *BUILTIN_MODELS])}.")
+        for name in kinds:
+            if name not in named and name not in BUILTIN_MODELS:
+                raise ConfigError(
+                    _at(where, "models.kinds"), f"'models.kinds' lists '{name}', which is neither defined under "
+                    f"'models' nor a built-in model ({', '.join(BUILTIN_MODELS)}).",
+                    f"define it as 'models.{name}: {{arch: pixel, ...}}' or remove it.")
+        if len(set(kinds)) != len(kinds):
+            raise ConfigError(_at(where, "models.kinds"), "'models.kinds' lists a model twice.", "list each once.")
+        unlisted = [n for n in named if n not in kinds]
+        if unlisted:
+            raise ConfigError(_at(where, f"models.{unlisted[0]}"), f"model '{unlisted[0]}' is defined but "
+                              "'models.kinds' does not list it.", "add it to models.kinds, or drop models.kinds.")
+        names = list(kinds)
+    else:
+        names = list(named) or list(BUILTIN_MODELS)
+    specs = {}
+    for name in names:
+        merged = _merge(_merge(shared, BUILTIN_MODELS.get(name, {})), named.get(name, {}))
+        specs[name] = _build(ModelSpec, merged, f"models.{name}", where)
+    return ModelsConfig(specs=specs)
+
+
+def _is_legacy_variants(data: Mapping[str, Any]) -> bool:
+    """The earlier form: every key is one of ``LegacyVariants``' fields, none names a method."""
+    for key, value in data.items():
+        if str(key).replace("-", "_") not in _LEGACY_VARIANT_FIELDS:
+            return False
+        if isinstance(value, Mapping) and any(str(k) in _VARIANT_KEYS for k in value):
+            return False
+    return True
+
+
+def _legacy_variants(data: Mapping[str, Any], models: ModelsConfig, where: Where) -> VariantsConfig:
+    lv = _build(LegacyVariants, data, "variants", where)
+    instances = {}
+    for name, b in BUILTIN_VARIANTS.items():
+        params = getattr(lv, b.legacy_field)
+        if b.method == "trend":
+            params = dataclasses.replace(params, output=b.params["output"])
+        instances[name] = VariantInstance(b.method, b.model, params)
+    for name in lv.enabled:
+        if name not in instances:
+            raise ConfigError(_at(where, "variants.enabled"), f"'variants.enabled' lists unknown variant '{name}'.",
+                              f"use some of: {', '.join(instances)}.")
+    missing = sorted({instances[v].model for v in lv.enabled} - set(models.names))
     if missing:
-        needing = [v for v in cfg.variants.enabled if VARIANT_MODEL_KIND[v] in missing]
+        needing = [v for v in lv.enabled if instances[v].model in missing]
         raise ConfigError(
-            where,
-            f"variants {', '.join(needing)} need model kind(s) {', '.join(missing)}, "
-            f"which 'models.kinds' does not train.",
+            _at(where, "variants.enabled"),
+            f"variants {', '.join(needing)} need model(s) {', '.join(missing)}, which 'models' does not define.",
             f"add {', '.join(missing)} to 'models.kinds' or remove those variants from 'variants.enabled'.",
         )
-    T = cfg.models.timesteps
-    for v in cfg.variants.enabled:
-        levels = VARIANT_TABLE[v].timesteps(cfg.variants.params(v))
-        if any(t >= T for t in levels):
-            raise ConfigError(
-                where,
-                f"variant '{v}' uses timestep {max(levels)} >= models.timesteps = {T}.",
-                f"keep every timestep below {T}.",
-            )
+    # Models no enabled variant needs are not trained (Config.models_needed); variants whose
+    # model the config does not define cannot be enabled (checked above), so drop them.
+    instances = {n: i for n, i in instances.items() if i.model in models.names}
+    return VariantsConfig(instances=instances, enabled=tuple(lv.enabled))
+
+
+def _resolve_overrides(
+    name: str, cls: type, params_data: Mapping[str, Any], overrides: Mapping[str, Any],
+    groups: Mapping[str, tuple[str, ...]], categories: tuple[str, ...], where: Where,
+) -> dict[str, Any]:
+    """``per_category`` of instance ``name`` → {category: params}: a group's entry applies to each
+    of its categories, a category's own entry on top of it; two groups that give one category
+    different values for one key are an error."""
+    prefix = f"variants.{name}.per_category"
+    from_groups: dict[str, dict[str, Any]] = {}
+    setter: dict[tuple[str, str], str] = {}
+    own: dict[str, Mapping[str, Any]] = {}
+    known = set(categories) | {c for members in groups.values() for c in members}
+    for raw_key, over in overrides.items():
+        key = str(raw_key)
+        over = _mapping(over, f"{prefix}.{key}", where)
+        _build(cls, _merge(params_data, over), f"{prefix}.{key}", where)  # names a bad key under its path
+        if key in groups:
+            for cat in groups[key]:
+                for k, v in over.items():
+                    k = str(k).replace("-", "_")
+                    first = setter.get((cat, k))
+                    if first is not None and from_groups[cat][k] != v:
+                        raise ConfigError(
+                            _at(where, prefix), f"groups '{first}' and '{key}' both contain '{cat}' and give "
+                            f"'{k}' different values ({from_groups[cat][k]!r}, {v!r}).",
+                            f"set it for '{cat}' itself under {prefix}, or take '{cat}' out of one group.")
+                    from_groups.setdefault(cat, {})[k] = v
+                    setter[(cat, k)] = key
+        else:
+            check_plain_name(key, prefix, _at(where, f"{prefix}.{key}"))
+            if categories and key not in known:
+                raise ConfigError(
+                    _at(where, f"{prefix}.{key}"), f"'{prefix}.{key}': '{key}' is neither one of dataset.categories "
+                    f"({', '.join(categories)}) nor a group ({', '.join(groups) or 'none defined'}).",
+                    "fix the name, add it to dataset.categories, or define the group under 'groups'.")
+            own[key] = over
+    out = {}
+    for cat in [*from_groups, *[c for c in own if c not in from_groups]]:
+        merged = _merge(_merge(params_data, from_groups.get(cat, {})), own.get(cat, {}))
+        out[cat] = _build(cls, merged, f"{prefix}.{cat}", where)
+    return out
+
+
+def _build_variants(
+    data: Any, models: ModelsConfig, groups: Mapping[str, tuple[str, ...]], categories: tuple[str, ...],
+    where: Where,
+) -> VariantsConfig:
+    """``variants:``: named instances ``NAME: {method, model, ...params, per_category}`` and an
+    optional ``enabled`` list; or the earlier form (``LegacyVariants``)."""
+    data = dict(_mapping(data, "variants", where))
+    if _is_legacy_variants(data):
+        return _legacy_variants(data, models, where)
+    enabled = data.pop("enabled", None)
+    instances: dict[str, VariantInstance] = {}
+    for raw_name, body in data.items():
+        name = str(raw_name)
+        key = f"variants.{name}"
+        at = _at(where, key)
+        check_plain_name(name, "variants", at)
+        body = dict(_mapping(body, key, where))
+        builtin = BUILTIN_VARIANTS.get(name)
+        method = body.pop("method", builtin.method if builtin else None)
+        if method not in METHOD_TABLE:
+            if method is None:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(BUILTIN_VARIANTS), n=1)
+                hint = f"did you mean the built-in variant '{close[0]}'? " if close else ""
+                raise ConfigError(
+                    at, f"variant '{name}' names no method and is not a built-in variant "
+                    f"({', '.join(BUILTIN_VARIANTS)}).",
+                    f"{hint}Else set '{key}.method' to one of: {', '.join(METHOD_TABLE)}.")
+            raise ConfigError(at, f"variant '{name}' has method {method!r}; valid methods: {', '.join(METHOD_TABLE)}.",
+                              f"set '{key}.method' to one of them.")
+        model = body.pop("model", builtin.model if builtin else None)
+        if model not in models.names:
+            what = f"scores with model {model!r}, which 'models' does not define" if model else "names no model"
+            raise ConfigError(at, f"variant '{name}' {what}; this config's models: {', '.join(models.names)}.",
+                              f"set '{key}.model' to one of them (or define the model under 'models').")
+        spec = METHOD_TABLE[method]
+        arch = models.spec(model).arch
+        if arch not in spec.archs:
+            raise ConfigError(at, f"variant '{name}': method {method} scores {'/'.join(spec.archs)} models, but "
+                              f"'{model}' is a {arch} model.", f"give '{key}.model' a {spec.archs[0]} model.")
+        reproduces = body.pop("reproduces", None)
+        if reproduces is not None and reproduces not in PUBLISHED_KEYS:
+            raise ConfigError(at, f"'{key}.reproduces' is {reproduces!r}, not a published setting.",
+                              f"use one of: {', '.join(PUBLISHED_KEYS)} (raydiff.config.published), or remove it.")
+        per_category = _mapping(body.pop("per_category", None), f"{key}.per_category", where)
+        params_data = _merge(builtin.params if builtin and builtin.method == method else {}, body)
+        params = _build(spec.params, params_data, key, where)
+        resolved = _resolve_overrides(name, spec.params, params_data, per_category, groups, categories, where)
+        instances[name] = VariantInstance(method, model, params, resolved, reproduces)
+    if not instances:
+        raise ConfigError(_at(where, "variants"), "'variants' defines no variant: nothing would be scored.",
+                          "define one, e.g. 'static: {method: static, model: pixel}'.")
+    if enabled is None:
+        chosen = tuple(instances)
+    else:
+        chosen = _convert(enabled, tuple[str, ...], "variants.enabled", where)
+        unknown = [v for v in chosen if v not in instances]
+        if unknown:
+            raise ConfigError(_at(where, "variants.enabled"), f"'variants.enabled' lists {', '.join(unknown)}, which "
+                              "'variants' does not define.", f"use some of: {', '.join(instances)}.")
+    return VariantsConfig(instances=instances, enabled=chosen)
+
+
+def _check_groups(groups: Mapping[str, tuple[str, ...]], categories: tuple[str, ...], where: Where) -> None:
+    for name, members in groups.items():
+        check_plain_name(name, "groups", _at(where, f"groups.{name}"))
+        if name in categories:
+            raise ConfigError(_at(where, f"groups.{name}"), f"'{name}' is both a group and a category.",
+                              "rename the group.")
+        for cat in members:
+            check_plain_name(cat, f"groups.{name}", _at(where, f"groups.{name}"))
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str = "--set") -> None:
@@ -429,8 +713,14 @@ def config_from_dict(
     model's meta.json): renamed keys (``RENAMED``) are read under their new names.
     """
     data = _upgrade(dict(data or {})) if upgrade else dict(data or {})
+    models_data, variants_data = data.pop("models", None), data.pop("variants", None)
     cfg = _build(Config, data, "", where)
-    return dataclasses.replace(cfg, source=source)
+    _check_groups(cfg.groups, cfg.dataset.categories, where)
+    models = _build_models(models_data, where)
+    variants = _build_variants(variants_data, models, cfg.groups, cfg.dataset.categories, where)
+    cfg = dataclasses.replace(cfg, models=models, variants=variants, source=source)
+    _check_config(cfg, where)
+    return cfg
 
 
 #: Path-valued keys: ``${VAR}`` expanded; the flag says whether a relative path is taken from the
@@ -439,6 +729,7 @@ _PATH_KEYS: tuple[tuple[str, bool], ...] = (
     ("dataset.root", True),
     ("features.resnet34_weights", True),
     ("models.latent.vae_path", True),
+    ("models.vae.vae_path", True),
     ("output.root", False),
 )
 
@@ -446,7 +737,10 @@ _PATH_KEYS: tuple[tuple[str, bool], ...] = (
 def _expand_paths(data: dict[str, Any], base: Path, origins: dict[str, str], file: str) -> None:
     """Expand ``${VAR}`` and ``~`` in the path keys; a key that used a variable records it as
     its origin (its errors then name the variable, not only the file)."""
-    for dotted, from_config in _PATH_KEYS:
+    models = data.get("models")
+    named = [f"models.{k}.{sub}.vae_path" for k, v in (models.items() if isinstance(models, dict) else ())
+             for sub in ("vae", "latent") if isinstance(v, dict) and isinstance(v.get(sub), dict)]
+    for dotted, from_config in (*_PATH_KEYS, *((k, True) for k in named)):
         *parents, leaf = dotted.split(".")
         node: Any = data
         for part in parents:
@@ -546,8 +840,8 @@ def load_config_explained(
         normal = _normal_key(key)
         origin = where.at(normal)
         if origin == file:
-            parts = normal.split(".")
-            in_file = any(".".join(parts[:i]) in from_file for i in range(len(parts), 0, -1))
+            in_file = any(".".join(c.split(".")[:i]) in from_file
+                          for c in _candidates(normal) for i in range(len(c.split(".")), 1, -1))
             origin = f"file {file}" if in_file else "default"
         rows.append({"key": key, "value": value, "origin": origin})
     return cfg, rows
@@ -584,17 +878,28 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain data (lists, dicts, scalars) with YAML key spelling; round-trips through load."""
+    """Plain data (lists, dicts, scalars) with YAML key spelling; round-trips through load.
 
-    def conv(obj: Any, in_variants: bool = False) -> Any:
-        if dataclasses.is_dataclass(obj):
-            out = {}
-            for f in dataclasses.fields(obj):
-                if f.metadata.get("internal"):
-                    continue
-                key = f.name.replace("_", "-") if isinstance(obj, VariantsConfig) and f.name != "enabled" else f.name
-                out[key] = conv(getattr(obj, f.name))
+    Models are written as named models with every setting; variants as named instances with
+    their method, model and every parameter, per-category overrides as the keys that differ."""
+
+    def conv(obj: Any) -> Any:
+        if isinstance(obj, ModelsConfig):
+            return {name: conv(spec) for name, spec in obj.specs.items()}
+        if isinstance(obj, VariantsConfig):
+            out: dict[str, Any] = {"enabled": list(obj.enabled)}
+            for name, inst in obj.instances.items():
+                params = conv(inst.params)
+                body = {"method": inst.method, "model": inst.model, **params}
+                if inst.reproduces is not None:
+                    body["reproduces"] = inst.reproduces
+                if inst.per_category:
+                    body["per_category"] = {
+                        cat: {k: v for k, v in conv(p).items() if v != params[k]} for cat, p in inst.per_category.items()}
+                out[name] = body
             return out
+        if dataclasses.is_dataclass(obj):
+            return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")}
         if isinstance(obj, Mapping):
             return {k: conv(v) for k, v in obj.items()}
         if isinstance(obj, (tuple, list)):
@@ -626,41 +931,50 @@ def _dataset_identity(cfg: Config) -> dict[str, Any]:
     return ds
 
 
-#: ``models`` keys added after models were first trained, with the value every earlier model had:
-#: hashed only when set to something else, so existing model folders keep their ids.
-ADDED_MODEL_KEYS: dict[str, Any] = {"padding": "zeros"}
+def _model_settings(spec: ModelSpec) -> dict[str, Any]:
+    """A model's spec without the settings its architecture, noise and variance never read (the
+    VAE of a pixel model, the simplex settings of a Gaussian one, ...) or that change no weight
+    (``checkpoint_every``)."""
+    d = config_to_dict(spec)
+    d.pop("checkpoint_every")
+    if not spec.is_latent:
+        d.pop("vae")
+    if not spec.learned_variance:
+        d.pop("vlb_weight")
+    if spec.noise != "simplex":
+        d.pop("simplex")
+    if spec.noise != "gmm":
+        d.pop("gmm")
+    return d
 
 
-def _models_identity(cfg: Config) -> dict[str, Any]:
-    models = config_to_dict(cfg.models)
-    for key, before in ADDED_MODEL_KEYS.items():
-        if models.get(key) == before:
-            models.pop(key)
-    return models
+def _model_identity(cfg: Config, name: str, category: str) -> dict[str, Any]:
+    """What determines model ``name``'s weights for ``category``: its settings (``_model_settings``)
+    with fixed-small vs fixed-large (which only matters when sampling) and other categories'
+    augmentation left out."""
+    spec = cfg.models.spec(name)
+    d = _model_settings(spec)
+    d["learned_variance"] = spec.learned_variance
+    d.pop("variance")
+    d.pop("augment_per_category")
+    d["augment"] = config_to_dict(spec.augment_for(category))
+    return d
 
 
-def model_id(cfg: Config) -> str:
-    """Stable id of what determines the trained weights."""
-    return _digest({"dataset": _dataset_identity(cfg), "models": _models_identity(cfg), "seed": cfg.seed})
-
-
-#: Variant parameters added after run folders were first written, with the value every earlier
-#: run used: hashed only when set to something else, so existing run folders keep their ids.
-ADDED_VARIANT_KEYS: dict[str, Any] = {"variance": "model"}
+def model_id(cfg: Config, name: str, category: str) -> str:
+    """Stable id of what determines the weights of model ``name`` for ``category`` (dataset
+    settings minus root and category list, the model's spec as ``_model_identity`` reads it,
+    seed). The model's folder is ``OUT/models/<model_id>/<dataset>/<category>/<name>``."""
+    return _digest({"dataset": _dataset_identity(cfg), "model": _model_identity(cfg, name, category),
+                    "seed": cfg.seed})
 
 
 def run_id(cfg: Config) -> str:
-    """Stable id of what determines every score (see the module docstring)."""
+    """Stable id of what determines every score (see the module docstring): the dataset
+    settings, every model's spec, φ's settings, every variant instance the config defines
+    (enabled or not: ``variants.enabled`` selects within a run folder) and the seed."""
     variants = config_to_dict(cfg.variants)
     variants.pop("enabled")
-    for section in variants.values():
-        for key, before in ADDED_VARIANT_KEYS.items():
-            if isinstance(section, dict) and section.get(key) == before:
-                section.pop(key)
-    return _digest(
-        {
-            "model": model_id(cfg),
-            "features": config_to_dict(cfg.features),
-            "variants": variants,
-        }
-    )
+    models = {name: _model_settings(spec) for name, spec in cfg.models.specs.items()}
+    return _digest({"dataset": _dataset_identity(cfg), "models": models, "features": config_to_dict(cfg.features),
+                    "variants": variants, "seed": cfg.seed})

@@ -1,21 +1,28 @@
-"""The config schema: frozen dataclasses per section, and the two tables every other module
+"""The config schema: frozen dataclasses per section, and the tables every other module
 derives its facts from.
 
-- ``MODEL_KIND_TABLE``: per model kind, its training noise, whether the UNet also predicts the
-  variance, and whether it works on VAE latents.
-- ``VARIANT_TABLE``: per scoring variant, the scoring module that computes it
-  (``raydiff.scoring.METHODS``), its params class and the ``VariantsConfig`` field holding its
-  parameters, the model kind it scores with, its family (variants of one family share one
-  computation) and the timesteps it uses. Config parsing, the timestep check, fitting, scoring
-  and the report's colours all read it; ``tests/test_variant_table.py`` walks it.
+A config names its models and its variants:
 
-Loading, validation and the stable ids are in ``raydiff.config.loader``.
+- ``models``: named ``ModelSpec``s (arch, noise, variance, schedule, training budget, ...), one
+  model trained per (category, name). ``BUILTIN_MODELS`` are the four names a config may use
+  without defining them (``pixel``, ``pixel-simplex``, ``pixel-gmm``, ``latent``).
+- ``variants``: named ``VariantInstance``s: a method of ``METHOD_TABLE``, the model it scores
+  with, its parameters and per-category (or per-group) overrides. ``BUILTIN_VARIANTS`` are the
+  ten names of the earlier fixed variant list.
+- ``METHOD_TABLE``: per scoring method, the module that computes it (``raydiff.scoring.METHODS``),
+  its params class, the timesteps it uses, the architectures it scores, whether it uses φ, and
+  which parameters only its ``combine`` reads (instances that differ only there, or in
+  post-processing, share one computation). Config parsing, the timestep check, fitting,
+  scoring, ``raydiff plan`` and the report read it; ``tests/test_variant_table.py`` walks it.
+
+Loading (both the named form and the earlier ``models.kinds`` form), validation and the stable
+ids are in ``raydiff.config.loader``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -29,27 +36,13 @@ ImageScore = Literal["max", "avgpool-max", "topk-mean", "mean"]
 ReverseVariance = Literal["model", "fixed-large"]
 
 
-@dataclass(frozen=True)
-class ModelKindSpec:
-    """What a model kind is (one row of ``MODEL_KIND_TABLE``)."""
-
-    #: Noise of the forward process it is trained with.
-    noise: NoiseKind
-    #: The UNet also outputs v for the learned reverse variance (improved DDPM): 2C channels.
-    learned_variance: bool
-    #: It diffuses VAE latents instead of pixels.
-    latent: bool
-
-
-MODEL_KIND_TABLE: dict[str, ModelKindSpec] = {
-    "pixel": ModelKindSpec(noise="gaussian", learned_variance=True, latent=False),
-    "pixel-simplex": ModelKindSpec(noise="simplex", learned_variance=False, latent=False),
-    "pixel-gmm": ModelKindSpec(noise="gmm", learned_variance=False, latent=False),
-    "latent": ModelKindSpec(noise="gaussian", learned_variance=False, latent=True),
-}
-MODEL_KINDS: tuple[str, ...] = tuple(MODEL_KIND_TABLE)
-#: The model kinds as a Literal (built from the table; the loader checks values against it).
-ModelKind = Literal.__getitem__(MODEL_KINDS)  # type: ignore[attr-defined]
+Arch = Literal["pixel", "latent"]
+#: What the UNet of a model predicts about the reverse variance: ``learned`` (it also outputs v,
+#: improved DDPM: 2C channels), or ε only with σ² fixed to β̃_t (``fixed-small``) or β_t
+#: (``fixed-large``: Fučka eq. 5, Kashihara) when sampling.
+ModelVariance = Literal["learned", "fixed-small", "fixed-large"]
+#: The scoring methods (``METHOD_TABLE``; a variant instance names one).
+Method = Literal["static", "no-diffusion", "dynamic", "kl", "trend"]
 
 
 def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
@@ -140,11 +133,23 @@ class LatentConfig:
 
 
 @dataclass(frozen=True)
-class ModelsConfig:
-    """What is trained per category (one model per kind) and how."""
+class ModelSpec:
+    """One named model: what it is and how it is trained (one per category).
 
-    kinds: tuple[ModelKind, ...] = ("pixel", "pixel-simplex", "pixel-gmm", "latent")
-    preset: Literal["tiny", "ddad", "anoddpm"] = "ddad"
+    In YAML, ``models:`` holds settings shared by every model (any key of this class) and the
+    named models (``NAME: {arch, noise, variance, ...}``), each overriding the shared settings;
+    ``raydiff.config.loader`` builds one ModelSpec per name. ``BUILTIN_MODELS`` gives the four
+    names a config may use without saying what they are.
+    """
+
+    #: ``pixel``: a UNet on the images; ``latent``: an AutoencoderKL plus a UNet on its latents.
+    arch: Arch = "pixel"
+    #: Noise of the forward process it is trained with, and sampled with when scoring.
+    noise: NoiseKind = "gaussian"
+    #: ``learned`` changes the network (2C output channels) and its loss; ``fixed-small`` and
+    #: ``fixed-large`` train the same ε-only network and differ only when sampling.
+    variance: ModelVariance = "fixed-small"
+    preset: Literal["tiny", "ddad", "anoddpm", "dynad"] = "ddad"
     #: Overrides the preset's base width.
     base_channels: int | None = field(default=None, metadata=_range(4, 1024))
     #: Padding of the UNet's (and the trained VAE's) convolutions: ``zeros`` (diffusers' default,
@@ -163,8 +168,10 @@ class ModelsConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
     grad_clip: float = field(default=1.0, metadata=_range(0.0, None))
-    #: Weight of L_vlb in the improved-DDPM hybrid loss (``pixel`` kind).
+    #: Weight of L_vlb in the improved-DDPM hybrid loss (``variance: learned``).
     vlb_weight: float = field(default=0.001, metadata=_range(0.0, 1.0))
+    #: The ε term of the loss: ``l2`` (DDPM L_simple, Fučka eq. 4) or ``l1`` (Kashihara eq. 7).
+    loss: Literal["l2", "l1"] = "l2"
     #: Save a checkpoint (and report to Ray) every this many steps.
     checkpoint_every: int = field(default=500, metadata=_range(1, 100_000_000))
     augment: AugmentConfig = AugmentConfig()
@@ -172,10 +179,49 @@ class ModelsConfig:
     augment_per_category: Mapping[str, AugmentConfig] = field(default_factory=dict)
     simplex: SimplexConfig = SimplexConfig()
     gmm: GMMConfig = GMMConfig()
-    latent: LatentConfig = LatentConfig()
+    #: The VAE of a ``latent`` model (written ``latent:`` in configs of the ``models.kinds`` form).
+    vae: LatentConfig = LatentConfig()
 
     def augment_for(self, category: str) -> AugmentConfig:
         return self.augment_per_category.get(category, self.augment)
+
+    @property
+    def learned_variance(self) -> bool:
+        """The UNet also outputs v (2C channels)."""
+        return self.variance == "learned"
+
+    @property
+    def is_latent(self) -> bool:
+        """It diffuses VAE latents instead of pixels (``latent`` holds the VAE's settings)."""
+        return self.arch == "latent"
+
+
+#: Model names a config may use without defining them (the four models every earlier config
+#: trained, as ``models.kinds``): name → what sets it apart from the shared settings.
+BUILTIN_MODELS: dict[str, dict[str, str]] = {
+    "pixel": {"arch": "pixel", "noise": "gaussian", "variance": "learned"},
+    "pixel-simplex": {"arch": "pixel", "noise": "simplex", "variance": "fixed-small"},
+    "pixel-gmm": {"arch": "pixel", "noise": "gmm", "variance": "fixed-small"},
+    "latent": {"arch": "latent", "noise": "gaussian", "variance": "fixed-small"},
+}
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The named models of a config, in config order (built by the loader)."""
+
+    specs: Mapping[str, ModelSpec] = field(default_factory=lambda: {
+        name: ModelSpec(**what) for name, what in BUILTIN_MODELS.items()})  # type: ignore[arg-type]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.specs)
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise KeyError(f"unknown model {name!r}; this config's models: {', '.join(self.specs)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +270,11 @@ class DynamicConfig:
     """DynAD: KNN-prior noise level, noiseless start, guided DDIM (DDAD), pixel+feature map."""
 
     t_max: int = field(default=80, metadata=_range(1, 100_000))
+    #: 0: T̂ per image from the KNN prior (DynAD's dynamic conditioning). N > 0: T̂ = N for every
+    #: image (DynAD Table 5's static levels 20/40/60/80).
+    fixed_level: int = field(default=0, metadata=_range(0, 100_000))
+    #: ``noiseless``: z_T̂ = √ᾱ z0 (DynAD); ``noised``: plus √(1-ᾱ) ε, the usual start (DynAD Table 6).
+    start: Literal["noiseless", "noised"] = "noiseless"
     ddim_steps: int = field(default=10, metadata=_range(1, 10_000))
     guidance_w: float = field(default=4.0, metadata=_range(0.0, 100.0))
     #: map = lam * l_map + (1 - lam) * f_map.
@@ -243,6 +294,15 @@ class KLConfig:
     """RAN: per-pixel KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) at several t, plus a feature term."""
 
     timesteps: tuple[int, ...] = (20, 200, 400)
+    #: 0: single steps t of the model's own schedule. N > 0: the chain respaced to N steps
+    #: (improved-diffusion ``space_timesteps``; RAN's reference scores on 250), and
+    #: ``timesteps`` are steps of that chain (RAN: 5, 50, 100 ≈ 20, 201, 401 of 1000).
+    chain_steps: int = field(default=0, metadata=_range(0, 100_000))
+    #: Clip x̂0 to [-1, 1] in p_θ's mean (RAN's reference: ``clip_denoised=True``).
+    clip_x0: bool = False
+    #: One noise draw per t (RAN's reference) instead of one draw shared by every t (and by
+    #: the other variants that noise the same model at the same t).
+    fresh_noise: bool = False
     #: map = (1 - feature_weight) * kl_map + feature_weight * feature_map (RAN: 1:1).
     feature_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     smoothing: Smoothing = "none"
@@ -258,6 +318,9 @@ class TrendConfig:
     """Kim et al.: DFT trend of reconstruction error and of model uncertainty over noise levels."""
 
     levels: tuple[int, ...] = (25, 50, 75, 100, 150, 200, 300, 400)
+    #: Which trend the map adds up: ``both`` (Kim et al.), or one of them (their ablations).
+    #: Instances that differ only here share one computation.
+    output: Literal["both", "intensity", "uncertainty"] = "both"
     reconstruction: Literal["one-step", "ddim"] = "one-step"
     ddim_steps: int = field(default=5, metadata=_range(1, 10_000))
     smoothing: Smoothing = "gaussian"
@@ -268,59 +331,86 @@ class TrendConfig:
     top_k: int = field(default=64, metadata=_range(1, 1_000_000))
 
 
-@dataclass(frozen=True)
-class VariantSpec:
-    """One scoring variant (one row of ``VARIANT_TABLE``)."""
+#: Parameters that only post-process a variant's combined map (``raydiff.scoring.postprocess``).
+POSTPROCESS_PARAMS: tuple[str, ...] = ("smoothing", "smoothing_size", "sigma", "image_score", "pool_size", "top_k")
 
-    id: str
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One scoring method (one row of ``METHOD_TABLE``)."""
+
+    name: str
     #: Module of ``raydiff.scoring`` (a key of ``raydiff.scoring.METHODS``) with its maths.
-    method: str
-    #: Its parameter dataclass, and the ``VariantsConfig`` field (YAML key) holding it.
+    module: str
+    #: Its parameter dataclass.
     params: type
-    field: str
-    #: The model kind (``MODEL_KIND_TABLE``) it scores with.
-    model_kind: str
-    #: Variants of one family share a single ``components`` call per batch.
-    family: str
-    #: The diffusion timesteps its parameters use (each must be < models.timesteps).
+    #: The diffusion timesteps its parameters use (each must be < the model's timesteps).
     timesteps: Callable[[Any], list[int]]
+    #: Model architectures it can score with.
+    archs: tuple[str, ...] = ("pixel",)
     #: It uses the feature extractor φ (ResNet-34): its scores depend on ``features.resnet34_weights``
     #: (the ``feature_weights`` column of the metrics says imagenet or random).
     uses_features: bool = False
+    #: Parameters read only by ``combine`` (besides ``POSTPROCESS_PARAMS``): instances of one
+    #: model that differ only in these share one ``components`` call per batch (one family).
+    combine_only: tuple[str, ...] = ()
 
 
 def _t0(p: Any) -> list[int]:
     return [p.t0]
 
 
-VARIANT_TABLE: dict[str, VariantSpec] = {
-    v.id: v
-    for v in (
-        VariantSpec("static-gaussian", "kashihara_static", StaticConfig, "static_gaussian", "pixel", "static-gaussian", _t0),
-        VariantSpec("static-simplex", "kashihara_static", StaticConfig, "static_simplex", "pixel-simplex", "static-simplex", _t0),
-        VariantSpec("static-gmm", "kashihara_static", StaticConfig, "static_gmm", "pixel-gmm", "static-gmm", _t0),
-        VariantSpec("no-diffusion", "kashihara_no_diffusion", NoDiffusionConfig, "no_diffusion", "pixel", "no-diffusion", _t0),
-        VariantSpec("dynamic", "dynad", DynamicConfig, "dynamic", "latent", "dynamic", lambda p: [p.t_max], True),
-        VariantSpec("dynamic-pixel", "dynad", DynamicConfig, "dynamic_pixel", "pixel", "dynamic-pixel",
-                    lambda p: [p.t_max], True),
-        VariantSpec("kl", "ran_kl", KLConfig, "kl", "pixel", "kl", lambda p: list(p.timesteps), True),
-        VariantSpec("trend", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
-        VariantSpec("trend-intensity", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
-        VariantSpec("trend-uncertainty", "kim_trend", TrendConfig, "trend", "pixel", "trend", lambda p: list(p.levels)),
+def _kl_timesteps(p: Any) -> list[int]:
+    # On a respaced chain the timesteps are steps of the chain (checked against chain_steps).
+    return [] if p.chain_steps else list(p.timesteps)
+
+
+METHOD_TABLE: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        MethodSpec("static", "kashihara_static", StaticConfig, _t0),
+        MethodSpec("no-diffusion", "kashihara_no_diffusion", NoDiffusionConfig, _t0),
+        MethodSpec("dynamic", "dynad", DynamicConfig, lambda p: [max(p.t_max, p.fixed_level)], ("pixel", "latent"),
+                   True, ("lam",)),
+        MethodSpec("kl", "ran_kl", KLConfig, _kl_timesteps, uses_features=True, combine_only=("feature_weight",)),
+        MethodSpec("trend", "kim_trend", TrendConfig, lambda p: list(p.levels), combine_only=("output",)),
     )
 }
-VARIANT_IDS: tuple[str, ...] = tuple(VARIANT_TABLE)
-#: The variant ids as a Literal (built from the table; the loader checks values against it).
-VariantId = Literal.__getitem__(VARIANT_IDS)  # type: ignore[attr-defined]
-#: The model kind each variant scores with.
-VARIANT_MODEL_KIND: dict[str, str] = {v.id: v.model_kind for v in VARIANT_TABLE.values()}
+METHODS_LIST: tuple[str, ...] = tuple(METHOD_TABLE)
 
 
 @dataclass(frozen=True)
-class VariantsConfig:
-    """Which variants to score and each one's parameters (YAML keys are the variant ids)."""
+class BuiltinVariant:
+    """A variant name a config may use without saying what it is (the ten variants of every
+    earlier config): its method, model, and parameters that differ from the method's defaults."""
 
-    enabled: tuple[VariantId, ...] = VARIANT_IDS  # type: ignore[assignment]
+    method: str
+    model: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    #: The field of ``LegacyVariants`` holding its parameters in the old config form.
+    legacy_field: str = ""
+
+
+BUILTIN_VARIANTS: dict[str, BuiltinVariant] = {
+    "static-gaussian": BuiltinVariant("static", "pixel", {}, "static_gaussian"),
+    "static-simplex": BuiltinVariant("static", "pixel-simplex", {}, "static_simplex"),
+    "static-gmm": BuiltinVariant("static", "pixel-gmm", {"smoothing_size": 5}, "static_gmm"),
+    "no-diffusion": BuiltinVariant("no-diffusion", "pixel", {}, "no_diffusion"),
+    "dynamic": BuiltinVariant("dynamic", "latent", {}, "dynamic"),
+    "dynamic-pixel": BuiltinVariant("dynamic", "pixel", {}, "dynamic_pixel"),
+    "kl": BuiltinVariant("kl", "pixel", {}, "kl"),
+    "trend": BuiltinVariant("trend", "pixel", {"output": "both"}, "trend"),
+    "trend-intensity": BuiltinVariant("trend", "pixel", {"output": "intensity"}, "trend"),
+    "trend-uncertainty": BuiltinVariant("trend", "pixel", {"output": "uncertainty"}, "trend"),
+}
+
+
+@dataclass(frozen=True)
+class LegacyVariants:
+    """The old form of the ``variants`` section (one fixed key per built-in variant, ``enabled``
+    listing which to score); the loader turns it into variant instances."""
+
+    enabled: tuple[str, ...] = tuple(BUILTIN_VARIANTS)
     static_gaussian: StaticConfig = StaticConfig()
     static_simplex: StaticConfig = StaticConfig()
     static_gmm: StaticConfig = StaticConfig(smoothing_size=5)
@@ -331,13 +421,84 @@ class VariantsConfig:
     #: Shared by ``trend``, ``trend-intensity`` and ``trend-uncertainty`` (one pass computes all three).
     trend: TrendConfig = TrendConfig()
 
-    def params(self, variant: str) -> Any:
-        """The parameter dataclass of a variant id (its ``VARIANT_TABLE`` field)."""
-        return getattr(self, VARIANT_TABLE[variant].field)
 
-    def model(self, variant: str) -> str:
-        """The model a variant scores with."""
-        return VARIANT_MODEL_KIND[variant]
+@dataclass(frozen=True)
+class VariantInstance:
+    """One named scoring variant: a method, the model it scores with, its parameters, and its
+    per-category overrides (resolved: category → the whole parameter dataclass)."""
+
+    method: str
+    model: str
+    params: Any
+    per_category: Mapping[str, Any] = field(default_factory=dict)
+    #: The published result (a key of ``raydiff.config.published.PUBLISHED``) this instance
+    #: reproduces with the paper's own settings; the report compares only such pairs.
+    reproduces: str | None = None
+
+    def params_for(self, category: str | None) -> Any:
+        if category is None:
+            return self.params
+        return self.per_category.get(category, self.params)
+
+
+def _builtin_instances() -> dict[str, VariantInstance]:
+    return {
+        name: VariantInstance(b.method, b.model, METHOD_TABLE[b.method].params(**b.params))
+        for name, b in BUILTIN_VARIANTS.items()
+    }
+
+
+@dataclass(frozen=True)
+class VariantsConfig:
+    """The config's variant instances (name → VariantInstance, config order) and which of them
+    to score (``enabled``). The ``variant`` column of every table is the instance name."""
+
+    instances: Mapping[str, VariantInstance] = field(default_factory=_builtin_instances)
+    enabled: tuple[str, ...] = tuple(BUILTIN_VARIANTS)
+
+    def instance(self, name: str) -> VariantInstance:
+        try:
+            return self.instances[name]
+        except KeyError:
+            raise KeyError(f"unknown variant {name!r}; this config's variants: {', '.join(self.instances)}") from None
+
+    def params(self, name: str, category: str | None = None) -> Any:
+        """The parameter dataclass of instance ``name`` (with ``category``'s overrides)."""
+        return self.instance(name).params_for(category)
+
+    def model(self, name: str) -> str:
+        """The name of the model instance ``name`` scores with."""
+        return self.instance(name).model
+
+    def method(self, name: str) -> MethodSpec:
+        return METHOD_TABLE[self.instance(name).method]
+
+    def with_params(self, name: str, **changes: Any) -> VariantsConfig:
+        """These variants with ``changes`` applied to instance ``name``'s parameters (and to each
+        of its per-category ones). Not re-checked: for tests and benchmarks."""
+        from dataclasses import replace
+
+        inst = self.instance(name)
+        new = replace(inst, params=replace(inst.params, **changes),
+                      per_category={c: replace(p, **changes) for c, p in inst.per_category.items()})
+        return replace(self, instances={**self.instances, name: new})
+
+    def family(self, name: str, category: str | None = None) -> str:
+        """The instance whose ``components`` call ``name`` shares: the first instance (in config
+        order) with the same method, model and parameters apart from post-processing and
+        ``combine``-only ones (with ``category``'s overrides). Defined over every instance,
+        enabled or not, so a family (and the noise its leader's name seeds) does not depend on
+        which instances are enabled."""
+        key = self._family_key(name, category)
+        return next(n for n in self.instances if self._family_key(n, category) == key)
+
+    def _family_key(self, name: str, category: str | None) -> tuple[Any, ...]:
+        inst = self.instance(name)
+        spec = METHOD_TABLE[inst.method]
+        skip = set(POSTPROCESS_PARAMS) | set(spec.combine_only)
+        params = inst.params_for(category)
+        kept = tuple((f.name, getattr(params, f.name)) for f in fields(params) if f.name not in skip)
+        return (spec.module, inst.model, kept)
 
 
 @dataclass(frozen=True)
@@ -450,21 +611,35 @@ class RayConfig:
 @dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = DatasetConfig()
-    models: ModelsConfig = ModelsConfig()
-    variants: VariantsConfig = VariantsConfig()
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
     features: FeaturesConfig = FeaturesConfig()
     output: OutputConfig = OutputConfig()
     ray: RayConfig = RayConfig()
     scoring: ScoringConfig = ScoringConfig()
     train: TrainConfig = TrainConfig()
+    #: Category groups for per-category overrides, e.g. ``{textures: [carpet, grid, ...]}``.
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     seed: int = 0
     #: The file this config was loaded from (not hashed; for messages and relative paths).
     source: str | None = field(default=None, metadata={"internal": True})
 
-    def model_kinds_needed(self) -> tuple[str, ...]:
-        """Model kinds the enabled variants need, in MODEL_KINDS order."""
-        needed = {VARIANT_MODEL_KIND[v] for v in self.variants.enabled}
-        return tuple(k for k in MODEL_KINDS if k in needed)
+    def models_needed(self) -> tuple[str, ...]:
+        """Names of the models the enabled variants score with, in config order (each is
+        trained once per category, however many variants use it)."""
+        needed = {self.variants.model(v) for v in self.variants.enabled}
+        return tuple(m for m in self.models.names if m in needed)
+
+    def model_spec(self, name: str) -> ModelSpec:
+        return self.models.spec(name)
+
+    def with_models(self, names: tuple[str, ...] | None = None, **changes: Any) -> Config:
+        """This config with ``changes`` (ModelSpec fields) applied to the models ``names`` (all by
+        default): ``cfg.with_models(train_steps=50)``. The result is not re-checked."""
+        from dataclasses import replace
+
+        specs = {n: replace(s, **changes) if names is None or n in names else s for n, s in self.models.specs.items()}
+        return replace(self, models=ModelsConfig(specs=specs))
 
 
 def _config_dir() -> Path:

@@ -299,10 +299,12 @@ def load_model(folder: Path, device: torch.device | str = "cpu", require_complet
     sch = meta["schedule"]
     schedule = D.Schedule.build(sch["kind"], sch["timesteps"], sch["beta_start"], sch["beta_end"]).to(device)
     vae = None
-    if meta["kind"] == "latent":
+    # "arch" is recorded since models are named; earlier checkpoints were named by kind.
+    latent = meta.get("arch", "latent" if meta["kind"] == "latent" else "pixel") == "latent"
+    if latent:
         vae = load_vae_for_checkpoint(folder, meta, device)
     scale = meta.get("latent_scale")
-    if meta["kind"] == "latent" and (scale is None or not math.isfinite(scale) or scale <= 0):
+    if latent and (scale is None or not math.isfinite(scale) or scale <= 0):
         raise CheckpointError(folder / META, f"latent_scale is {scale!r}; expected a positive number.", _RETRAIN)
     return DiffusionModel(
         unet=unet, kind=meta["kind"], channels=int(meta["channels"]), learned_variance=bool(meta["learned_variance"]),

@@ -12,7 +12,7 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from raydiff.config import MODEL_KIND_TABLE, Config
+from raydiff.config import Config
 
 #: Forward + backward of a training step, in forwards.
 TRAIN_STEP_FORWARDS = 3.0
@@ -48,11 +48,12 @@ def vae_flops(preset: str, channels: int, size: int, latent_channels: int, downs
 
 
 def training_flops(cfg: Config, kind: str, channels: int = 3) -> float:
-    """FLOP of training one model of ``kind`` with ``cfg.models`` (UNet steps, plus the VAE for latent)."""
-    mc, lat, size = cfg.models, cfg.models.latent, cfg.dataset.image_size
-    spec = MODEL_KIND_TABLE[kind]
+    """FLOP of training model ``kind`` (a name of ``cfg.models``): UNet steps, plus the VAE for a
+    latent model."""
+    mc = spec = cfg.model_spec(kind)
+    lat, size = spec.vae, cfg.dataset.image_size
     learned = 2 if spec.learned_variance else 1  # the UNet also predicts v (the variance)
-    if not spec.latent:
+    if not spec.is_latent:
         per_sample = unet_forward_flops(mc.preset, channels, channels * learned, size, mc.base_channels)
         return TRAIN_STEP_FORWARDS * per_sample * mc.batch_size * mc.train_steps
     z = size >> lat.vae_downsample
@@ -61,3 +62,15 @@ def training_flops(cfg: Config, kind: str, channels: int = 3) -> float:
     vae_training = 0.0 if lat.vae_path else TRAIN_STEP_FORWARDS * (encode + decode) * mc.batch_size * lat.vae_train_steps
     # Every UNet step encodes its batch (forward only) before the UNet's forward + backward.
     return vae_training + (encode + TRAIN_STEP_FORWARDS * unet) * mc.batch_size * mc.train_steps
+
+
+def model_forward_flops(cfg: Config, name: str, channels: int = 3) -> float:
+    """FLOP of one UNet forward pass of model ``name`` on one image (its latent for a latent model)."""
+    spec = cfg.model_spec(name)
+    size = cfg.dataset.image_size
+    if spec.is_latent:
+        lat = spec.vae
+        return unet_forward_flops(spec.preset, lat.latent_channels, lat.latent_channels, size >> lat.vae_downsample,
+                                  spec.base_channels)
+    return unet_forward_flops(spec.preset, channels, channels * (2 if spec.learned_variance else 1), size,
+                              spec.base_channels)

@@ -33,6 +33,10 @@ VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
     "tiny": ((32, 64, 64, 64, 64, 64), 1),
     "ddad": ((64, 128, 256, 256, 256, 256), 2),
     "anoddpm": ((128, 256, 512, 512, 512, 512), 2),
+    # DynAD encodes with Stable Diffusion's VAE (train.py: CompVis/stable-diffusion-v1-4 "vae", test.py:
+    # stabilityai/sd-vae-ft-mse; f = 8, widths 128/256/512/512, 2 blocks per level); this is
+    # that architecture (deeper levels repeat 512) for a VAE trained here.
+    "dynad": ((128, 256, 512, 512, 512, 512), 2),
 }
 
 

@@ -18,7 +18,7 @@ from typing import get_args
 
 import torch
 
-from raydiff.config import ModelsConfig, NoiseKind
+from raydiff.config import ModelSpec, NoiseKind
 from raydiff.noise.gaussian import batch_gaussian_noise, describe_gaussian, gaussian_noise
 from raydiff.noise.gmm import batch_gmm_noise, describe_gmm, gmm_noise
 from raydiff.noise.simplex import (
@@ -45,7 +45,7 @@ def sample_noise(
     kind: NoiseKind,
     shape: tuple[int, int, int, int],
     seeds: Sequence[int],
-    models_cfg: ModelsConfig,
+    models_cfg: ModelSpec,
     device: torch.device | str = "cpu",
     backend: SimplexBackend = "torch",
 ) -> torch.Tensor:
@@ -90,7 +90,7 @@ def sample_noise(
 
 
 def describe_noise(
-    kind: NoiseKind, models_cfg: ModelsConfig, image_size: int, backend: SimplexBackend = "torch"
+    kind: NoiseKind, models_cfg: ModelSpec, image_size: int, backend: SimplexBackend = "torch"
 ) -> dict:
     """The choices behind ``kind`` at ``image_size`` px (JSON-serialisable), for meta.json."""
     if kind == "gaussian":

@@ -135,14 +135,23 @@ class BatchCache:
         shape = shape or tuple(self.x0.shape)
 
         def compute() -> torch.Tensor:
-            return self.draw_noise(noise_kind, shape, self.seeds("noise", kind, noise_kind, draw))
+            return self.draw_noise(noise_kind, shape, self.seeds("noise", kind, noise_kind, draw), kind)
 
         return self.memo(("noise", kind, noise_kind, shape, draw), compute)
 
-    def draw_noise(self, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
-        """A counted noise draw (B,C,H,W) on the context's device, one seed per image."""
+    def draw_noise(self, noise_kind: str, shape: tuple[int, ...], seeds: list[int], model: str) -> torch.Tensor:
+        """A counted noise draw (B,C,H,W) on the context's device, one seed per image, with the
+        noise settings (simplex octaves, GMM bumps) of model ``model``."""
         self.noise_draws[(noise_kind, tuple(shape))] += 1
-        return sample_noise(noise_kind, shape, seeds, self.ctx.cfg.models, device=self.ctx.device)  # type: ignore[arg-type]
+        spec = self.ctx.cfg.model_spec(model)
+        return sample_noise(noise_kind, shape, seeds, spec, device=self.ctx.device)  # type: ignore[arg-type]
+
+    def reverse_variance(self, model: str, requested: str) -> str:
+        """σ² of a ddpm step: the variant's ``variance`` (``fixed-large``), or with ``model`` the
+        model's own (its spec's ``variance``: learned, fixed-small β̃ or fixed-large β)."""
+        if requested == "model" and self.ctx.cfg.model_spec(model).variance == "fixed-large":
+            return "fixed-large"
+        return requested
 
     def unet(self, kind: str, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One counted UNet call of model ``kind``: → (ε, v or None), fp32."""

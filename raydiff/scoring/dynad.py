@@ -95,8 +95,12 @@ def reconstruct(
     t_hat: torch.Tensor,
     steps: int,
     w: float,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DynAD Alg. 1: noiseless start at T̂ (per image), DDAD-guided deterministic DDIM → ẑ0.
+
+    ``noise`` (like z0): start from the noised z_T̂ = √ᾱ z0 + √(1-ᾱ) noise instead (DynAD
+    Table 6's ablation of the noiseless start).
 
     z0 (B,C,h,w) float32 (latent or image), t_hat (B,) long, best on the CPU (the number of
     steps is read from it before the loop; on an accelerator that read is one host sync, before
@@ -110,6 +114,10 @@ def reconstruct(
     ts = ddim_timesteps(t_hat, steps)[:n_rows]
     scale = torch.where(t_hat > 0, sched.sqrt_alphas_cumprod.to(z0.device)[t_hat], torch.ones((), device=z0.device))
     z = scale.view(-1, *([1] * (z0.dim() - 1))) * z0  # Alg. 1 line 4: z_T̂ = √ᾱ_T̂ z0, no noise (T̂ = 0: z0)
+    if noise is not None:
+        sigma = torch.where(t_hat > 0, sched.sqrt_one_minus_alphas_cumprod.to(z0.device)[t_hat],
+                            torch.zeros((), device=z0.device))
+        z = z + sigma.view(-1, *([1] * (z0.dim() - 1))) * noise
     done = torch.full_like(ts[0], -1) if n_rows else None
     for k in range(n_rows):
         active = (ts[k] >= 0).view(-1, *([1] * (z0.dim() - 1)))
@@ -162,9 +170,12 @@ def knn_bins(cache: Any) -> torch.Tensor:
 
 
 def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
-    """T̂ per image (B,) long on the CPU (Alg. 2 line 8, rounded to a multiple of 10 as the reference)."""
+    """T̂ per image (B,) long on the CPU (Alg. 2 line 8, rounded to a multiple of 10 as the reference);
+    ``params.fixed_level`` > 0: that level for every image."""
     from raydiff.knn_prior import noise_level
 
+    if params.fixed_level:
+        return torch.full((cache.batch,), params.fixed_level, dtype=torch.long)
     bins = knn_bins(cache)
     levels = [int(noise_level(int(b), params.t_max, params.bins)) for b in bins.tolist()]
     return torch.tensor(levels, dtype=torch.long)  # on the CPU: ``reconstruct`` reads its max
@@ -191,7 +202,8 @@ def components(cache: Any, variant_id: str, params: DynamicConfig) -> dict[str, 
             # have fewer steps than ddim_steps).
             return cache.unet(kind, z_t, t)[0]
 
-        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
+        noise = cache.noise(kind, model.noise_kind, tuple(z0.shape)) if params.start == "noised" else None
+        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w, noise)
         x_hat = model.decode(z_hat).float() if latent else z_hat
         phi_hat = cache.ctx.features(x_hat)
         phi_x0 = cache.features_x0()

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from raydiff.config import VARIANT_TABLE
 from raydiff.errors import CheckpointError
 from raydiff.io import atomic_dir, is_complete
 
@@ -53,10 +52,8 @@ class FittedState:
     features_state: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def stats_for(self, variant: str) -> dict[str, Any] | None:
-        from raydiff.scoring import VARIANTS
-
-        family = VARIANTS[variant].family
+    def stats_for(self, family: str) -> dict[str, Any] | None:
+        """The component statistics of variant family ``family`` (``cfg.variants.family``)."""
         return self.stats.get(family) or None
 
     def save(self, folder: Path) -> None:
@@ -217,30 +214,20 @@ def final_map_stats(
 # Orchestration: fit one category, load what scoring needs
 # --------------------------------------------------------------------------------------------
 
-#: The variants that need DynAD's KNN prior (and whose parameters set it): the dynad rows.
-DYNAMIC_VARIANTS: tuple[str, ...] = tuple(v.id for v in VARIANT_TABLE.values() if v.method == "dynad")
+def dynamic_variants(cfg: Any, variants: Sequence[str]) -> list[str]:
+    """The variants of ``variants`` that need DynAD's KNN prior (method ``dynamic``)."""
+    return [v for v in variants if cfg.variants.instance(v).method == "dynamic"]
 
 
-def dynamic_params(cfg: Any, variants: Sequence[str]) -> Any:
-    """The DynamicConfig that sets the shared KNN prior (k, bins) and the adaptation levels.
+def dynamic_params(cfg: Any, variants: Sequence[str], category: str | None = None) -> Any:
+    """The DynamicConfig that sets the shared KNN prior (k, bins) and the adaptation levels:
+    the first dynamic variant's (the loader checks that every dynamic variant agrees on
+    ``knn_k`` and ``bins``, which set the one KNN prior per category), or the defaults when
+    no dynamic variant is enabled."""
+    from raydiff.config import DynamicConfig
 
-    ``dynamic`` and ``dynamic-pixel`` share one KNN prior per category, so their ``knn_k`` and
-    ``bins`` must agree; raises ConfigError otherwise.
-    """
-    from raydiff.errors import ConfigError
-
-    enabled = [v for v in DYNAMIC_VARIANTS if v in variants] or list(DYNAMIC_VARIANTS)
-    params = [cfg.variants.params(v) for v in enabled]
-    first = params[0]
-    for v, p in zip(enabled, params, strict=True):
-        if (p.knn_k, p.bins) != (first.knn_k, first.bins):
-            raise ConfigError(
-                cfg.source or "<config>",
-                f"variants.{v}: knn_k/bins = {p.knn_k}/{p.bins} differ from variants.{enabled[0]}'s "
-                f"{first.knn_k}/{first.bins}; both share one KNN prior per category.",
-                "give dynamic and dynamic-pixel the same knn_k and bins.",
-            )
-    return first
+    dynamic = dynamic_variants(cfg, variants)
+    return cfg.variants.params(dynamic[0], category) if dynamic else DynamicConfig()
 
 
 def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tuple[str, Any]:
@@ -250,23 +237,29 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
     the levels of the k-th call are drawn from a generator seeded with (seed, k), so a fit is
     reproducible.
 
-    Uses the ``pixel`` model when it is loaded (DynAD's reference uses the latent one; the pixel
-    model is the cheaper choice here and is the one most variants share), else ``latent``.
+    Uses the model of the first enabled dynamic variant on a pixel model when there is one
+    (DynAD's reference uses the latent one; a pixel model is the cheaper choice here and is
+    the one most variants share), else the first dynamic variant's model, else the first
+    loaded model; the levels and guidance are that variant's (or the dynamic defaults).
     """
     from raydiff.errors import ConfigError
     from raydiff.knn_prior import noise_level
     from raydiff.scoring.dynad import reconstruct
     from raydiff.seeding import derive_seed, generator
 
-    kind = "pixel" if "pixel" in models else "latent" if "latent" in models else None
+    dynamic = [v for v in dynamic_variants(cfg, cfg.variants.enabled) if cfg.variants.model(v) in models]
+    on_pixels = [v for v in dynamic if not cfg.model_spec(cfg.variants.model(v)).is_latent]
+    chosen = (on_pixels or dynamic or [None])[0]
+    kind = cfg.variants.model(chosen) if chosen else next(iter(models), None)
     if kind is None:
         raise ConfigError(
             cfg.source or "<config>",
-            "features.domain_adaptation_epochs > 0 needs a trained 'pixel' or 'latent' model to reconstruct with.",
-            "add pixel (or latent) to models.kinds, or set features.domain_adaptation_epochs: 0.",
+            "features.domain_adaptation_epochs > 0 needs a trained model to reconstruct with.",
+            "enable a variant, or set features.domain_adaptation_epochs: 0.",
         )
     model = models[kind]
-    params = cfg.variants.params(next(v for v in DYNAMIC_VARIANTS if VARIANT_TABLE[v].model_kind == kind))
+    params = cfg.variants.params(chosen) if chosen else dynamic_params(cfg, [])
+    latent = cfg.model_spec(kind).is_latent
 
     calls = [0]
 
@@ -276,11 +269,11 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
         calls[0] += 1
         bins = torch.randint(1, params.bins + 1, (x.shape[0],), generator=g).tolist()
         t_hat = torch.tensor([int(noise_level(b, params.t_max, params.bins)) for b in bins])  # CPU: see reconstruct
-        z0 = model.encode(x).float() if kind == "latent" else x
+        z0 = model.encode(x).float() if latent else x
         # fp32: φ is trained against these reconstructions (see scoring.context on φ's precision).
         eps_fn = lambda z, t: model.model_output(z, t)[0].float()  # noqa: E731
         z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
-        return model.decode(z_hat).float() if kind == "latent" else z_hat
+        return model.decode(z_hat).float() if latent else z_hat
 
     return kind, run
 
@@ -361,8 +354,8 @@ def fit_category(
                                      "last_loss": losses[-1] if losses else None}
 
     knn = None
-    if any(v in DYNAMIC_VARIANTS for v in variants):
-        params = dynamic_params(cfg, variants)
+    if dynamic_variants(cfg, variants):
+        params = dynamic_params(cfg, variants, category)
         feats = knn_features(features, train_images, batch_size)  # = dynad's pooled_layer2 of φ(x0)
         knn = KNNPrior.fit(feats.numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
         info["knn"] = {"k": params.knn_k, "bins": params.bins, "exclude_self": True, "train_vectors": int(feats.shape[0])}
@@ -387,20 +380,19 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     from raydiff.features import build_features
     from raydiff.models.checkpoint import load_model
     from raydiff.paths import fitted_dir, model_dir
-    from raydiff.scoring import VARIANTS
     from raydiff.scoring.context import engine_context
 
     device = torch.device(device)
-    models = {kind: load_model(model_dir(cfg, category, kind), device) for kind in cfg.model_kinds_needed()}
+    models = {name: load_model(model_dir(cfg, category, name), device) for name in cfg.models_needed()}
     folder = fitted_dir(cfg, category)
     fix = f"run `raydiff fit` with this config for category {category} (after `raydiff train`)."
     if not is_complete(folder):
         raise CheckpointError(folder, "the fitted state (KNN prior, normalisation statistics) is missing or incomplete.", fix)
     fitted = FittedState.load(folder)
-    missing = sorted({VARIANTS[v].family for v in cfg.variants.enabled} - set(fitted.stats))
+    missing = sorted({cfg.variants.family(v, category) for v in cfg.variants.enabled} - set(fitted.stats))
     if missing:
         raise CheckpointError(folder, f"no normalisation statistics for {', '.join(missing)}.", fix)
-    if fitted.knn is None and any(v in DYNAMIC_VARIANTS for v in cfg.variants.enabled):
+    if fitted.knn is None and dynamic_variants(cfg, cfg.variants.enabled):
         raise CheckpointError(folder, "no KNN prior, which the dynamic variants need.", fix)
     features, weights = build_features(cfg.features, seed=cfg.seed)
     if weights != fitted.features_weights:

@@ -51,11 +51,11 @@ from raydiff.seeding import generator
 
 INTENSITY = "intensity"
 UNCERTAINTY = "uncertainty"
-#: Which components each variant of the family adds up.
+#: Which components a variant adds up, by its ``output`` parameter (Kim et al. and their ablations).
 USES: dict[str, tuple[str, ...]] = {
-    "trend": (INTENSITY, UNCERTAINTY),
-    "trend-intensity": (INTENSITY,),
-    "trend-uncertainty": (UNCERTAINTY,),
+    "both": (INTENSITY, UNCERTAINTY),
+    "intensity": (INTENSITY,),
+    "uncertainty": (UNCERTAINTY,),
 }
 
 
@@ -119,4 +119,4 @@ def combine(
     params: TrendConfig,
 ) -> torch.Tensor:
     """Sum of the standardised trends this variant uses (B,H,W), higher = more anomalous."""
-    return torch.stack([normalise(comps[c], stats[c] if stats else None) for c in USES[variant_id]]).sum(dim=0)
+    return torch.stack([normalise(comps[c], stats[c] if stats else None) for c in USES[params.output]]).sum(dim=0)

@@ -1,29 +1,56 @@
 """RAN (Lu et al., ICCV 2023): per-pixel KL between the true and the learned reverse step.
 
 Variant ``kl`` (model kind ``pixel``: ε-prediction with learned variance). Reference code
-VandyLu/anomaly_diff; METHODS.md "kl".
+VandyLu/anomaly_diff (guided-diffusion based); METHODS.md "kl".
 
-For each t in ``params.timesteps`` (reference: 20, 200, 400 of T = 1000):
+For each t in ``params.timesteps``:
 
-1. x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, ONE noise draw shared by every t and with ``static-gaussian`` and
-   ``trend`` (``cache.forward_eps``: ε_θ at a level another variant also uses is computed once).
+1. x_t = √ᾱ_k x0 + √(1-ᾱ_k) ε at the model's step k (see "Two chains" for k).
 2. Pixel-level score (RAN eq. 9, improved-diffusion ``_vb_terms_bpd``):
        s_t = KL(q(x_{t-1} | x_t, x0) ‖ p_θ(x_{t-1} | x_t))  in bits, averaged over channels,
    q = N(μ̃_t(x0, x_t), β̃_t) (DDPM eq. 7), p_θ = N(μ̃_t(x̂0(x_t, ε_θ), x_t), σ²_θ) with the learned
-   σ²_θ (iDDPM eq. 15; β̃_t for a model without one). x̂0 is not clipped (as in L_vlb training).
+   σ²_θ (iDDPM eq. 15; β̃_t for a model without one), all tables of the chain being scored on.
    Component ``kl_t{t}`` (B,H,W) ≥ 0, higher = the model explains the pixel worse.
 3. Feature-level score: f_t = mean_j upsample(mean_c (φ_j(x0) - φ_j(x̂0(x_t)))²) over the
    ResNet-34 blocks j ∈ {layer2, layer3}, x̂0 clipped to [-1, 1]. RAN trains an extra head that
    predicts EfficientNet features; ours compares φ of the one-step reconstruction instead (a
    documented simplification). Component ``feature`` = mean_t f_t (B,H,W) ≥ 0.
 
+Two chains, three switches (``KLConfig``; the defaults are ours, the reference's in brackets):
+
+- ``chain_steps = 0`` [250]: t is a step of the model's own T-step schedule (k = t; our default
+  timesteps 20, 200, 400). ``chain_steps = N > 0``: the schedule is respaced to N steps as
+  guided/improved-diffusion do (``space_timesteps(T, [N])``: kept steps k_i = round(i·(T-1)/(N-1));
+  ``SpacedDiffusion``: β'_i = 1 - ᾱ_{k_i}/ᾱ_{k_{i-1}}, so ᾱ'_i = ᾱ_{k_i}), t is an index i on that
+  chain (the reference's 5, 50, 100 of 250 are k = 20, 201, 401 of 1000) and the UNet is called
+  at the ORIGINAL step k_i (``_WrappedModel`` with ``rescale_timesteps=False``, the reference's
+  setting). x_t and x̂0 are the same as at step k_i of the full chain; what changes is the step
+  being scored: q and p_θ go from i to i-1 on the respaced chain (k_i → k_{i-1}, ~4 original
+  steps), with its β'_i and β̃'_i — also in the learned-variance interpolation.
+- ``clip_x0`` [True]: x̂0 is clipped to [-1, 1] in p_θ's mean (the reference's
+  ``clip_denoised=True``, scripts/image_anomaly.py); unclipped by default, as in L_vlb training.
+- ``fresh_noise`` [True]: one independent noise draw per t (the reference draws
+  ``th.randn_like`` inside its loop over t), seeded from (run seed, image id, model, t) so a
+  score still depends only on its image. Default: ONE draw shared by every t and with
+  ``static-gaussian`` and ``trend`` (``cache.forward_eps``: ε_θ at a level another variant also
+  uses is computed once). Fresh draws are shared between ``kl`` instances on the same model.
+
+Reference code read for this (VandyLu/anomaly_diff): guided_diffusion/gaussian_diffusion.py
+``calc_bpd_loop`` (t in [5, 50, 100], fresh ``randn_like`` per t), ``_vb_terms_bpd_anom`` and
+``p_mean_variance`` (learned range on the spaced β, β̃; clip before the posterior mean);
+guided_diffusion/respace.py ``space_timesteps``, ``SpacedDiffusion``, ``_WrappedModel`` (the same
+code as openai/improved-diffusion improved_diffusion/respace.py); test.sh / sample.sh
+(``--timestep_respacing 250``; ``rescale_timesteps`` keeps its default False,
+guided_diffusion/script_util.py).
+
 ``combine``: each ``kl_t`` and ``feature`` is standardised with held-out normal statistics (the
 reference standardises per batch, which makes a score depend on the batch), the KL maps are
 averaged over t, and map = (1 - w)·KL + w·feature with w = ``feature_weight`` (RAN: 1:1, w = 0.5).
 Image score: mean of the top-64 pixels (config default, ``postprocess.finish``).
 
-UNet forward passes per image: len(timesteps) (fewer when another variant has already evaluated
-ε_θ at one of the levels). φ: once per t on x̂0 (φ(x0) is shared through the cache).
+UNet forward passes per image: len(timesteps) (with shared noise, fewer when another variant has
+already evaluated ε_θ at one of the steps k). φ: once per t on x̂0 (φ(x0) is shared through the
+cache).
 """
 
 from __future__ import annotations
@@ -36,6 +63,7 @@ import torch
 from raydiff import diffusion as D
 from raydiff.config import KLConfig
 from raydiff.scoring.postprocess import normalise, upsample
+from raydiff.scoring.sampling import respaced_on_device
 
 #: The ResNet-34 blocks of the feature-level score.
 FEATURE_LAYERS: tuple[str, ...] = ("layer2", "layer3")
@@ -60,17 +88,89 @@ def gaussian_kl_bits(
 
 def kl_map(
     sched: D.Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-    v: torch.Tensor | None,
+    v: torch.Tensor | None, clip_x0: bool = False,
 ) -> torch.Tensor:
     """RAN eq. 9 per pixel: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)) in bits, mean over channels.
 
-    ``x0``, ``x_t``, ``eps``, ``v`` (B,C,H,W); ``t`` LongTensor (B,) with t ≥ 1; ``v`` None for a
-    model with fixed variance β̃_t. → (B,H,W) float32 ≥ 0.
+    ``sched`` is the chain being scored (the model's schedule, or a respaced one with ``t`` an
+    index on it); ``x0``, ``x_t``, ``eps``, ``v`` (B,C,H,W); ``t`` LongTensor (B,) with t ≥ 1;
+    ``v`` None for a model with fixed variance β̃_t; ``clip_x0`` clips x̂0 to [-1, 1] in p_θ's
+    mean. → (B,H,W) float32 ≥ 0.
     """
-    mean_q, _, log_var_q = D.q_posterior(sched, x0, x_t, t)
+    mean_q, _, log_var_q = D.q_posterior(sched, x0, x_t, t)  # DDPM eq. 7
     model_out = eps if v is None else torch.cat([eps, v], dim=1)
-    p = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=v is not None, clip_x0=False)
+    p = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=v is not None, clip_x0=clip_x0)
     return gaussian_kl_bits(mean_q, log_var_q, p.mean, p.log_var).mean(dim=1)
+
+
+def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """The original steps a chain respaced to ``steps`` keeps, ascending (guided/improved-diffusion
+    respace.py ``space_timesteps(num_timesteps, [steps])``): k_i = round(i·(T-1)/(N-1)), the
+    stride accumulated in floating point as there. ``space_timesteps(1000, 250)[[5, 50, 100]]``
+    = 20, 201, 401.
+
+    Raises ValueError unless 1 ≤ steps ≤ num_timesteps.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(
+            f"cannot respace a {num_timesteps}-step schedule to {steps} steps; "
+            f"use 1 <= chain_steps <= {num_timesteps} (or 0 for the model's own schedule)"
+        )
+    stride = 1.0 if steps <= 1 else (num_timesteps - 1) / (steps - 1)
+    kept, cur = [], 0.0
+    for _ in range(steps):
+        kept.append(round(cur))
+        cur += stride
+    return kept
+
+
+def scoring_chain(
+    sched: D.Schedule, params: KLConfig, device: torch.device
+) -> tuple[D.Schedule, dict[int, int]]:
+    """The chain the KL is scored on and {t of ``params.timesteps``: the model's step k}.
+
+    ``chain_steps = 0``: the model's schedule, k = t. ``chain_steps = N``: the schedule respaced
+    to N steps (:func:`space_timesteps`, ``raydiff.scoring.sampling.respaced_schedule``: the
+    ``SpacedDiffusion`` betas), tables on ``device``, k = k_t. Raises ValueError for a t outside
+    1 … (chain length - 1) (t = 0 has no previous step to score).
+    """
+    n = params.chain_steps
+    length = n if n > 0 else sched.timesteps
+    bad = [t for t in params.timesteps if not 1 <= t < length]
+    if bad:
+        what = f"the {n}-step respaced chain (chain_steps = {n})" if n > 0 else f"the model's {length}-step schedule"
+        raise ValueError(
+            f"kl: timesteps {bad} are not steps 1 … {length - 1} of {what}; "
+            + ("with chain_steps > 0 the timesteps index the respaced chain (RAN: 5, 50, 100 of 250)."
+               if n > 0 else f"use timesteps in 1 … {length - 1} (RAN: 20, 200, 400 of 1000).")
+        )
+    if n == 0:
+        return sched, {t: t for t in params.timesteps}
+    kept = space_timesteps(sched.timesteps, n)
+    return respaced_on_device(sched, tuple(kept), device), {t: kept[t] for t in params.timesteps}
+
+
+def fresh_level(cache: object, kind: str, k: int) -> dict[str, torch.Tensor]:
+    """ε_θ(x_k, k) at x_k = q_sample(x0, k, ε_k) with ε_k a noise draw of its own for step k of
+    model ``kind``: {"x_t", "eps", "v" (or absent), "noise"}, memoised in the batch cache (kl
+    instances on the same model share it). ε_k is seeded from (run seed, image id, "kl-fresh",
+    kind, noise kind, k): independent per t, and of the batch the image is in."""
+    model = cache.model(kind)  # type: ignore[attr-defined]
+    x0 = cache.x0  # type: ignore[attr-defined]
+
+    def compute() -> dict[str, torch.Tensor]:
+        seeds = cache.seeds("kl-fresh", kind, model.noise_kind, k)  # type: ignore[attr-defined]
+        noise = cache.draw_noise(model.noise_kind, tuple(x0.shape), seeds, kind)  # type: ignore[attr-defined]
+        kk = torch.full((x0.shape[0],), k, dtype=torch.long, device=x0.device)
+        xt = D.q_sample(model.schedule, x0, kk, noise)  # DDPM eq. 4
+        with torch.no_grad():
+            eps, v = cache.unet(kind, xt, kk)  # type: ignore[attr-defined]
+        out = {"x_t": xt, "eps": eps, "noise": noise}
+        if v is not None:
+            out["v"] = v
+        return out
+
+    return cache.memo(("kl-fresh", kind, k, model.noise_kind), compute)  # type: ignore[attr-defined]
 
 
 def feature_mse_map(
@@ -83,19 +183,27 @@ def feature_mse_map(
 
 
 def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, torch.Tensor]:
-    """{"kl_t{t}": (B,H,W) for each t, "feature": (B,H,W)} (raw, unnormalised)."""
+    """{"kl_t{t}": (B,H,W) for each t, "feature": (B,H,W)} (raw, unnormalised; float32 ≥ 0)."""
     kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)  # type: ignore[attr-defined]
     x0 = cache.x0  # type: ignore[attr-defined]
     size = x0.shape[-1]
+    chain, model_step = scoring_chain(model.schedule, params, x0.device)
     phi_x0 = cache.features_x0()  # type: ignore[attr-defined]
     out: dict[str, torch.Tensor] = {}
     feature_sum = torch.zeros(x0.shape[0], size, size, device=x0.device)
     for t in params.timesteps:
-        shared = cache.forward_eps(kind, t, model.noise_kind)  # type: ignore[attr-defined]
+        k = model_step[t]  # the model's step: the UNet is conditioned on k (``_WrappedModel``)
+        # 1. x_t and ε_θ(x_t, k): the shared draw, or one of its own for this t.
+        if params.fresh_noise:
+            level = fresh_level(cache, kind, k)
+        else:
+            level = cache.forward_eps(kind, k, model.noise_kind)  # type: ignore[attr-defined]
+        # 2. KL of the step t → t-1 of the chain (DDPM eq. 7, iDDPM eq. 15 on its β, β̃).
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
-        out[kl_component(t)] = kl_map(model.schedule, x0, shared["x_t"], tt, shared["eps"], shared.get("v"))
-        x0_hat = D.predict_x0(model.schedule, shared["x_t"], tt, shared["eps"]).clamp(-1.0, 1.0)
+        out[kl_component(t)] = kl_map(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0)
+        # 3. φ of the clipped one-step reconstruction (ᾱ of the chain at t = ᾱ_k).
+        x0_hat = D.predict_x0(chain, level["x_t"], tt, level["eps"]).clamp(-1.0, 1.0)  # DDPM eq. 15
         with torch.no_grad():
             phi_rec = cache.ctx.features(x0_hat)  # type: ignore[attr-defined]
         feature_sum += feature_mse_map(phi_x0, phi_rec, size)

@@ -74,10 +74,10 @@ def respaced_on_device(sched: D.Schedule, taus: tuple[int, ...], device: torch.d
     return respaced_schedule(sched, taus).to(device)
 
 
-def step_noise(cache: object, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
-    """z for one ancestral step: unit-variance noise of the model's kind, one seed per image,
-    drawn on the compute device by the batch cache (counted there; no host round trip)."""
-    return cache.draw_noise(noise_kind, shape, seeds)  # type: ignore[attr-defined]
+def step_noise(cache: object, kind: str, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """z for one ancestral step: unit-variance noise of model ``kind``'s noise, one seed per
+    image, drawn on the compute device by the batch cache (counted there; no host round trip)."""
+    return cache.draw_noise(noise_kind, shape, seeds, kind)  # type: ignore[attr-defined]
 
 
 def reverse_to_clean(
@@ -97,10 +97,11 @@ def reverse_to_clean(
     ``first`` = (ε, v) already computed at (x_start, t0), e.g. shared through
     ``cache.forward_eps``: then the chain costs S - 1 new UNet passes, else S.
     ``purpose`` names the random stream of the ddpm terms (e.g. the variant id). ``variance``: the
-    ddpm steps' σ² — ``model`` (learned, or β̃ for an ε-only model) or ``fixed-large`` (β).
-    Returns x̂0 (B,C,H,W) float32 in [-1, 1].
+    ddpm steps' σ² — ``model`` (the model's: learned, β̃ for fixed-small, β for fixed-large) or
+    ``fixed-large`` (β). Returns x̂0 (B,C,H,W) float32 in [-1, 1].
     """
     model = cache.model(kind)  # type: ignore[attr-defined]
+    variance = cache.reverse_variance(kind, variance)  # type: ignore[attr-defined]
     sched: D.Schedule = model.schedule
     taus = reverse_timesteps(t0, steps)
     resp = respaced_on_device(sched, tuple(taus), x_start.device) if sampler == "ddpm" else None
@@ -120,7 +121,7 @@ def reverse_to_clean(
         j = len(taus) - 1 - i  # respaced index of τ_i
         if j > 0:
             seeds = cache.seeds("reverse", *purpose, tau)  # type: ignore[attr-defined]
-            z = step_noise(cache, model.noise_kind, tuple(x.shape), seeds)
+            z = step_noise(cache, kind, model.noise_kind, tuple(x.shape), seeds)
         else:
             z = torch.zeros_like(x)  # the last step adds no noise
         out = eps if v is None else torch.cat([eps, v], dim=1)

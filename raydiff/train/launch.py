@@ -46,7 +46,7 @@ from typing import Any
 
 import polars as pl
 
-from raydiff.config import Config, config_from_dict, config_to_dict, model_id
+from raydiff.config import Config, config_from_dict, config_to_dict, model_id, run_id
 from raydiff.io import atomic_write_text, is_complete
 from raydiff.paths import model_dir, output_root
 from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device
@@ -78,7 +78,7 @@ def storage_probe(cfg: Config) -> Path:
 
 
 def run_name(cfg: Config, category: str, kind: str) -> str:
-    return f"train-{model_id(cfg)}-{cfg.dataset.dataset_name}-{category}-{kind}"
+    return f"train-{model_id(cfg, kind, category)}-{cfg.dataset.dataset_name}-{category}-{kind}"
 
 
 def _restore_from_ray(ray_dir: Path, folder: Path) -> None:
@@ -156,7 +156,7 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
     if len(jobs) == 1:
         name = run_name(cfg, jobs[0]["category"], jobs[0]["kind"])
     else:  # a pack: named after its jobs, so that a relaunch with the same pending set finds it
-        name = f"train-{model_id(cfg)}-{cfg.dataset.dataset_name}-pack-{_digest_jobs(jobs)}"
+        name = f"train-{cfg.dataset.dataset_name}-pack-{_digest_jobs(cfg, jobs)}"
     trainer = TorchTrainer(
         train_worker,
         # nccl needs CUDA: a simulated GPU (ray.device: cpu) trains over gloo.
@@ -175,10 +175,10 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
     trainer.fit()
 
 
-def _digest_jobs(jobs: Sequence[dict[str, str]]) -> str:
+def _digest_jobs(cfg: Config, jobs: Sequence[dict[str, str]]) -> str:
     import hashlib
 
-    text = ";".join(f"{j['category']}/{j['kind']}" for j in jobs)
+    text = ";".join(f"{j['category']}/{j['kind']}/{model_id(cfg, j['kind'], j['category'])}" for j in jobs)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -253,7 +253,7 @@ def train_all(
         param_space={"jobs": ray.tune.grid_search(pack_jobs(cfg, pending, cfg.ray.training_runs))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trainings or None),
         run_config=ray.tune.RunConfig(
-            name=f"sweep-{model_id(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
+            name=f"sweep-{run_id(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}",
             storage_path=str(storage_path(cfg)),
             verbose=verbose,
         ),

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from raydiff import diffusion as D
-from raydiff.config import MODEL_KIND_TABLE, AugmentConfig, Config, config_to_dict, model_id
+from raydiff.config import AugmentConfig, Config, config_to_dict, model_id
 from raydiff.errors import CheckpointError, DatasetError
 from raydiff.io import is_complete, write_marker
 from raydiff.models import checkpoint as ckpt
@@ -183,11 +183,12 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 def diffusion_loss(
     s: D.Schedule, model_out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor, learned_variance: bool,
-    vlb_weight: float,
+    vlb_weight: float, loss: str = "l2",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(total, L_simple, L_t in bits/dim) for one batch; see the module docstring."""
+    """(total, L_simple, L_t in bits/dim) for one batch; see the module docstring. ``loss``: the
+    ε term, ``l2`` (DDPM's L_simple) or ``l1`` (Kashihara eq. 7)."""
     eps, v = D.split_model_output(model_out.float(), x0.shape[1], learned_variance)
-    simple = (eps - noise).square().mean()
+    simple = (eps - noise).abs().mean() if loss == "l1" else (eps - noise).square().mean()
     if v is None:
         return simple, simple, torch.zeros((), device=x0.device)
     frozen = torch.cat([eps.detach(), v], dim=1)  # stop-gradient on the mean (iDDPM §3.1)
@@ -274,7 +275,7 @@ def train_one(
 
     A folder with a success marker is returned at once (nothing is trained). With ``resume``
     a folder holding a checkpoint continues from its step; otherwise it is overwritten. A
-    checkpoint is written every ``cfg.models.checkpoint_every`` steps and at the end, then
+    checkpoint is written every ``checkpoint_every`` steps (of the model's spec) and at the end, then
     ``on_checkpoint(folder, step, metrics)`` is called; the marker is written last.
 
     ``meta.json`` records each training segment (a start or a resume): the step it started at,
@@ -284,10 +285,10 @@ def train_one(
     folder = Path(out_dir) if out_dir is not None else model_dir(cfg, category, kind)
     if is_complete(folder):
         return folder
-    if kind not in MODEL_KIND_TABLE:
-        raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODEL_KIND_TABLE)}")
+    if kind not in cfg.models.names:
+        raise ValueError(f"unknown model {kind!r}; this config's models: {', '.join(cfg.models.names)}")
     say = progress or (lambda _msg: None)
-    mc = cfg.models
+    mc = cfg.models.spec(kind)
     dev = torch.device(device) if device is not None else _default_device()
     autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
     ckpt.recover(folder)
@@ -297,13 +298,13 @@ def train_one(
     images, channels = load_train_images(cfg, category, manifest)
     images = images.to(dev)
     seed = derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, kind)
-    noise_kind = MODEL_KIND_TABLE[kind].noise
-    learned_variance = MODEL_KIND_TABLE[kind].learned_variance
+    noise_kind = mc.noise
+    learned_variance = mc.learned_variance
     aug = mc.augment_for(category)
     schedule = D.Schedule.from_config(mc).to(dev)
     meta: dict[str, Any] = {
         "format": ckpt.FORMAT_VERSION, "kind": kind, "category": category, "dataset": cfg.dataset.dataset_name,
-        "model_id": model_id(cfg), "seed": seed, "run_seed": cfg.seed, "noise_kind": noise_kind,
+        "model_id": model_id(cfg, kind, category), "arch": mc.arch, "variance": mc.variance, "seed": seed, "run_seed": cfg.seed, "noise_kind": noise_kind,
         "learned_variance": learned_variance, "channels": channels, "image_size": cfg.dataset.image_size,
         "preset": mc.preset, "schedule": schedule.describe(), "train_steps": mc.train_steps,
         "n_train_images": int(images.shape[0]), "augment": config_to_dict(aug), "config": config_to_dict(cfg),
@@ -315,8 +316,8 @@ def train_one(
 
     # ---- latent kind: the autoencoder first (trained once, saved with every checkpoint) ----
     vae, vae_to_save, scale = None, None, None
-    if MODEL_KIND_TABLE[kind].latent:
-        vae, vae_to_save, scale, vae_meta = _prepare_vae(cfg, category, folder, images, channels, seed, aug,
+    if mc.is_latent:
+        vae, vae_to_save, scale, vae_meta = _prepare_vae(cfg, kind, category, folder, images, channels, seed, aug,
                                                          start_state, dev, autocast_dtype, say)
         meta.update(vae=vae_meta, latent_scale=scale, latent_channels=int(vae.config.latent_channels))
     sample_channels = int(meta.get("latent_channels") or channels)
@@ -392,7 +393,7 @@ def train_one(
         x_in = x_t.contiguous(memory_format=torch.channels_last) if tc.channels_last else x_t
         with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             out = unet(x_in, t).sample
-        loss, _simple, vlb = diffusion_loss(schedule, out, x0, x_t, t, noise, learned_variance, mc.vlb_weight)
+        loss, _simple, vlb = diffusion_loss(schedule, out, x0, x_t, t, noise, learned_variance, mc.vlb_weight, mc.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if mc.grad_clip > 0:
@@ -414,14 +415,15 @@ def train_one(
 
 
 def _prepare_vae(
-    cfg: Config, category: str, folder: Path, images: Tensor, channels: int, seed: int, aug: AugmentConfig,
+    cfg: Config, kind: str, category: str, folder: Path, images: Tensor, channels: int, seed: int, aug: AugmentConfig,
     start_state: ckpt.TrainingState | None, dev: torch.device, autocast_dtype: torch.dtype | None,
     say: Callable[[str], None],
 ) -> tuple[Any, Any, float, dict[str, Any]]:
     """→ (vae for encoding, vae to save in the checkpoint or None, latent scale, meta['vae'])."""
     from raydiff.models import latent as L
 
-    lc = cfg.models.latent
+    mc = cfg.models.spec(kind)
+    lc = mc.vae
     if lc.vae_path:
         vae = L.load_pretrained_vae(lc.vae_path, dev)
         scale = lc.scale or float(getattr(vae.config, "scaling_factor", 0.0) or 0.0) or None
@@ -432,11 +434,11 @@ def _prepare_vae(
         return vae, vae, float(start_state.meta["latent_scale"]), dict(start_state.meta["vae"])
     else:
         torch.manual_seed(derive_seed(seed, "vae-init"))
-        vae = L.build_vae(cfg.models.preset, channels, cfg.dataset.image_size, lc.latent_channels,
-                          lc.vae_downsample, cfg.models.padding).to(dev)
-        say(f"{category}/latent: training the VAE for {lc.vae_train_steps} steps")
+        vae = L.build_vae(mc.preset, channels, cfg.dataset.image_size, lc.latent_channels,
+                          lc.vae_downsample, mc.padding).to(dev)
+        say(f"{category}/{kind}: training the VAE for {lc.vae_train_steps} steps")
         vae_rows: list[float] = []
-        L.train_vae(vae, images, lc.vae_train_steps, lc.vae_lr, lc.vae_kl_weight, cfg.models.batch_size,
+        L.train_vae(vae, images, lc.vae_train_steps, lc.vae_lr, lc.vae_kl_weight, mc.batch_size,
                     derive_seed(seed, "vae"), augment=lambda x, g: augment_batch(x, aug, g),
                     log=lambda _s, loss: vae_rows.append(loss), autocast_dtype=autocast_dtype)
         scale = lc.scale
@@ -444,7 +446,7 @@ def _prepare_vae(
                 "final_loss": float(np.mean(vae_rows[-20:])) if vae_rows else None}
         to_save = vae
     if scale is None:
-        scale = 1.0 / L.latent_std(vae, images, cfg.models.batch_size)
+        scale = 1.0 / L.latent_std(vae, images, mc.batch_size)
         info["scale_from"] = "1/std of training latents"
     if to_save is not None:
         to_save.register_to_config(scaling_factor=float(scale))

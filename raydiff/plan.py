@@ -1,0 +1,199 @@
+"""``raydiff plan``: what a config trains and scores, and what it costs, without data or a GPU.
+
+For every model of the config (the ones its enabled variants use): architecture, preset,
+schedule with its betas, noise, variance, training budget. For every variant instance: method,
+model, parameters, per-category overrides (only the keys that differ), the UNet forward and
+backward passes per test image, and which instance's computation it shares. Then an estimate of
+the GPU-hours at a given model-FLOP utilisation:
+
+- training: ``raydiff.models.flops.training_flops`` per (category, model);
+- fitting: each category's held-out normal images go through every enabled variant twice
+  (component statistics, then the final per-ring scaling: ``raydiff.scoring.fit``);
+- scoring: per test image, every family's passes once (a pass shared by several instances is
+  paid once), each priced at its model's forward FLOPs at the config's preset and image size;
+  a backward pass (trend's input gradient) costs two forwards.
+
+Pass counts come from the real engine run on tiny random models of the same schedules
+(``forward_counts``): counts depend on the variants' settings, not on the network's size. The
+image counts are MVTec AD's own for ``layout: mvtec`` (``MVTEC_SIZES``), else ``test_images``
+/ ``train_images`` per category as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: MVTec AD (Bergmann et al., CVPR 2019, Table 1): (train good, test) images per category.
+MVTEC_SIZES: dict[str, tuple[int, int]] = {
+    "bottle": (209, 83), "cable": (224, 150), "capsule": (219, 132), "carpet": (280, 117), "grid": (264, 78),
+    "hazelnut": (391, 110), "leather": (245, 124), "metal_nut": (220, 115), "pill": (267, 167),
+    "screw": (320, 160), "tile": (230, 117), "toothbrush": (60, 42), "transistor": (213, 100),
+    "wood": (247, 79), "zipper": (240, 151),
+}
+#: Dense bf16 peak of one H100/H200 SXM (NVIDIA's data sheet: 989 TFLOP/s without sparsity).
+DEFAULT_GPU_TFLOPS = 989.0
+DEFAULT_MFU = 0.35
+#: Image size the pass counts are measured at (counts do not depend on it).
+_COUNT_SIZE = 32
+
+
+def _tiny(cfg: Any) -> Any:
+    """``cfg`` with tiny random-weight-sized models and no weight files: for counting passes."""
+    from raydiff.config import ModelsConfig
+
+    specs = {name: dataclasses.replace(spec, preset="tiny", base_channels=8,
+                                       vae=dataclasses.replace(spec.vae, vae_downsample=1, vae_path=None))
+             for name, spec in cfg.models.specs.items()}
+    return dataclasses.replace(
+        cfg, dataset=dataclasses.replace(cfg.dataset, image_size=_COUNT_SIZE), models=ModelsConfig(specs=specs),
+        features=dataclasses.replace(cfg.features, resnet34_weights=None),
+    )
+
+
+def forward_counts(cfg: Any, variants: Sequence[str], category: str | None = None) -> dict[str, Any]:
+    """UNet passes per test image, counted by the real engine on tiny random models.
+
+    → {"alone": {variant: (forwards, backwards)} (each variant scored by itself), "shared":
+    {model: forwards + 2·backwards} (one pass of all ``variants`` together, shared work once)}.
+    ``category`` applies its per-category overrides.
+    """
+    import torch
+
+    from raydiff.features import build_features
+    from raydiff.models.checkpoint import DiffusionModel
+    from raydiff.models.latent import build_vae
+    from raydiff.models.presets import build_unet
+    from raydiff import diffusion as D
+    from raydiff.scoring import raw_components
+    from raydiff.scoring.context import CategoryContext
+    from raydiff.scoring.fit import FittedState, dynamic_params, dynamic_variants
+
+    tiny = _tiny(cfg)
+    channels, size = 3, _COUNT_SIZE
+    models: dict[str, Any] = {}
+    for i, name in enumerate(sorted({tiny.variants.model(v) for v in variants})):
+        spec = tiny.model_spec(name)
+        torch.manual_seed(i)
+        vae, scale, c, s = None, None, channels, size
+        if spec.is_latent:
+            vae = build_vae("tiny", channels, size, spec.vae.latent_channels, 1).eval()
+            scale, c, s = 1.0, spec.vae.latent_channels, size // 2
+        unet = build_unet("tiny", c, c * (2 if spec.learned_variance else 1), s, 8).eval().requires_grad_(False)
+        models[name] = DiffusionModel(unet=unet, kind=name, channels=channels, learned_variance=spec.learned_variance,
+                                      noise_kind=spec.noise, schedule=D.Schedule.from_config(spec), vae=vae,
+                                      latent_scale=scale)
+    features, _ = build_features(tiny.features, seed=0)
+    knn = None
+    if dynamic_variants(tiny, variants):
+        from raydiff.features import knn_features
+        from raydiff.knn_prior import KNNPrior
+
+        params = dynamic_params(tiny, variants, category)
+        train = torch.rand(params.knn_k + 4, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        knn = KNNPrior.fit(knn_features(features, train).numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
+    ctx = CategoryContext(cfg=tiny, category=category or "plan", models=models, features=features.eval(),
+                          fitted=FittedState(knn=knn))
+    image = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    alone = {}
+    for v in variants:
+        _c, cache, _s = raw_components(ctx, image, ["plan/0.png"], [v])
+        alone[v] = (float(sum(cache.forwards.values())), float(sum(cache.backwards.values())))
+    _c, cache, _s = raw_components(ctx, image, ["plan/0.png"], list(variants))
+    shared: dict[str, float] = {}
+    for family, n in cache.forwards.items():
+        model = tiny.variants.model(family)
+        shared[model] = shared.get(model, 0.0) + float(n)
+    for family, n in cache.backwards.items():
+        model = tiny.variants.model(family)
+        shared[model] = shared.get(model, 0.0) + 2.0 * float(n)
+    return {"alone": alone, "shared": shared}
+
+
+def _schedule(spec: Any) -> dict[str, Any]:
+    from raydiff.diffusion import DYNAD_BETAS
+
+    if spec.schedule == "cosine":
+        return {"schedule": "cosine", "beta_start": None, "beta_end": None}
+    start, end = DYNAD_BETAS if spec.schedule == "dynad" else (spec.beta_start, spec.beta_end)
+    return {"schedule": "linear", "beta_start": start, "beta_end": end}
+
+
+def _changed(base: Any, other: Any) -> dict[str, Any]:
+    from raydiff.config import config_to_dict
+
+    a, b = config_to_dict(base), config_to_dict(other)
+    return {k: v for k, v in b.items() if a.get(k) != v}
+
+
+def build_plan(
+    cfg: Any, mfu: float = DEFAULT_MFU, gpu_tflops: float = DEFAULT_GPU_TFLOPS,
+    test_images: int = 100, train_images: int = 200, categories: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The plan of ``cfg`` as plain data: ``models``, ``variants``, ``cost`` (module docstring)."""
+    from raydiff.config import config_to_dict
+    from raydiff.models.flops import model_forward_flops, training_flops
+
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    variants = list(cfg.variants.enabled)
+    cats = list(categories or cfg.dataset.categories)
+    sizes: Mapping[str, tuple[int, int]] = (
+        {c: MVTEC_SIZES.get(c, (train_images, test_images)) for c in cats} if cfg.dataset.layout == "mvtec"
+        else {c: (train_images, test_images) for c in cats})
+    if not sizes:  # no category list: one category of the given size
+        sizes = {"(each category)": (train_images, test_images)}
+    used = cfg.models_needed()
+    models = []
+    for name in used:
+        spec = cfg.model_spec(name)
+        models.append({
+            "name": name, "arch": spec.arch, "preset": spec.preset, **_schedule(spec), "timesteps": spec.timesteps,
+            "noise": spec.noise, "variance": spec.variance, "train_steps": spec.train_steps,
+            "batch_size": spec.batch_size, "lr": spec.lr, "weight_decay": spec.weight_decay,
+            "ema_decay": spec.ema_decay, "base_channels": spec.base_channels,
+            "used_by": [v for v in variants if cfg.variants.model(v) == name],
+            "train_tflop": training_flops(cfg, name) / 1e12,
+            "forward_gflop": model_forward_flops(cfg, name) / 1e9,
+        })
+    # Pass counts per distinct set of per-category parameters (most configs: one).
+    override_cats = sorted({c for v in variants for c in cfg.variants.instance(v).per_category})
+    counts = {None: forward_counts(cfg, variants)}
+    for c in override_cats:
+        counts[c] = forward_counts(cfg, variants, c)
+    rows = []
+    for v in variants:
+        inst = cfg.variants.instance(v)
+        fwd, bwd = counts[None]["alone"][v]
+        rows.append({
+            "name": v, "method": inst.method, "model": inst.model, "params": config_to_dict(inst.params),
+            "per_category": {c: _changed(inst.params, p) for c, p in inst.per_category.items()},
+            "reproduces": inst.reproduces, "shares_computation_with": cfg.variants.family(v),
+            "unet_forwards_per_image": fwd, "unet_backwards_per_image": bwd,
+            "unet_passes_per_image_by_category": {c: counts[c]["alone"][v] for c in override_cats
+                                                  if counts[c]["alone"][v] != (fwd, bwd)},
+        })
+    rate = gpu_tflops * 1e12 * mfu
+    fwd_flops = {m["name"]: m["forward_gflop"] * 1e9 for m in models}
+
+    def image_flops(category: str) -> float:
+        shared = counts.get(category, counts[None])["shared"]
+        return sum(n * fwd_flops[m] for m, n in shared.items())
+
+    train_s = sum(m["train_tflop"] * 1e12 for m in models) * len(sizes) / rate
+    fit_s = score_s = 0.0
+    for c, (n_train, n_test) in sizes.items():
+        holdout = max(cfg.dataset.holdout_min, round(cfg.dataset.holdout_fraction * n_train))
+        fit_s += 2 * holdout * image_flops(c) / rate
+        score_s += n_test * image_flops(c) / rate
+    cost = {
+        "mfu": mfu, "gpu_tflops": gpu_tflops, "categories": list(sizes),
+        "images": {c: {"train": n_train, "test": n_test} for c, (n_train, n_test) in sizes.items()},
+        "image_counts": ("MVTec AD Table 1 for MVTec's categories, else as given" if cfg.dataset.layout == "mvtec"
+                         else "as given"),
+        "training_gpu_hours": train_s / 3600, "fit_gpu_hours": fit_s / 3600, "scoring_gpu_hours": score_s / 3600,
+        "total_gpu_hours": (train_s + fit_s + score_s) / 3600,
+        "training_gpu_hours_per_model": {m["name"]: m["train_tflop"] * 1e12 / rate / 3600 for m in models},
+    }
+    return {"config": cfg.source, "models": models, "variants": rows, "cost": cost}
