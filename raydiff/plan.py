@@ -40,10 +40,11 @@ _COUNT_SIZE = 32
 
 
 def _tiny(cfg: Any) -> Any:
-    """``cfg`` with tiny random-weight-sized models and no weight files: for counting passes."""
+    """``cfg`` with tiny models, no weight files and Gaussian noise (the pass counts depend on
+    none of them; simplex noise is slow to draw on a CPU): for counting passes."""
     from raydiff.config import ModelsConfig
 
-    specs = {name: dataclasses.replace(spec, preset="tiny", base_channels=8,
+    specs = {name: dataclasses.replace(spec, preset="tiny", base_channels=8, noise="gaussian",
                                        vae=dataclasses.replace(spec.vae, vae_downsample=1, vae_path=None))
              for name, spec in cfg.models.specs.items()}
     return dataclasses.replace(
@@ -96,10 +97,14 @@ def forward_counts(cfg: Any, variants: Sequence[str], category: str | None = Non
     ctx = CategoryContext(cfg=tiny, category=category or "plan", models=models, features=features.eval(),
                           fitted=FittedState(knn=knn))
     image = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    alone = {}
-    for v in variants:
-        _c, cache, _s = raw_components(ctx, image, ["plan/0.png"], [v])
-        alone[v] = (float(sum(cache.forwards.values())), float(sum(cache.backwards.values())))
+    alone: dict[str, tuple[float, float]] = {}
+    by_family: dict[str, tuple[float, float]] = {}
+    for v in variants:  # instances of one family make the same passes: counted once
+        family = tiny.variants.family(v, category)
+        if family not in by_family:
+            _c, cache, _s = raw_components(ctx, image, ["plan/0.png"], [v])
+            by_family[family] = (float(sum(cache.forwards.values())), float(sum(cache.backwards.values())))
+        alone[v] = by_family[family]
     _c, cache, _s = raw_components(ctx, image, ["plan/0.png"], list(variants))
     shared: dict[str, float] = {}
     for family, n in cache.forwards.items():
@@ -159,9 +164,16 @@ def build_plan(
         })
     # Pass counts per distinct set of per-category parameters (most configs: one).
     override_cats = sorted({c for v in variants for c in cfg.variants.instance(v).per_category})
+
+    def signature(category: str | None) -> tuple[Any, ...]:
+        return tuple(cfg.variants.params(v, category) for v in variants)
+
     counts = {None: forward_counts(cfg, variants)}
+    measured = {signature(None): counts[None]}
     for c in override_cats:
-        counts[c] = forward_counts(cfg, variants, c)
+        if signature(c) not in measured:
+            measured[signature(c)] = forward_counts(cfg, variants, c)
+        counts[c] = measured[signature(c)]
     rows = []
     for v in variants:
         inst = cfg.variants.instance(v)
