@@ -68,7 +68,8 @@ def test_two_groups_giving_one_category_different_values_is_an_error() -> None:
     ({"k": {"method": "static", "model": "lat"}}, None, {}, r"method static scores pixel models, but 'lat' is a latent model"),
     ({"k": {"method": "static", "model": "px"}, "enabled": ["k", "q"]}, None, {}, r"'variants.enabled' lists q"),
     ({"kl": {}}, {"kinds": ["pixel", "nope"]}, {}, r"'models.kinds' lists 'nope', which is neither defined"),
-    ({"kl": {}}, {"kinds": ["pixel"], "extra": {"arch": "pixel"}}, {}, r"model 'extra' is defined but 'models.kinds' does not list it"),
+    ({"k": {"method": "kl", "model": "extra"}}, {"kinds": ["px"], "px": {"arch": "pixel"}, "extra": {"arch": "pixel"}}, {},
+     r"scores with model 'extra', which 'models' does not define; this config's models: px"),
     ({"k": {"method": "static", "model": "px"}}, {"px": {"arch": "pixle"}}, {}, r"'models.px.arch' is 'pixle'"),
     ({"k": {"method": "static", "model": "px", "t0": 150, "steps": 2}}, {"px": {"arch": "pixel", "timesteps": 100}}, {},
      r"variant 'k' uses timestep 150 >= the timesteps of its model 'px' \(100\)"),
@@ -83,6 +84,14 @@ def test_bad_names_are_one_error_naming_the_key_the_file_and_the_choices(
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path)
     assert str(path) in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_models_kinds_selects_among_named_models() -> None:
+    cfg = load_config(CONFIGS / "textures.yaml", {"dataset.root": "/x", "models.kinds": ["pixel"],
+                                                   "variants.enabled": ["no-diffusion", "kl"]})
+    assert cfg.models.names == ("pixel",) and cfg.models_needed() == ("pixel",)
+    assert set(cfg.variants.instances) == {"static-gaussian", "no-diffusion", "dynamic-pixel", "kl", "trend",
+                                           "trend-intensity", "trend-uncertainty"}
 
 
 def test_dynamic_variants_must_agree_on_the_shared_knn_prior() -> None:

@@ -462,8 +462,8 @@ def _mapping(value: Any, key: str, where: Where) -> Mapping[str, Any]:
 
 
 def _build_models(data: Any, where: Where) -> ModelsConfig:
-    """``models:``: shared settings (ModelSpec keys), named models (``NAME: {...}``) and, in the
-    earlier form, ``kinds`` (names of built-in models)."""
+    """``models:``: shared settings (ModelSpec keys), named models (``NAME: {...}``) and ``kinds``:
+    in the earlier form the built-in models to train; beside named models, the ones to keep."""
     data = _mapping(data, "models", where)
     shared: dict[str, Any] = {}
     named: dict[str, Mapping[str, Any]] = {}
@@ -504,10 +504,7 @@ def _build_models(data: Any, where: Where) -> ModelsConfig:
                     f"define it as 'models.{name}: {{arch: pixel, ...}}' or remove it.")
         if len(set(kinds)) != len(kinds):
             raise ConfigError(_at(where, "models.kinds"), "'models.kinds' lists a model twice.", "list each once.")
-        unlisted = [n for n in named if n not in kinds]
-        if unlisted:
-            raise ConfigError(_at(where, f"models.{unlisted[0]}"), f"model '{unlisted[0]}' is defined but "
-                              "'models.kinds' does not list it.", "add it to models.kinds, or drop models.kinds.")
+        # With named models, ``kinds`` selects among them (``--set models.kinds=[pixel]``).
         names = list(kinds)
     else:
         names = list(named) or list(BUILTIN_MODELS)
@@ -607,6 +604,7 @@ def _build_variants(
     if _is_legacy_variants(data):
         return _legacy_variants(data, models, where)
     enabled = data.pop("enabled", None)
+    chosen_names = None if enabled is None else set(_convert(enabled, tuple[str, ...], "variants.enabled", where))
     instances: dict[str, VariantInstance] = {}
     for raw_name, body in data.items():
         name = str(raw_name)
@@ -629,6 +627,8 @@ def _build_variants(
             raise ConfigError(at, f"variant '{name}' has method {method!r}; valid methods: {', '.join(METHOD_TABLE)}.",
                               f"set '{key}.method' to one of them.")
         model = body.pop("model", builtin.model if builtin else None)
+        if model is not None and model not in models.names and chosen_names is not None and name not in chosen_names:
+            continue  # not enabled, and its model was left out (``models.kinds``): nothing to check
         if model not in models.names:
             what = f"scores with model {model!r}, which 'models' does not define" if model else "names no model"
             raise ConfigError(at, f"variant '{name}' {what}; this config's models: {', '.join(models.names)}.",
