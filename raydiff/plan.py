@@ -63,28 +63,14 @@ def forward_counts(cfg: Any, variants: Sequence[str], category: str | None = Non
     import torch
 
     from raydiff.features import build_features
-    from raydiff.models.checkpoint import DiffusionModel
-    from raydiff.models.latent import build_vae
-    from raydiff.models.presets import build_unet
-    from raydiff import diffusion as D
+    from raydiff.models.checkpoint import random_models
     from raydiff.scoring import raw_components
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import FittedState, dynamic_params, dynamic_variants
 
     tiny = _tiny(cfg)
     channels, size = 3, _COUNT_SIZE
-    models: dict[str, Any] = {}
-    for i, name in enumerate(sorted({tiny.variants.model(v) for v in variants})):
-        spec = tiny.model_spec(name)
-        torch.manual_seed(i)
-        vae, scale, c, s = None, None, channels, size
-        if spec.is_latent:
-            vae = build_vae("tiny", channels, size, spec.vae.latent_channels, 1).eval()
-            scale, c, s = 1.0, spec.vae.latent_channels, size // 2
-        unet = build_unet("tiny", c, c * (2 if spec.learned_variance else 1), s, 8).eval().requires_grad_(False)
-        models[name] = DiffusionModel(unet=unet, kind=name, channels=channels, learned_variance=spec.learned_variance,
-                                      noise_kind=spec.noise, schedule=D.Schedule.from_config(spec), vae=vae,
-                                      latent_scale=scale)
+    models = random_models(tiny, channels, torch.device("cpu"), sorted({tiny.variants.model(v) for v in variants}))
     features, _ = build_features(tiny.features, seed=0)
     knn = None
     if dynamic_variants(tiny, variants):

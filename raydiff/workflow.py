@@ -350,7 +350,7 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
         return s
 
     kinds = cfg.models_needed()
-    progress(f"[train] {len(categories)} categories x {len(kinds)} model kinds ({', '.join(kinds)}); "
+    progress(f"[train] {len(categories)} categories x {len(kinds)} models ({', '.join(kinds)}); "
              "each category is fitted and scored as soon as its models exist")
     stages = ChainStages(
         train=train,

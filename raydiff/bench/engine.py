@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from raydiff.config import Config, load_config
+from raydiff.models.checkpoint import random_models  # noqa: F401 - the benchmarks' (and tests') random models
 from raydiff.config.schema import ScoringConfig
 
 #: Overrides that let a config be read without its dataset (the bench never opens it) and with
@@ -54,33 +55,6 @@ def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
     rest = {k: v for k, v in (overrides or {}).items() if k not in every}
     cfg = load_config(path or DEFAULT_CONFIG, {**NO_DATASET, **rest})
     return cfg.with_models(**{k[7:]: v for k, v in every.items()}) if every else cfg
-
-
-def random_models(cfg: Config, channels: int, device: torch.device, kinds: Sequence[str]) -> dict[str, Any]:
-    """One freshly initialised DiffusionModel per kind, shaped as training would build it."""
-    from raydiff import diffusion as D
-    from raydiff.models.checkpoint import DiffusionModel
-    from raydiff.models.latent import build_vae
-    from raydiff.models.presets import build_unet
-
-    size = cfg.dataset.image_size
-    out: dict[str, Any] = {}
-    for i, kind in enumerate(kinds):
-        torch.manual_seed(cfg.seed + i)
-        vae, scale, sample_channels, sample_size = None, None, channels, size
-        mc = spec = cfg.model_spec(kind)
-        schedule = D.Schedule.from_config(mc).to(device)
-        if spec.is_latent:
-            lat = mc.vae
-            vae = build_vae(mc.preset, channels, size, lat.latent_channels, lat.vae_downsample).to(device).eval()
-            scale, sample_channels, sample_size = 1.0, lat.latent_channels, size >> lat.vae_downsample
-        learned = spec.learned_variance
-        unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned else 1), sample_size, mc.base_channels)
-        out[kind] = DiffusionModel(
-            unet=unet.to(device).eval().requires_grad_(False), kind=kind, channels=channels, learned_variance=learned,
-            noise_kind=spec.noise, schedule=schedule, vae=vae, latent_scale=scale,
-        )
-    return out
 
 
 def unet_gflops(model: Any, device: torch.device) -> float:

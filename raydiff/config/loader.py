@@ -395,7 +395,6 @@ def _check_config(cfg: Config, origins: Where) -> None:
     if not cfg.variants.enabled:
         raise ConfigError(where, "'variants.enabled' is empty: nothing would be scored.",
                           f"list some of: {', '.join(cfg.variants.instances)}.")
-    dynamic = []
     for name, inst in cfg.variants.instances.items():
         spec = cfg.models.spec(inst.model)
         method = METHOD_TABLE[inst.method]
@@ -415,15 +414,16 @@ def _check_config(cfg: Config, origins: Where) -> None:
                     raise ConfigError(at, f"variant '{name}': timesteps {list(params.timesteps)}{on} are steps of the "
                                       f"{params.chain_steps}-step chain and must be below {params.chain_steps}.",
                                       "lower them (RAN: [5, 50, 100] on a 250-step chain).")
-            if inst.method == "dynamic" and name in cfg.variants.enabled:
-                dynamic.append((name, category, params))
-    # Every dynamic instance of a category shares one KNN prior (fit step): k and bins must agree.
-    for category in {c for _, c, _ in dynamic}:
-        rows = [(n, p) for n, c, p in dynamic if c == category or c is None]
-        firsts = {(p.knn_k, p.bins) for _, p in rows}
-        if len(firsts) > 1:
-            names = ", ".join(f"{n} ({p.knn_k}/{p.bins})" for n, p in rows)
-            raise ConfigError(_at(origins, "variants"), f"the dynamic variants {names} differ in knn_k/bins; they "
+    # Every enabled dynamic instance shares one KNN prior per category (fit step): in each
+    # category (with its overrides) their k and bins must agree.
+    dynamic = [v for v in cfg.variants.enabled if cfg.variants.instance(v).method == "dynamic"]
+    categories = {c for v in dynamic for c in cfg.variants.instance(v).per_category}
+    for category in [None, *sorted(categories)]:
+        rows = [(v, cfg.variants.params(v, category)) for v in dynamic]
+        if len({(p.knn_k, p.bins) for _, p in rows}) > 1:
+            names = ", ".join(f"{v} ({p.knn_k}/{p.bins})" for v, p in rows)
+            on = f" for {category}" if category else ""
+            raise ConfigError(_at(origins, "variants"), f"the dynamic variants {names} differ in knn_k/bins{on}; they "
                               "share one KNN prior per category.", "give every dynamic variant the same knn_k and bins.")
 
 

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from raydiff import diffusion as D
 from raydiff.models import latent as L
 from raydiff.errors import CheckpointError, ConfigError
 from raydiff.io import MARKER, is_complete
-from raydiff.models.presets import PADDING_KEY, apply_padding
+from raydiff.models.presets import PADDING_KEY, apply_padding, build_unet
 
 META = "meta.json"
 UNET_EMA = "unet_ema"
@@ -265,6 +265,30 @@ def check_finite(state: Mapping[str, Tensor], path: Path) -> None:
                 path, f"tensor '{key}' has {bad} NaN/inf values (training diverged or the file is damaged).",
                 "lower models.lr or raise models.grad_clip and re-train with `raydiff train`, or delete the folder.",
             )
+
+
+def random_models(cfg: Any, channels: int, device: torch.device, kinds: Sequence[str]) -> dict[str, Any]:
+    """One freshly initialised (untrained) DiffusionModel per model name of ``cfg``, shaped as
+    training would build it: for benchmarks, and for counting passes (``raydiff.plan``)."""
+
+    size = cfg.dataset.image_size
+    out: dict[str, Any] = {}
+    for i, kind in enumerate(kinds):
+        torch.manual_seed(cfg.seed + i)
+        vae, scale, sample_channels, sample_size = None, None, channels, size
+        mc = spec = cfg.model_spec(kind)
+        schedule = D.Schedule.from_config(mc).to(device)
+        if spec.is_latent:
+            lat = mc.vae
+            vae = L.build_vae(mc.preset, channels, size, lat.latent_channels, lat.vae_downsample).to(device).eval()
+            scale, sample_channels, sample_size = 1.0, lat.latent_channels, size >> lat.vae_downsample
+        learned = spec.learned_variance
+        unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned else 1), sample_size, mc.base_channels)
+        out[kind] = DiffusionModel(
+            unet=unet.to(device).eval().requires_grad_(False), kind=kind, channels=channels, learned_variance=learned,
+            noise_kind=spec.noise, schedule=schedule, vae=vae, latent_scale=scale,
+        )
+    return out
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu", require_complete: bool = True) -> DiffusionModel:
