@@ -195,3 +195,27 @@ def test_timesteps_outside_the_chain_fail_loudly(model: DiffusionModel) -> None:
         ran_kl.components(cache, "kl", KLConfig(timesteps=(0, 20)))
     with pytest.raises(ValueError, match="chain_steps"):
         ran_kl.components(cache, "kl", KLConfig(timesteps=(5,), chain_steps=T + 1))
+
+
+def test_components_of_a_fixed_large_model_use_beta_for_p() -> None:
+    """``kl`` on an ε-only model whose spec says ``variance: fixed-large`` scores with σ² = β_t
+    (``BatchCache.reverse_variance``), on a fixed-small one with β̃_t."""
+    torch.manual_seed(1)
+    unet = build_unet("tiny", 3, 3, SIZE, base_channels=8).eval().requires_grad_(False)
+    eps_only = DiffusionModel(unet=unet, kind="m", channels=3, learned_variance=False, noise_kind="gaussian",
+                              schedule=D.Schedule.build("linear", T))
+    x0 = _images(5, 2)
+    maps = {}
+    for variance in ("fixed-small", "fixed-large"):
+        cfg = config_from_dict({"dataset": {"image_size": SIZE}, "models": {"m": {"arch": "pixel", "variance": variance}},
+                                "variants": {"k": {"method": "kl", "model": "m", "timesteps": [20, 200]}}})
+        cache = BatchCache(CategoryContext(cfg=cfg, category="c", models={"m": eps_only}, features=_phi), x0, ["a", "b"])
+        with torch.no_grad():
+            maps[variance] = ran_kl.components(cache, "k", cfg.variants.params("k"))
+        for t in (20, 200):
+            level = cache.forward_eps("m", t, "gaussian")
+            tt = torch.full((2,), t, dtype=torch.long)
+            expected = ran_kl.kl_map(eps_only.schedule, x0, level["x_t"], tt, level["eps"], None,
+                                     fixed_large=variance == "fixed-large")
+            torch.testing.assert_close(maps[variance][ran_kl.kl_component(t)], expected)
+    assert not torch.allclose(maps["fixed-small"]["kl_t200"], maps["fixed-large"]["kl_t200"])

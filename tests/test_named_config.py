@@ -200,6 +200,35 @@ def test_dynad_fixed_level_and_noised_start() -> None:
     torch.testing.assert_close(calls[0], a.sqrt() * z0)  # DynAD's noiseless start
 
 
+def test_kl_of_a_fixed_large_model_uses_beta_as_p_variance() -> None:
+    import math
+
+    import numpy as np
+
+    from raydiff import diffusion as D
+    from raydiff.scoring import ran_kl
+
+    sched = D.Schedule.build("linear", 1000, 1e-4, 1e-2)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(1, 1, 4, 4, generator=g) * 2 - 1
+    noise, eps = torch.randn(1, 1, 4, 4, generator=g), torch.randn(1, 1, 4, 4, generator=g)
+    t = torch.tensor([200])
+    x_t = D.q_sample(sched, x0, t, noise)
+    small = ran_kl.kl_map(sched, x0, x_t, t, eps, None)
+    large = ran_kl.kl_map(sched, x0, x_t, t, eps, None, fixed_large=True)
+    assert not torch.allclose(small, large)
+    # Closed form in float64: both means equal μ̃(x̂0(ε)), q's variance β̃_t, p's variance β_t.
+    b = sched.betas.double()
+    ac = torch.cumprod(1 - b, 0)
+    a_t, a_prev, beta = ac[200], ac[199], b[200]
+    x0_hat = (x_t.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
+    coef1, coef2 = beta * a_prev.sqrt() / (1 - a_t), (1 - a_prev) * (1 - beta).sqrt() / (1 - a_t)
+    mq, mp = coef1 * x0.double() + coef2 * x_t.double(), coef1 * x0_hat + coef2 * x_t.double()
+    vq = beta * (1 - a_prev) / (1 - a_t)
+    ref = (0.5 * torch.log(beta / vq) + (vq + (mq - mp) ** 2) / (2 * beta) - 0.5) / math.log(2.0)
+    np.testing.assert_allclose(large.double().numpy(), ref.mean(dim=1).numpy(), rtol=1e-3, atol=1e-5)
+
+
 def test_l1_loss_is_the_mean_absolute_epsilon_error() -> None:
     from raydiff import diffusion as D
     from raydiff.train.loop import diffusion_loss

@@ -88,18 +88,20 @@ def gaussian_kl_bits(
 
 def kl_map(
     sched: D.Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-    v: torch.Tensor | None, clip_x0: bool = False,
+    v: torch.Tensor | None, clip_x0: bool = False, fixed_large: bool = False,
 ) -> torch.Tensor:
     """RAN eq. 9 per pixel: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)) in bits, mean over channels.
 
     ``sched`` is the chain being scored (the model's schedule, or a respaced one with ``t`` an
     index on it); ``x0``, ``x_t``, ``eps``, ``v`` (B,C,H,W); ``t`` LongTensor (B,) with t ≥ 1;
-    ``v`` None for a model with fixed variance β̃_t; ``clip_x0`` clips x̂0 to [-1, 1] in p_θ's
-    mean. → (B,H,W) float32 ≥ 0.
+    ``v`` None for a model with fixed variance: β̃_t, or β_t with ``fixed_large`` (a model whose
+    spec says ``variance: fixed-large``); ``clip_x0`` clips x̂0 to [-1, 1] in p_θ's mean.
+    → (B,H,W) float32 ≥ 0.
     """
     mean_q, _, log_var_q = D.q_posterior(sched, x0, x_t, t)  # DDPM eq. 7
     model_out = eps if v is None else torch.cat([eps, v], dim=1)
-    p = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=v is not None, clip_x0=clip_x0)
+    p = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=v is not None, clip_x0=clip_x0,
+                          fixed_large=fixed_large and v is None)
     return gaussian_kl_bits(mean_q, log_var_q, p.mean, p.log_var).mean(dim=1)
 
 
@@ -192,6 +194,7 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
     phi_x0 = cache.features_x0()  # type: ignore[attr-defined]
     out: dict[str, torch.Tensor] = {}
     feature_sum = torch.zeros(x0.shape[0], size, size, device=x0.device)
+    fixed_large = cache.reverse_variance(kind, "model") == "fixed-large"  # type: ignore[attr-defined]
     for t in params.timesteps:
         k = model_step[t]  # the model's step: the UNet is conditioned on k (``_WrappedModel``)
         # 1. x_t and ε_θ(x_t, k): the shared draw, or one of its own for this t.
@@ -201,7 +204,8 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
             level = cache.forward_eps(kind, k, model.noise_kind)  # type: ignore[attr-defined]
         # 2. KL of the step t → t-1 of the chain (DDPM eq. 7, iDDPM eq. 15 on its β, β̃).
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
-        out[kl_component(t)] = kl_map(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0)
+        out[kl_component(t)] = kl_map(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0,
+                                      fixed_large)
         # 3. φ of the clipped one-step reconstruction (ᾱ of the chain at t = ᾱ_k).
         x0_hat = D.predict_x0(chain, level["x_t"], tt, level["eps"]).clamp(-1.0, 1.0)  # DDPM eq. 15
         with torch.no_grad():
