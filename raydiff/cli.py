@@ -521,19 +521,23 @@ def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | 
 @main.command()
 @click.option("--output", "output_root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output root (default: the config's, raydiff-out/).")
-def demo(output_root: Path | None) -> None:
+@click.option("--seed", type=int, default=None,
+              help="Seed of the images, their defects and the models (default: the config's, 0). Another seed "
+                   "is another benchmark: its data goes to its own folder under the output root.")
+def demo(output_root: Path | None, seed: int | None) -> None:
     """Run the main job on the embedded texture benchmark (configs/textures.yaml).
 
     \b
     Example:
       raydiff demo
+      raydiff demo --seed 1 --output raydiff-seed1
     """
     import time
 
     from raydiff.workflow import demo_config, sweep, validate_dataset_for
 
     start = time.perf_counter()
-    cfg = demo_config(output_root)
+    cfg = demo_config(output_root, seed)
     click.echo(f"[data] texture benchmark -> {cfg.dataset.root}")
     summary = validate_dataset_for(cfg)
     print_table(summary.table())

@@ -20,6 +20,8 @@ from raydiff.config import (
 from raydiff.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+#: configs/textures.yaml's (model_id pixel/brick, run_id): a change to the demo's meaning must change them.
+DEMO_IDS = ("8fff913e2ac5", "9e4c6b3387cf")
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -189,12 +191,14 @@ def test_renamed_dataset_keys_name_their_new_names_and_ids_stay() -> None:
     from raydiff.config.loader import _dataset_identity
 
     assert {"kind", "fit"} <= set(_dataset_identity(stored)) and not {"layout", "resize"} & set(_dataset_identity(stored))
-    # The demo's ids since models are named (textures.yaml in the named form, and the same
-    # config in the earlier models.kinds form: tests/data/textures-kinds-form.yaml).
+    # The earlier demo's ids since models are named (the named form, and the same config in the
+    # earlier models.kinds form), then today's demo's.
     here = Path(__file__).resolve().parent
-    for path in (here.parent / "configs" / "textures.yaml", here / "data" / "textures-kinds-form.yaml"):
+    for path in (here / "data" / "textures-named-v1.yaml", here / "data" / "textures-kinds-form.yaml"):
         cfg = load_config(path, {"dataset.root": "/x"})
         assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == ("9b8993cf4165", "624384ea9cb8"), path
+    cfg = load_config(here.parent / "configs" / "textures.yaml", {"dataset.root": "/x"})
+    assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == DEMO_IDS
 
 
 def test_every_dataset_layout_has_a_scanner() -> None:
@@ -202,3 +206,35 @@ def test_every_dataset_layout_has_a_scanner() -> None:
     from raydiff.data.manifest import SCANNERS
 
     assert set(SCANNERS) == set(DATASET_LAYOUTS)
+
+
+def test_the_textures_section_is_part_of_the_data_only_when_set(tmp_path: Path) -> None:
+    """``textures:`` (how the demo draws its benchmark) changes the dataset identity, hence every
+    model and run id, but a config without it keeps the ids it had before the section existed."""
+    from raydiff.config import TexturesConfig
+    from raydiff.config.loader import _dataset_identity
+
+    plain = config_from_dict({"dataset": {"root": "/x"}})
+    assert plain.textures == TexturesConfig() and "textures" not in _dataset_identity(plain)
+    drawn = config_from_dict({"dataset": {"root": "/x"}, "textures": {"n_test_good": 30, "min_contrast_sd": 3}})
+    assert drawn.textures.n_test_good == 30 and drawn.textures.min_contrast_sd == 3.0
+    assert _dataset_identity(drawn)["textures"]["min_contrast_sd"] == 3.0
+    assert run_id(drawn) != run_id(plain) and model_id(drawn, "pixel", "a") != model_id(plain, "pixel", "a")
+    with pytest.raises(ConfigError, match=r"unknown key 'textures.contrast'.*min_contrast_sd"):
+        config_from_dict({"textures": {"contrast": 3}})
+    with pytest.raises(ConfigError, match=r"textures.patch_match' = 2.0 is out of range"):
+        config_from_dict({"textures": {"patch_match": 2.0}})
+
+
+def test_the_demo_data_folder_follows_the_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another seed is another benchmark: its textures get their own folder under the output root,
+    so ``raydiff demo --seed 1`` never meets seed 0's dataset (which would be a parameter clash)."""
+    from raydiff.config import DEFAULT_CONFIG
+
+    monkeypatch.delenv("RAYDIFF_TEXTURES", raising=False)
+    out = tmp_path / "out"
+    zero = load_config(DEFAULT_CONFIG, {"output.root": str(out)})
+    one = load_config(DEFAULT_CONFIG, {"output.root": str(out), "seed": 1})
+    assert Path(zero.dataset.root) == (out / "data" / "textures").absolute()
+    assert Path(one.dataset.root) == (out / "data" / "textures-seed1").absolute()
+    assert run_id(one) != run_id(zero)

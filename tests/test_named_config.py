@@ -154,7 +154,7 @@ def test_families_share_one_computation_only_when_the_components_agree() -> None
 
 
 def test_the_earlier_models_kinds_form_loads_to_the_same_config_as_the_named_form() -> None:
-    named_form = load_config(CONFIGS / "textures.yaml", {"dataset.root": "/x"})
+    named_form = load_config(REPO / "tests" / "data" / "textures-named-v1.yaml", {"dataset.root": "/x"})
     earlier = load_config(REPO / "tests" / "data" / "textures-kinds-form.yaml", {"dataset.root": "/x"})
     assert earlier.variants == named_form.variants
     for name in named_form.models.names:  # equal up to settings the model never reads

@@ -56,6 +56,7 @@ from raydiff.config.schema import (
     ModelSpec,
     NoDiffusionConfig,
     StaticConfig,
+    TexturesConfig,
     TrendConfig,
     VariantInstance,
     VariantsConfig,
@@ -855,8 +856,12 @@ def _default_data_root(data: dict[str, Any], sources: dict[str, str]) -> None:
         return
     out = data.get("output", {}).get("root") if isinstance(data.get("output"), dict) else None
     out_root = Path(substitute_env(out) if isinstance(out, str) else "raydiff-out").expanduser()
-    set_dotted(data, "dataset.root", str((out_root / "data" / "textures").absolute()))
-    sources["dataset.root"] = f"default for {DEFAULT_CONFIG.name}: OUTPUT_ROOT/data/textures (${TEXTURES_ENV} moves it)"
+    # Another seed draws other images: they get their own folder (seed 0 keeps the plain name).
+    seed = data.get("seed", 0)
+    folder = "textures" if seed in (0, None) else f"textures-seed{seed}"
+    set_dotted(data, "dataset.root", str((out_root / "data" / folder).absolute()))
+    sources["dataset.root"] = (f"default for {DEFAULT_CONFIG.name}: OUTPUT_ROOT/data/{folder} "
+                               f"(${TEXTURES_ENV} moves it)")
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,
@@ -928,6 +933,10 @@ def _dataset_identity(cfg: Config) -> dict[str, Any]:
     for old, new in RENAMED.items():
         if old.startswith("dataset.") and new.split(".")[1] in ds:
             ds[old.split(".")[1]] = ds.pop(new.split(".")[1])
+    # The demo's generated images depend on the generator's settings: they are part of the data
+    # (hashed only when set, so configs without them keep their ids).
+    if cfg.textures != TexturesConfig():
+        ds["textures"] = config_to_dict(cfg.textures)
     return ds
 
 

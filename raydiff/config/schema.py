@@ -554,6 +554,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TexturesConfig:
+    """How ``raydiff demo`` generates the embedded texture benchmark (``raydiff.data.textures``):
+    images per category and the defects' visibility floors. The defaults are the generator's
+    own (60 / 15 / 15 images, no floors); ``dataset.image_size`` and ``seed`` apply too."""
+
+    n_train: int = field(default=60, metadata=_range(1, 9999))
+    n_test_good: int = field(default=15, metadata=_range(1, 9999))
+    n_test_defect: int = field(default=15, metadata=_range(0, 9999))
+    #: Source pixels of a crop's side (the zoom).
+    crop: int = field(default=112, metadata=_range(8, 124))
+    #: Thinnest scratch width and spot diameter, in output pixels.
+    min_stroke_px: float = field(default=0.0, metadata=_range(0.0, 256.0))
+    #: Faintest brightness change (scratch, blob, spot contrast; hole depth), in standard
+    #: deviations of the clean crop.
+    min_contrast_sd: float = field(default=0.0, metadata=_range(0.0, 5.0))
+    #: Probability that a pasted foreign-texture patch is matched to the crop's mean and std.
+    patch_match: float = field(default=0.5, metadata=_range(0.0, 1.0))
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     #: Root of all outputs; relative paths are taken relative to the current directory.
     root: str = "raydiff-out"
@@ -618,6 +638,8 @@ class Config:
     ray: RayConfig = RayConfig()
     scoring: ScoringConfig = ScoringConfig()
     train: TrainConfig = TrainConfig()
+    #: The embedded benchmark's generator settings (read by ``raydiff demo`` only).
+    textures: TexturesConfig = TexturesConfig()
     #: Category groups for per-category overrides, e.g. ``{textures: [carpet, grid, ...]}``.
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     seed: int = 0

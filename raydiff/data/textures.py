@@ -113,6 +113,17 @@ class TextureParams:
     categories: tuple[str, ...]
     defects: tuple[str, ...]
     rgb: bool
+    #: Source pixels of a crop's side at u = 0 (the zoom: smaller shows coarser texture).
+    crop: int = CROP_BASE
+    #: Floor, in output pixels, of a scratch's width and a spot's diameter (0: none), so that at
+    #: small ``size`` no thin defect is drawn narrower than this.
+    min_stroke_px: float = 0.0
+    #: Floor of a scratch's, blob's and spot's contrast and a hole's depth, in standard deviations
+    #: of the clean crop (0: none): no brightness change is drawn fainter than the texture varies.
+    min_contrast_sd: float = 0.0
+    #: Probability that a pasted patch is matched to the clean crop's mean and std (a
+    #: texture-only difference); otherwise it keeps the foreign photo's own brightness.
+    patch_match: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -139,9 +150,9 @@ def region_bands(split: str, height: int) -> list[tuple[int, int]]:
     return [(round(a * height), round(b * height)) for a, b in bands]
 
 
-def draw_box(rng: np.random.Generator, bands: Sequence[tuple[int, int]], width: int) -> Box:
-    """A random square crop (row, col, side) lying wholly inside one of the row ``bands``."""
-    side = int(round(CROP_BASE * 2.0 ** rng.uniform(-CROP_OCTAVES, CROP_OCTAVES)))
+def draw_box(rng: np.random.Generator, bands: Sequence[tuple[int, int]], width: int, base: int = CROP_BASE) -> Box:
+    """A random square crop (row, col, side ``base``·2^U(±CROP_OCTAVES)) wholly inside one of ``bands``."""
+    side = int(round(base * 2.0 ** rng.uniform(-CROP_OCTAVES, CROP_OCTAVES)))
     fitting = [(a, b) for a, b in bands if b - a >= side]
     a, b = fitting[int(rng.integers(len(fitting)))]
     return int(rng.integers(a, b - side + 1)), int(rng.integers(0, width - side + 1)), side
@@ -187,6 +198,13 @@ def _signed(rng: np.random.Generator, lo: float, hi: float) -> float:
     return _log_uniform(rng, lo, hi) * (1.0 if rng.random() < 0.5 else -1.0)
 
 
+def _floored(level: float, clean: np.ndarray, params: TextureParams) -> float:
+    """``level`` (signed grey levels) raised in magnitude to ``params.min_contrast_sd`` times the
+    clean crop's standard deviation: the visibility floor of a brightness change."""
+    floor = params.min_contrast_sd * float(clean.std())
+    return float(np.copysign(max(abs(level), floor), level))
+
+
 def _star_radius(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     """A smooth random radius function r(theta) around 1 (harmonics 2..4) for irregular shapes."""
     amp = rng.uniform(0.0, 0.25, size=3) / np.arange(2, 5)
@@ -216,14 +234,15 @@ def _soft_fill(region: np.ndarray, feather: float) -> np.ndarray:
     return np.clip(ndimage.distance_transform_edt(region) / max(feather, 1.0), 0.0, 1.0)
 
 
-def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray]) -> DefectDraw:
+def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
+          params: TextureParams) -> DefectDraw:
     """A region pasted from another texture photo (optionally matched to the crop's mean/std)."""
     size = clean.shape[0]
     foreign = [p for p in PHOTOS if p != category][int(rng.integers(len(PHOTOS) - 1))]
     fphoto = photos[foreign]
-    box = draw_box(rng, [(0, fphoto.shape[0])], fphoto.shape[1])
+    box = draw_box(rng, [(0, fphoto.shape[0])], fphoto.shape[1], params.crop)
     tex = cut_crop(fphoto, box, size).astype(np.float64)
-    matched = bool(rng.random() < 0.5)
+    matched = bool(rng.random() < params.patch_match)
     if matched:
         tex = (tex - tex.mean()) / (tex.std() + 1e-6) * clean.std() + clean.mean()
     radius = size * _log_uniform(rng, 0.07, 0.22)
@@ -231,7 +250,8 @@ def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: di
     return tex, alpha, {"foreign": foreign, "foreign_box": list(box), "matched": matched, "radius_px": radius}
 
 
-def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray]) -> DefectDraw:
+def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
+          params: TextureParams) -> DefectDraw:
     """A thin tapered curve, brighter or darker, antialiased by the distance to the curve."""
     size = clean.shape[0]
     k = size / 64
@@ -245,38 +265,41 @@ def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: 
     p3 = p0 + along * length
     t = np.linspace(0.0, 1.0, int(np.ceil(length * 4)) + 2)[:, None]
     curve = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3  # (N, 2) (x, y)
-    width = rng.uniform(1.0, 3.0) * k
+    width = max(rng.uniform(1.0, 3.0) * k, params.min_stroke_px)
     taper = width * (0.35 + 0.65 * np.sin(np.pi * t[:, 0]))
     yy, xx = np.mgrid[0:size, 0:size]
     dist, idx = cKDTree(curve).query(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
     alpha = np.clip(taper[idx] / 2 + 0.5 - dist, 0.0, 1.0).reshape(size, size)
     alpha[alpha < ALPHA_MIN] = 0.0
-    contrast = _signed(rng, 20.0, 110.0)
+    contrast = _floored(_signed(rng, 20.0, 110.0), clean, params)
     return clean + contrast, alpha, {"width_px": width, "length_px": length, "contrast": contrast}
 
 
-def blob(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray]) -> DefectDraw:
+def blob(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
+          params: TextureParams) -> DefectDraw:
     """A smooth bump of brightness change, alpha = (1 - rho^2)^2 inside an irregular region."""
     size = clean.shape[0]
     radius = size * _log_uniform(rng, 0.1, 0.3)
     rho = _irregular_region(rng, size, radius)
-    contrast = _signed(rng, 10.0, 70.0)
+    contrast = _floored(_signed(rng, 10.0, 70.0), clean, params)
     alpha = np.where(rho < 1.0, (1.0 - np.minimum(rho, 1.0) ** 2) ** 2, 0.0)
     alpha[np.abs(alpha * contrast) < 0.5] = 0.0  # a change that rounds to nothing is not part of it
     return clean + contrast, alpha, {"radius_px": radius, "contrast": contrast}
 
 
-def hole(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray]) -> DefectDraw:
+def hole(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
+          params: TextureParams) -> DefectDraw:
     """Missing material: a dark, flat, slightly grainy background with a soft inner edge."""
     size = clean.shape[0]
     radius = size * _log_uniform(rng, 0.05, 0.18)
     alpha = _soft_fill(_irregular_region(rng, size, radius) < 1.0, rng.uniform(1.0, 2.5) * size / 64)
-    depth = _log_uniform(rng, 15.0, 110.0)
+    depth = _floored(_log_uniform(rng, 15.0, 110.0), clean, params)
     background = max(float(clean.mean()) - depth, 0.0) + rng.normal(0.0, 2.0, size=clean.shape)
     return background, alpha, {"radius_px": radius, "depth": depth}
 
 
-def spot(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray]) -> DefectDraw:
+def spot(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
+          params: TextureParams) -> DefectDraw:
     """A cluster of 1-5 small antialiased dots, all brighter or all darker."""
     size = clean.shape[0]
     k = size / 64
@@ -287,15 +310,15 @@ def spot(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
     radii = []
     for _ in range(n):
         cy, cx = centre + rng.normal(0.0, 0.08 * size, size=2)
-        r = rng.uniform(0.7, 2.5) * k
+        r = max(rng.uniform(0.7, 2.5) * k, params.min_stroke_px / 2)
         radii.append(r)
         alpha = np.maximum(alpha, np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0.0, 1.0))
     alpha[alpha < ALPHA_MIN] = 0.0
-    contrast = _signed(rng, 20.0, 120.0)
+    contrast = _floored(_signed(rng, 20.0, 120.0), clean, params)
     return clean + contrast, alpha, {"dots": n, "radii_px": radii, "contrast": contrast}
 
 
-#: defect type -> generator(rng, clean uint8 (H,W), category, photos) -> (target, alpha, info).
+#: defect type -> generator(rng, clean uint8 (H,W), category, photos, params) -> (target, alpha, info).
 DEFECTS: dict[str, Callable[..., DefectDraw]] = {
     "patch": patch, "scratch": scratch, "blob": blob, "hole": hole, "spot": spot,
 }
@@ -314,13 +337,13 @@ def render_image(
     image_id = f"{split}/{defect}/{index:03d}.png"
     rng = np.random.default_rng(derive_seed(params.seed, "textures", category, image_id))
     photo = photos[category]
-    box = draw_box(rng, region_bands(split, photo.shape[0]), photo.shape[1])
+    box = draw_box(rng, region_bands(split, photo.shape[0]), photo.shape[1], params.crop)
     clean = cut_crop(photo, box, params.size)
     record: dict[str, Any] = {"photo": category, "box": list(box)}
     image, mask = clean, None
     if defect != "good":
         for _ in range(20):  # a shape drawn wholly outside the crop is drawn again
-            target, alpha, info = DEFECTS[defect](rng, clean, category, photos)
+            target, alpha, info = DEFECTS[defect](rng, clean, category, photos, params)
             image, mask = compose(clean, target, alpha)
             if mask.any():
                 break
@@ -371,6 +394,16 @@ def check_params(params: TextureParams) -> None:
             raise ConfigError(where, f"{name}={getattr(params, name)} is out of range.", "use 1..9999.")
     if not 0 <= params.n_test_defect <= 9999:
         raise ConfigError(where, f"n_test_defect={params.n_test_defect} is out of range.", "use 0..9999.")
+    biggest = round(params.crop * 2.0**CROP_OCTAVES)
+    if not 8 <= params.crop or biggest > min(b - a for a, b in region_bands("test", 512)):
+        raise ConfigError(where, f"crop={params.crop} is out of range (its largest crops, {biggest} px, must fit the "
+                                 "photo's test band).", "use 8..124.")
+    if not 0.0 <= params.min_stroke_px <= params.size / 4:
+        raise ConfigError(where, f"min_stroke_px={params.min_stroke_px} is out of range.", f"use 0..{params.size / 4:g}.")
+    if not 0.0 <= params.min_contrast_sd <= 5.0:
+        raise ConfigError(where, f"min_contrast_sd={params.min_contrast_sd} is out of range.", "use 0..5.")
+    if not 0.0 <= params.patch_match <= 1.0:
+        raise ConfigError(where, f"patch_match={params.patch_match} is out of range.", "use a probability, 0..1.")
     for name, given, valid in (("categories", params.categories, PHOTOS), ("defects", params.defects, DEFECT_TYPES)):
         bad = [c for c in given if c not in valid]
         if bad or not given or len(set(given)) != len(given):
@@ -401,11 +434,19 @@ def make_textures(
     categories: Sequence[str] = PHOTOS,
     defects: Sequence[str] = DEFECT_TYPES,
     rgb: bool = False,
+    crop: int = CROP_BASE,
+    min_stroke_px: float = 0.0,
+    min_contrast_sd: float = 0.0,
+    patch_match: float = 0.5,
 ) -> Path:
     """Write the texture benchmark (MVTec layout, module docstring) to ``out`` and return ``out``.
 
     size: image side in px. n_train / n_test_good / n_test_defect: images per category
     (defective ones dealt round-robin over ``defects``). rgb: tint to 3 channels per category.
+    crop: source pixels of a crop's side at u = 0 (module docstring). min_stroke_px: the thinnest
+    scratch width and spot diameter, in output pixels. min_contrast_sd: the faintest brightness
+    change, in standard deviations of the clean crop. patch_match: probability that a patch is
+    matched to the crop's mean and std.
     Written into a temporary sibling folder that is renamed to ``out`` when complete, then the
     ``_SUCCESS`` marker; a complete ``out`` with the same parameters is returned at once.
 
@@ -419,7 +460,12 @@ def make_textures(
         ints = [operator.index(v) for v in (size, n_train, n_test_good, n_test_defect, seed)]
     except TypeError as err:
         raise ConfigError("make_textures", f"size, counts and seed must be integers ({err}).", "pass ints.") from None
-    params = TextureParams(*ints, categories, defects, bool(rgb))
+    try:
+        crop, floors = operator.index(crop), (float(min_stroke_px), float(min_contrast_sd), float(patch_match))
+    except (TypeError, ValueError) as err:
+        raise ConfigError("make_textures", f"crop must be an integer, min_stroke_px and min_contrast_sd, patch_match numbers "
+                                           f"({err}).", "pass e.g. crop=56, min_stroke_px=1.5, min_contrast_sd=1.0, patch_match=0.5.") from None
+    params = TextureParams(*ints, categories, defects, bool(rgb), crop, *floors)
     check_params(params)
     wanted = {"version": GENERATOR_VERSION, **params.to_json()}
     if out.exists():
@@ -427,7 +473,10 @@ def make_textures(
             raise DatasetError(out, "exists and is not a folder.", "choose another output path.")
         meta = _read_meta(out)
         if meta is not None and is_complete(out):
-            found = {"version": meta.get("version"), **meta.get("params", {})}
+            # Parameters added later are absent from older datasets: there they had their default.
+            defaults = {f.name: f.default for f in dataclasses.fields(TextureParams)
+                        if f.default is not dataclasses.MISSING}
+            found = {"version": meta.get("version"), **defaults, **meta.get("params", {})}
             if found == wanted:
                 return out
             diff = ", ".join(f"{k}={found.get(k)!r} (asked {v!r})" for k, v in wanted.items() if found.get(k) != v)
