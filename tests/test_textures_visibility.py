@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from test_textures import clean_crop, read
 
 from raydiff.config import TexturesConfig
 from raydiff.data import textures
@@ -20,18 +20,6 @@ from raydiff.errors import ConfigError
 
 SIZE = 32
 FLOORS = {"min_stroke_px": 2.0, "min_contrast_sd": 3.0}
-
-
-def read(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path))
-
-
-def clean_crop(photo: str, box: list[int], size: int) -> np.ndarray:
-    import skimage.data
-
-    y, x, s = box
-    src = np.asarray(getattr(skimage.data, photo)())[y : y + s, x : x + s]
-    return np.asarray(Image.fromarray(src).resize((size, size), Image.Resampling.BILINEAR))
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,19 @@ each draws its size and contrast from a wide range, so some are subtle and some 
   3–11.5 px.
 - ``spot``:   1–5 small antialiased dots (radius 0.7–2.5 px) in a cluster, ±20–120 levels.
 
+Zoom and visibility floors (``TextureParams``; the defaults keep everything above as it is,
+byte for byte; the demo's values are ``textures:`` in configs/textures.yaml):
+
+- ``crop``: the source side at u = 0 instead of 112 px (smaller: coarser texture per pixel);
+- ``min_stroke_px``: no scratch narrower, and no spot dot smaller in diameter, than this many
+  output pixels (at 32 px the widths above are sub-pixel);
+- ``min_contrast_sd``: no scratch, blob or spot contrast and no hole depth below this many
+  standard deviations of the clean crop;
+- ``patch_match``: the probability that a patch is matched to the crop's mean/std (0.5 above).
+
+The floors clamp the drawn value after it is drawn: the random stream, hence every other draw
+and every defect already above the floors, is unchanged.
+
 Mask rule (guaranteed and tested): every defect is an opacity map ``alpha`` in [0, 1] and a
 target image; the mask is the support ``alpha > 0`` and the defective image equals the clean
 crop outside it, byte for byte. Inside, the image is ``round(clean + alpha·(target - clean))``,
@@ -235,7 +248,7 @@ def _soft_fill(region: np.ndarray, feather: float) -> np.ndarray:
 
 
 def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
-          params: TextureParams) -> DefectDraw:
+        params: TextureParams) -> DefectDraw:
     """A region pasted from another texture photo (optionally matched to the crop's mean/std)."""
     size = clean.shape[0]
     foreign = [p for p in PHOTOS if p != category][int(rng.integers(len(PHOTOS) - 1))]
@@ -251,7 +264,7 @@ def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: di
 
 
 def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
-          params: TextureParams) -> DefectDraw:
+        params: TextureParams) -> DefectDraw:
     """A thin tapered curve, brighter or darker, antialiased by the distance to the curve."""
     size = clean.shape[0]
     k = size / 64
@@ -276,7 +289,7 @@ def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: 
 
 
 def blob(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
-          params: TextureParams) -> DefectDraw:
+        params: TextureParams) -> DefectDraw:
     """A smooth bump of brightness change, alpha = (1 - rho^2)^2 inside an irregular region."""
     size = clean.shape[0]
     radius = size * _log_uniform(rng, 0.1, 0.3)
@@ -288,7 +301,7 @@ def blob(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
 
 
 def hole(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
-          params: TextureParams) -> DefectDraw:
+        params: TextureParams) -> DefectDraw:
     """Missing material: a dark, flat, slightly grainy background with a soft inner edge."""
     size = clean.shape[0]
     radius = size * _log_uniform(rng, 0.05, 0.18)
@@ -299,7 +312,7 @@ def hole(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
 
 
 def spot(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
-          params: TextureParams) -> DefectDraw:
+        params: TextureParams) -> DefectDraw:
     """A cluster of 1-5 small antialiased dots, all brighter or all darker."""
     size = clean.shape[0]
     k = size / 64
