@@ -52,17 +52,15 @@ def demo_config(output_root: Path | None = None, seed: int | None = None) -> Con
     """The embedded default benchmark's config (configs/textures.yaml), its textures written
     with the config's ``textures`` settings; ``seed`` (default: the config's) draws the images,
     their defects and the models' initialisation and noise alike."""
-    from raydiff.config import DEFAULT_CONFIG, load_config
+    from raydiff.config import DEFAULT_CONFIG, config_to_dict, load_config
     from raydiff.data.textures import make_textures
 
     overrides: dict[str, Any] = {"output.root": str(output_root)} if output_root else {}
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_config(DEFAULT_CONFIG, overrides)
-    tex = cfg.textures
-    make_textures(Path(cfg.dataset.root), size=cfg.dataset.image_size, seed=cfg.seed, n_train=tex.n_train,
-                  n_test_good=tex.n_test_good, n_test_defect=tex.n_test_defect, crop=tex.crop,
-                  min_stroke_px=tex.min_stroke_px, min_contrast_sd=tex.min_contrast_sd, patch_match=tex.patch_match)
+    # TexturesConfig's fields are make_textures' keyword arguments (tests/test_textures_visibility.py).
+    make_textures(Path(cfg.dataset.root), size=cfg.dataset.image_size, seed=cfg.seed, **config_to_dict(cfg.textures))
     return cfg
 
 

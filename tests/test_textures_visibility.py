@@ -131,3 +131,18 @@ def test_bad_values_get_one_clear_error(tmp_path: Path, kwargs: dict, message: s
         make_textures(tmp_path / "x", size=SIZE, n_train=1, n_test_good=1, n_test_defect=1, categories=PHOTOS[:1],
                       **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_demo_draws_its_benchmark_with_the_config_section(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``raydiff demo --seed N`` writes the seed's textures with configs/textures.yaml's
+    ``textures:`` settings (every one reaches make_textures), into the seed's own folder."""
+    from raydiff.workflow import demo_config
+
+    monkeypatch.delenv("RAYDIFF_TEXTURES", raising=False)
+    cfg = demo_config(tmp_path / "out", seed=3)
+    assert Path(cfg.dataset.root) == (tmp_path / "out" / "data" / "textures-seed3").absolute()
+    written = json.loads((Path(cfg.dataset.root) / "textures.json").read_text())["params"]
+    assert {k: written[k] for k in dataclasses.asdict(cfg.textures)} == dataclasses.asdict(cfg.textures)
+    assert (written["size"], written["seed"]) == (cfg.dataset.image_size, 3)
+    assert cfg.textures != TexturesConfig()  # the demo sets them: they are hashed into its ids
