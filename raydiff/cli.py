@@ -158,18 +158,31 @@ def print_table(df: Any) -> None:
 
 @main.command("make-textures")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--size", default=64, show_default=True, help="Image side in pixels (256 for GPU runs).")
-@click.option("--seed", default=0, show_default=True)
-def make_textures_cmd(out: Path, size: int, seed: int) -> None:
+@click.option("--size", type=int, default=None,
+              help="Image side in pixels (256 for GPU runs; default: the config's dataset.image_size, else 64).")
+@click.option("--seed", type=int, default=None, help="Seed of the images (default: the config's, else 0).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw with this config's textures: section (counts, crop, defect floors), e.g. "
+                   "configs/textures.yaml for the demo's benchmark; without it, the generator's defaults.")
+def make_textures_cmd(out: Path, size: int | None, seed: int | None, config_path: Path | None) -> None:
     """Write the texture benchmark (MVTec layout) generated from scikit-image's photos.
 
     \b
     Example:
       raydiff make-textures raydiff-out/data/textures --size 64
+      raydiff make-textures /tmp/demo-data --config configs/textures.yaml --seed 1
     """
     from raydiff.data.textures import make_textures
 
-    path = make_textures(out, size=size, seed=seed)
+    drawn: dict[str, object] = {}
+    if config_path is not None:
+        from raydiff.config import config_to_dict, load_config
+
+        cfg = load_config(config_path)
+        drawn = config_to_dict(cfg.textures)  # its fields are make_textures' keyword arguments
+        size = cfg.dataset.image_size if size is None else size
+        seed = cfg.seed if seed is None else seed
+    path = make_textures(out, size=64 if size is None else size, seed=0 if seed is None else seed, **drawn)
     click.echo(f"textures: {path}")
 
 

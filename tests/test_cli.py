@@ -27,6 +27,24 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "Example" in (command.help or ""), f"{name} --help has no example"
 
 
+def test_make_textures_draws_with_a_configs_textures_section(textures: Path, tmp_path: Path) -> None:
+    """--config reads the section (and the image size and seed, unless given): the demo's data;
+    without it, the generator's defaults."""
+    import json
+
+    from raydiff.config import DEFAULT_CONFIG, config_to_dict, load_config
+
+    out = tmp_path / "demo-data"
+    result = CliRunner().invoke(main, ["make-textures", str(out), "--config", str(DEFAULT_CONFIG), "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "textures.json").read_text())["params"]
+    cfg = load_config(DEFAULT_CONFIG)
+    assert {k: written[k] for k in config_to_dict(cfg.textures)} == config_to_dict(cfg.textures)
+    assert (written["size"], written["seed"]) == (cfg.dataset.image_size, 4)
+    plain = json.loads((textures / "textures.json").read_text())["params"]
+    assert (plain["n_test_good"], plain["min_contrast_sd"], plain["size"], plain["seed"]) == (15, 0.0, 32, 0)
+
+
 def test_validate_directory_prints_counts(textures: Path) -> None:
     result = CliRunner().invoke(main, ["validate", str(textures)])
     assert result.exit_code == 0, result.output
