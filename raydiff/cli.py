@@ -172,17 +172,15 @@ def make_textures_cmd(out: Path, size: int | None, seed: int | None, config_path
       raydiff make-textures raydiff-out/data/textures --size 64
       raydiff make-textures /tmp/demo-data --config configs/textures.yaml --seed 1
     """
-    from raydiff.data.textures import make_textures
-
-    drawn: dict[str, object] = {}
     if config_path is not None:
-        from raydiff.config import config_to_dict, load_config
+        from raydiff.config import load_config
+        from raydiff.workflow import write_textures
 
-        cfg = load_config(config_path)
-        drawn = config_to_dict(cfg.textures)  # its fields are make_textures' keyword arguments
-        size = cfg.dataset.image_size if size is None else size
-        seed = cfg.seed if seed is None else seed
-    path = make_textures(out, size=64 if size is None else size, seed=0 if seed is None else seed, **drawn)
+        path = write_textures(load_config(config_path), out, size, seed)
+    else:
+        from raydiff.data.textures import make_textures
+
+        path = make_textures(out, size=64 if size is None else size, seed=0 if seed is None else seed)
     click.echo(f"textures: {path}")
 
 

@@ -52,16 +52,25 @@ def demo_config(output_root: Path | None = None, seed: int | None = None) -> Con
     """The embedded default benchmark's config (configs/textures.yaml), its textures written
     with the config's ``textures`` settings; ``seed`` (default: the config's) draws the images,
     their defects and the models' initialisation and noise alike."""
-    from raydiff.config import DEFAULT_CONFIG, config_to_dict, load_config
-    from raydiff.data.textures import make_textures
+    from raydiff.config import DEFAULT_CONFIG, load_config
 
     overrides: dict[str, Any] = {"output.root": str(output_root)} if output_root else {}
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_config(DEFAULT_CONFIG, overrides)
-    # TexturesConfig's fields are make_textures' keyword arguments (tests/test_textures_visibility.py).
-    make_textures(Path(cfg.dataset.root), size=cfg.dataset.image_size, seed=cfg.seed, **config_to_dict(cfg.textures))
+    write_textures(cfg, Path(cfg.dataset.root))
     return cfg
+
+
+def write_textures(cfg: Config, out: Path, size: int | None = None, seed: int | None = None) -> Path:
+    """Write the texture benchmark to ``out`` as ``cfg`` draws it: its ``textures`` section, and
+    its image size and seed unless ``size`` / ``seed`` are given."""
+    from raydiff.config import config_to_dict
+    from raydiff.data.textures import make_textures
+
+    # TexturesConfig's fields are make_textures' keyword arguments (tests/test_textures_visibility.py).
+    return make_textures(out, size=cfg.dataset.image_size if size is None else size,
+                         seed=cfg.seed if seed is None else seed, **config_to_dict(cfg.textures))
 
 
 # --------------------------------------------------------------------------------------------
