@@ -21,7 +21,7 @@ from raydiff.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 #: configs/textures.yaml's (model_id pixel/brick, run_id): a change to the demo's meaning must change them.
-DEMO_IDS = ("8fff913e2ac5", "9e4c6b3387cf")
+DEMO_IDS = ("c0f65b0132c0", "fa04725d6415")
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -197,6 +197,9 @@ def test_renamed_dataset_keys_name_their_new_names_and_ids_stay() -> None:
     for path in (here / "data" / "textures-named-v1.yaml", here / "data" / "textures-kinds-form.yaml"):
         cfg = load_config(path, {"dataset.root": "/x"})
         assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == ("9b8993cf4165", "624384ea9cb8"), path
+    # The demo with the 3-sd floors (before patch_tone_sd and defect_scale were added), then today's.
+    cfg = load_config(here / "data" / "textures-floors-v2.yaml", {"dataset.root": "/x"})
+    assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == ("8fff913e2ac5", "9e4c6b3387cf")
     cfg = load_config(here.parent / "configs" / "textures.yaml", {"dataset.root": "/x"})
     assert (model_id(cfg, "pixel", "brick"), run_id(cfg)) == DEMO_IDS
 
@@ -220,6 +223,14 @@ def test_the_textures_section_is_part_of_the_data_only_when_set(tmp_path: Path) 
     assert drawn.textures.n_test_good == 30 and drawn.textures.min_contrast_sd == 3.0
     assert _dataset_identity(drawn)["textures"]["min_contrast_sd"] == 3.0
     assert run_id(drawn) != run_id(plain) and model_id(drawn, "pixel", "a") != model_id(plain, "pixel", "a")
+    # Settings added to the section later are hashed only when they are not their defaults.
+    from raydiff.config.loader import TEXTURES_ADDED
+
+    assert not set(TEXTURES_ADDED) & set(_dataset_identity(drawn)["textures"])
+    for name, value in (("defect_scale", 1.5), ("patch_tone_sd", 2.0)):
+        toned = config_from_dict({"dataset": {"root": "/x"}, "textures": {"n_test_good": 30, "min_contrast_sd": 3,
+                                                                           name: value}})
+        assert _dataset_identity(toned)["textures"][name] == value and run_id(toned) != run_id(drawn)
     with pytest.raises(ConfigError, match=r"unknown key 'textures.contrast'.*min_contrast_sd"):
         config_from_dict({"textures": {"contrast": 3}})
     with pytest.raises(ConfigError, match=r"textures.patch_match' = 2.0 is out of range"):

@@ -73,7 +73,8 @@ def test_layout_and_counts(dataset: tuple[Path, float], meta: dict) -> None:
     out, _ = dataset
     assert (out / MARKER).is_file()
     expected_params = {**DEFAULTS, "seed": 0, "categories": list(PHOTOS), "defects": list(DEFECT_TYPES), "rgb": False,
-                       "crop": 112, "min_stroke_px": 0.0, "min_contrast_sd": 0.0, "patch_match": 0.5}
+                       "crop": 112, "min_stroke_px": 0.0, "min_contrast_sd": 0.0, "patch_match": 0.5,
+                       "defect_scale": 1.0, "patch_tone_sd": 0.0}
     assert meta["params"] == expected_params
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "textures.json", *PHOTOS])
     per_defect = DEFAULTS["n_test_defect"] // len(DEFECT_TYPES)

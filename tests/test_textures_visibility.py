@@ -1,7 +1,7 @@
-"""The texture generator's zoom and visibility floors (``crop``, ``min_stroke_px``,
-``min_contrast_sd``, ``patch_match``): each floor holds on every drawn defect, the mask rule
-still holds exactly, the defaults are the generator's earlier behaviour, and bad values get one
-clear error."""
+"""The texture generator's zoom, defect size and visibility floors (``crop``, ``defect_scale``,
+``min_stroke_px``, ``min_contrast_sd``, ``patch_match``, ``patch_tone_sd``): each floor holds on
+every drawn defect, the mask rule still holds exactly, the defaults are the generator's earlier
+behaviour, and bad values get one clear error."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from raydiff.data.textures import CROP_OCTAVES, PHOTOS, TextureParams, make_text
 from raydiff.errors import ConfigError
 
 SIZE = 32
-FLOORS = {"min_stroke_px": 2.0, "min_contrast_sd": 3.0}
+FLOORS = {"min_stroke_px": 2.0, "min_contrast_sd": 3.0, "patch_tone_sd": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def test_every_defect_respects_the_floors(floored: tuple[Path, dict]) -> None:
             assert min(d["radii_px"]) >= FLOORS["min_stroke_px"] / 2 - 1e-3, (image_id, d)
         if d["type"] == "patch":
             assert d["matched"] is False, image_id  # patch_match = 0
+            assert abs(d["tone"]) >= FLOORS["patch_tone_sd"] * sd - 1e-2, (image_id, d, sd)
     assert seen == set(textures.DEFECT_TYPES)
 
 
@@ -91,6 +92,28 @@ def test_floors_only_raise_faint_defects(tmp_path: Path) -> None:
     assert same >= 1 and raised >= 1, (same, raised)
 
 
+def test_defect_scale_scales_every_defect_and_nothing_else(tmp_path: Path) -> None:
+    """Same seed at defect_scale 1 and 1.5: the same crops and the same draws, every defect's
+    linear size times 1.5 (radii, a scratch's length and width, a spot's dots), its contrast kept."""
+    kw = dict(size=SIZE, n_train=1, n_test_good=1, n_test_defect=15, seed=4, categories=("grass",))
+    a, b = (json.loads((make_textures(tmp_path / name, **kw, defect_scale=k) / "textures.json").read_text())["images"]
+            for name, k in (("one", 1.0), ("big", 1.5)))
+    assert {k: v["box"] for k, v in a.items()} == {k: v["box"] for k, v in b.items()}
+    sizes = {"patch": ("radius_px",), "blob": ("radius_px",), "hole": ("radius_px",),
+             "scratch": ("length_px", "width_px"), "spot": ("radii_px",)}
+    seen = set()
+    for key, rec in a.items():
+        d, e = rec.get("defect"), b[key].get("defect")
+        if d is None:
+            continue
+        seen.add(d["type"])
+        for name in sizes[d["type"]]:
+            np.testing.assert_allclose(np.asarray(e[name]), 1.5 * np.asarray(d[name]), rtol=0, atol=2e-3, err_msg=key)
+        for name in ("contrast", "depth", "dots", "matched", "foreign"):
+            assert d.get(name) == e.get(name), (key, name)
+    assert seen == set(textures.DEFECT_TYPES)
+
+
 def test_defaults_agree_with_the_config_section() -> None:
     """The config's ``textures`` defaults are the generator's own (raydiff.config cannot import
     raydiff.data, so this test holds the two together)."""
@@ -109,7 +132,7 @@ def test_a_dataset_written_before_the_new_parameters_is_found_again(tmp_path: Pa
     out = make_textures(tmp_path / "old", size=SIZE, n_train=1, n_test_good=1, n_test_defect=1, categories=("brick",))
     meta_path = out / "textures.json"
     meta = json.loads(meta_path.read_text())
-    for name in ("crop", "min_stroke_px", "min_contrast_sd", "patch_match"):
+    for name in ("crop", "min_stroke_px", "min_contrast_sd", "patch_match", "defect_scale", "patch_tone_sd"):
         del meta["params"][name]
     meta_path.write_text(json.dumps(meta))
     assert make_textures(out, size=SIZE, n_train=1, n_test_good=1, n_test_defect=1, categories=("brick",)) == out
@@ -124,6 +147,8 @@ def test_a_dataset_written_before_the_new_parameters_is_found_again(tmp_path: Pa
     ({"min_stroke_px": 20.0}, r"min_stroke_px=20.0 is out of range"),
     ({"min_contrast_sd": 6.0}, r"min_contrast_sd=6.0 is out of range"),
     ({"patch_match": 1.5}, r"patch_match=1.5 is out of range"),
+    ({"defect_scale": 3.0}, r"defect_scale=3.0 is out of range"),
+    ({"patch_tone_sd": -1.0}, r"patch_tone_sd=-1.0 is out of range"),
     ({"crop": "big"}, r"crop must be an integer"),
 ])
 def test_bad_values_get_one_clear_error(tmp_path: Path, kwargs: dict, message: str) -> None:

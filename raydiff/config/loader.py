@@ -934,10 +934,16 @@ def _dataset_identity(cfg: Config) -> dict[str, Any]:
         if old.startswith("dataset.") and new.split(".")[1] in ds:
             ds[old.split(".")[1]] = ds.pop(new.split(".")[1])
     # The demo's generated images depend on the generator's settings: they are part of the data
-    # (hashed only when set, so configs without them keep their ids).
+    # (hashed only when set, so configs without them keep their ids; a setting added later is
+    # hashed only when it is not its default, so configs that set the others keep theirs).
     if cfg.textures != TexturesConfig():
-        ds["textures"] = config_to_dict(cfg.textures)
+        tex, default = config_to_dict(cfg.textures), config_to_dict(TexturesConfig())
+        ds["textures"] = {k: v for k, v in tex.items() if k not in TEXTURES_ADDED or v != default[k]}
     return ds
+
+
+#: ``textures:`` settings added after the section was first hashed into ids.
+TEXTURES_ADDED = ("defect_scale", "patch_tone_sd")
 
 
 def _model_settings(spec: ModelSpec) -> dict[str, Any]:

@@ -556,7 +556,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TexturesConfig:
     """How ``raydiff demo`` generates the embedded texture benchmark (``raydiff.data.textures``):
-    images per category and the defects' visibility floors. The defaults are the generator's
+    images per category, the defects' size and their visibility floors. The defaults are the generator's
     own (60 / 15 / 15 images, no floors); ``dataset.image_size`` and ``seed`` apply too."""
 
     n_train: int = field(default=60, metadata=_range(1, 9999))
@@ -571,6 +571,10 @@ class TexturesConfig:
     min_contrast_sd: float = field(default=0.0, metadata=_range(0.0, 5.0))
     #: Probability that a pasted foreign-texture patch is matched to the crop's mean and std.
     patch_match: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    #: Every defect's linear size (radii, scratch length and width, spot dots) times this.
+    defect_scale: float = field(default=1.0, metadata=_range(0.25, 2.5))
+    #: Faintest tone difference of an unmatched patch, in standard deviations of the clean crop.
+    patch_tone_sd: float = field(default=0.0, metadata=_range(0.0, 5.0))
 
 
 @dataclass(frozen=True)

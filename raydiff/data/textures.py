@@ -42,10 +42,15 @@ byte for byte; the demo's values are ``textures:`` in configs/textures.yaml):
   output pixels (at 32 px the widths above are sub-pixel);
 - ``min_contrast_sd``: no scratch, blob or spot contrast and no hole depth below this many
   standard deviations of the clean crop;
-- ``patch_match``: the probability that a patch is matched to the crop's mean/std (0.5 above).
+- ``patch_match``: the probability that a patch is matched to the crop's mean/std (0.5 above);
+- ``patch_tone_sd``: no unmatched patch whose mean differs from the crop's by less than this many
+  standard deviations of the clean crop (its shade is shifted to the floor: foreign material of
+  another tone, not only another grain);
+- ``defect_scale``: every defect's linear size (radii, a scratch's length and width, a spot's dots
+  and their spread) times this: the defects' size relative to the image.
 
-The floors clamp the drawn value after it is drawn: the random stream, hence every other draw
-and every defect already above the floors, is unchanged.
+The floors clamp, and the scale multiplies, the drawn value after it is drawn: the random stream,
+hence every other draw and every defect already above the floors, is unchanged.
 
 Mask rule (guaranteed and tested): every defect is an opacity map ``alpha`` in [0, 1] and a
 target image; the mask is the support ``alpha > 0`` and the defective image equals the clean
@@ -137,6 +142,12 @@ class TextureParams:
     #: Probability that a pasted patch is matched to the clean crop's mean and std (a
     #: texture-only difference); otherwise it keeps the foreign photo's own brightness.
     patch_match: float = 0.5
+    #: Every defect's drawn linear size (radii, a scratch's length and width, a spot cluster's dots
+    #: and spread) times this, after it is drawn: the defects' size relative to the image.
+    defect_scale: float = 1.0
+    #: Floor of an unmatched patch's tone difference (its mean minus the clean crop's), in standard
+    #: deviations of the clean crop (0: none): foreign material of another shade, not just grain.
+    patch_tone_sd: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -211,10 +222,10 @@ def _signed(rng: np.random.Generator, lo: float, hi: float) -> float:
     return _log_uniform(rng, lo, hi) * (1.0 if rng.random() < 0.5 else -1.0)
 
 
-def _floored(level: float, clean: np.ndarray, params: TextureParams) -> float:
-    """``level`` (signed grey levels) raised in magnitude to ``params.min_contrast_sd`` times the
-    clean crop's standard deviation: the visibility floor of a brightness change."""
-    floor = params.min_contrast_sd * float(clean.std())
+def _floored(level: float, clean: np.ndarray, floor_sd: float) -> float:
+    """``level`` (signed grey levels) raised in magnitude to ``floor_sd`` times the clean crop's
+    standard deviation: the visibility floor of a brightness change."""
+    floor = floor_sd * float(clean.std())
     return float(np.copysign(max(abs(level), floor), level))
 
 
@@ -258,9 +269,14 @@ def patch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: di
     matched = bool(rng.random() < params.patch_match)
     if matched:
         tex = (tex - tex.mean()) / (tex.std() + 1e-6) * clean.std() + clean.mean()
-    radius = size * _log_uniform(rng, 0.07, 0.22)
+    else:
+        tone = float(tex.mean() - clean.mean())
+        tex = tex + (_floored(tone, clean, params.patch_tone_sd) - tone)
+    radius = size * _log_uniform(rng, 0.07, 0.22) * params.defect_scale
     alpha = _soft_fill(_irregular_region(rng, size, radius) < 1.0, rng.uniform(1.0, 2.0) * size / 64)
-    return tex, alpha, {"foreign": foreign, "foreign_box": list(box), "matched": matched, "radius_px": radius}
+    tone = float(tex.mean() - clean.mean())  # the pasted texture's shade against the crop's
+    return tex, alpha, {"foreign": foreign, "foreign_box": list(box), "matched": matched, "radius_px": radius,
+                        "tone": tone}
 
 
 def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dict[str, np.ndarray],
@@ -268,7 +284,7 @@ def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: 
     """A thin tapered curve, brighter or darker, antialiased by the distance to the curve."""
     size = clean.shape[0]
     k = size / 64
-    length = size * rng.uniform(0.2, 0.7)
+    length = size * rng.uniform(0.2, 0.7) * params.defect_scale
     p0 = rng.uniform(0.1 * size, 0.9 * size, size=2)
     phi = rng.uniform(0.0, 2 * np.pi)
     along = np.array([np.cos(phi), np.sin(phi)])
@@ -278,13 +294,13 @@ def scratch(rng: np.random.Generator, clean: np.ndarray, category: str, photos: 
     p3 = p0 + along * length
     t = np.linspace(0.0, 1.0, int(np.ceil(length * 4)) + 2)[:, None]
     curve = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3  # (N, 2) (x, y)
-    width = max(rng.uniform(1.0, 3.0) * k, params.min_stroke_px)
+    width = max(rng.uniform(1.0, 3.0) * k * params.defect_scale, params.min_stroke_px)
     taper = width * (0.35 + 0.65 * np.sin(np.pi * t[:, 0]))
     yy, xx = np.mgrid[0:size, 0:size]
     dist, idx = cKDTree(curve).query(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
     alpha = np.clip(taper[idx] / 2 + 0.5 - dist, 0.0, 1.0).reshape(size, size)
     alpha[alpha < ALPHA_MIN] = 0.0
-    contrast = _floored(_signed(rng, 20.0, 110.0), clean, params)
+    contrast = _floored(_signed(rng, 20.0, 110.0), clean, params.min_contrast_sd)
     return clean + contrast, alpha, {"width_px": width, "length_px": length, "contrast": contrast}
 
 
@@ -292,9 +308,9 @@ def blob(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
         params: TextureParams) -> DefectDraw:
     """A smooth bump of brightness change, alpha = (1 - rho^2)^2 inside an irregular region."""
     size = clean.shape[0]
-    radius = size * _log_uniform(rng, 0.1, 0.3)
+    radius = size * _log_uniform(rng, 0.1, 0.3) * params.defect_scale
     rho = _irregular_region(rng, size, radius)
-    contrast = _floored(_signed(rng, 10.0, 70.0), clean, params)
+    contrast = _floored(_signed(rng, 10.0, 70.0), clean, params.min_contrast_sd)
     alpha = np.where(rho < 1.0, (1.0 - np.minimum(rho, 1.0) ** 2) ** 2, 0.0)
     alpha[np.abs(alpha * contrast) < 0.5] = 0.0  # a change that rounds to nothing is not part of it
     return clean + contrast, alpha, {"radius_px": radius, "contrast": contrast}
@@ -304,9 +320,9 @@ def hole(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
         params: TextureParams) -> DefectDraw:
     """Missing material: a dark, flat, slightly grainy background with a soft inner edge."""
     size = clean.shape[0]
-    radius = size * _log_uniform(rng, 0.05, 0.18)
+    radius = size * _log_uniform(rng, 0.05, 0.18) * params.defect_scale
     alpha = _soft_fill(_irregular_region(rng, size, radius) < 1.0, rng.uniform(1.0, 2.5) * size / 64)
-    depth = _floored(_log_uniform(rng, 15.0, 110.0), clean, params)
+    depth = _floored(_log_uniform(rng, 15.0, 110.0), clean, params.min_contrast_sd)
     background = max(float(clean.mean()) - depth, 0.0) + rng.normal(0.0, 2.0, size=clean.shape)
     return background, alpha, {"radius_px": radius, "depth": depth}
 
@@ -322,12 +338,12 @@ def spot(rng: np.random.Generator, clean: np.ndarray, category: str, photos: dic
     alpha = np.zeros((size, size))
     radii = []
     for _ in range(n):
-        cy, cx = centre + rng.normal(0.0, 0.08 * size, size=2)
-        r = max(rng.uniform(0.7, 2.5) * k, params.min_stroke_px / 2)
+        cy, cx = centre + rng.normal(0.0, 0.08 * size * params.defect_scale, size=2)
+        r = max(rng.uniform(0.7, 2.5) * k * params.defect_scale, params.min_stroke_px / 2)
         radii.append(r)
         alpha = np.maximum(alpha, np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0.0, 1.0))
     alpha[alpha < ALPHA_MIN] = 0.0
-    contrast = _floored(_signed(rng, 20.0, 120.0), clean, params)
+    contrast = _floored(_signed(rng, 20.0, 120.0), clean, params.min_contrast_sd)
     return clean + contrast, alpha, {"dots": n, "radii_px": radii, "contrast": contrast}
 
 
@@ -417,6 +433,10 @@ def check_params(params: TextureParams) -> None:
         raise ConfigError(where, f"min_contrast_sd={params.min_contrast_sd} is out of range.", "use 0..5.")
     if not 0.0 <= params.patch_match <= 1.0:
         raise ConfigError(where, f"patch_match={params.patch_match} is out of range.", "use a probability, 0..1.")
+    if not 0.0 <= params.patch_tone_sd <= 5.0:
+        raise ConfigError(where, f"patch_tone_sd={params.patch_tone_sd} is out of range.", "use 0..5.")
+    if not 0.25 <= params.defect_scale <= 2.5:
+        raise ConfigError(where, f"defect_scale={params.defect_scale} is out of range.", "use 0.25..2.5.")
     for name, given, valid in (("categories", params.categories, PHOTOS), ("defects", params.defects, DEFECT_TYPES)):
         bad = [c for c in given if c not in valid]
         if bad or not given or len(set(given)) != len(given):
@@ -451,6 +471,8 @@ def make_textures(
     min_stroke_px: float = 0.0,
     min_contrast_sd: float = 0.0,
     patch_match: float = 0.5,
+    defect_scale: float = 1.0,
+    patch_tone_sd: float = 0.0,
 ) -> Path:
     """Write the texture benchmark (MVTec layout, module docstring) to ``out`` and return ``out``.
 
@@ -459,7 +481,8 @@ def make_textures(
     crop: source pixels of a crop's side at u = 0 (module docstring). min_stroke_px: the thinnest
     scratch width and spot diameter, in output pixels. min_contrast_sd: the faintest brightness
     change, in standard deviations of the clean crop. patch_match: probability that a patch is
-    matched to the crop's mean and std.
+    matched to the crop's mean and std. defect_scale: every defect's linear size times this.
+    patch_tone_sd: the faintest shade difference of an unmatched patch, in standard deviations.
     Written into a temporary sibling folder that is renamed to ``out`` when complete, then the
     ``_SUCCESS`` marker; a complete ``out`` with the same parameters is returned at once.
 
@@ -474,10 +497,14 @@ def make_textures(
     except TypeError as err:
         raise ConfigError("make_textures", f"size, counts and seed must be integers ({err}).", "pass ints.") from None
     try:
-        crop, floors = operator.index(crop), (float(min_stroke_px), float(min_contrast_sd), float(patch_match))
+        crop = operator.index(crop)
+        floors = (float(min_stroke_px), float(min_contrast_sd), float(patch_match), float(defect_scale),
+                  float(patch_tone_sd))
     except (TypeError, ValueError) as err:
-        raise ConfigError("make_textures", f"crop must be an integer, min_stroke_px and min_contrast_sd, patch_match numbers "
-                                           f"({err}).", "pass e.g. crop=56, min_stroke_px=1.5, min_contrast_sd=1.0, patch_match=0.5.") from None
+        raise ConfigError("make_textures", f"crop must be an integer; min_stroke_px, min_contrast_sd, patch_match, "
+                                           f"defect_scale and patch_tone_sd numbers ({err}).",
+                          "pass e.g. crop=56, min_stroke_px=1.5, min_contrast_sd=1.0, patch_match=0.5, "
+                          "defect_scale=1.5, patch_tone_sd=2.0.") from None
     params = TextureParams(*ints, categories, defects, bool(rgb), crop, *floors)
     check_params(params)
     wanted = {"version": GENERATOR_VERSION, **params.to_json()}
