@@ -21,7 +21,7 @@ from raydiff.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 #: configs/textures.yaml's (model_id pixel/brick, run_id): a change to the demo's meaning must change them.
-DEMO_IDS = ("c0f65b0132c0", "fa04725d6415")
+DEMO_IDS = ("ce4092bc98c7", "87645a4f836b")
 
 
 def write(tmp_path: Path, data: object) -> Path:
