@@ -7,6 +7,7 @@ the user's input are printed as one line with the fix (a traceback only with ``-
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -393,6 +394,13 @@ def show_sweep(result: dict[str, Any]) -> None:
     click.echo(f"metrics:    {result['metrics']}")
     if "report" in result:
         click.echo(f"report:     {result['report']}")
+        click.echo(f"open it:    {open_command(result['report'])}")
+
+
+def open_command(path: str | Path) -> str:
+    """The shell command that opens ``path`` (an HTML file) in the default browser, on any OS:
+    this Python's standard-library ``webbrowser`` with the file's absolute ``file://`` URI."""
+    return f"{shlex.quote(sys.executable)} -m webbrowser -t {shlex.quote(Path(path).resolve().as_uri())}"
 
 
 @main.command()

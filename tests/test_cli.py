@@ -102,3 +102,25 @@ def test_bench_is_one_click_group_over_every_benchmark() -> None:
     noise = runner.invoke(main, ["bench", "noise", "--size", "16", "--maps", "1", "--repeats", "1"])
     assert noise.exit_code == 0, noise.output
     assert "gmm" in noise.output and "ms per map" in noise.output
+
+
+def test_a_sweep_ends_with_the_command_that_opens_its_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The last lines say where the run, the metrics and the report are, then how to open the
+    report: this Python's webbrowser module with the report's absolute file:// URI, quoted."""
+    import shlex
+    import sys
+
+    import polars as pl
+
+    from raydiff.cli import open_command, show_sweep
+
+    report = tmp_path / "a run" / "report.html"
+    argv = shlex.split(open_command(report))
+    assert argv == [sys.executable, "-m", "webbrowser", "-t", report.resolve().as_uri()]
+    assert argv[-1].startswith("file:///") and argv[-1].endswith("/a%20run/report.html")
+    metrics = pl.DataFrame({"category": ["a", "a"], "variant": ["kl", "static"], "i_auroc": [0.7, 0.9]})
+    show_sweep({"tables": {"metrics": metrics}, "stages": {}, "run_dir": "R", "metrics": "R/metrics.csv",
+                "report": str(report)})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == ["metrics:    R/metrics.csv", f"report:     {report}", f"open it:    {open_command(report)}"]
+    assert lines.index(next(x for x in lines if "static" in x)) < lines.index(next(x for x in lines if "kl" in x))
