@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -132,10 +133,18 @@ def train_worker(config: dict[str, Any]) -> None:
             if hook is not None:
                 hook(path, step, metrics)
 
-        print(f"[train] {category}/{kind}: starting", flush=True)
+        _progress(f"[train] {category}/{kind}: starting")
         train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
                   device=device, resume=True, on_checkpoint=report, where=where)
-        print(f"[train] {category}/{kind}: done", flush=True)
+        _progress(f"[train] {category}/{kind}: done")
+
+
+def _progress(line: str) -> None:
+    """One progress line from a training worker to the driver's console, once. Not ``print``:
+    Ray Train 2.60 patches ``print`` in its workers to log the message and also to pass it on to
+    the wrapped stdout, so the driver showed every printed line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
