@@ -556,8 +556,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TexturesConfig:
     """How ``raydiff demo`` generates the embedded texture benchmark (``raydiff.data.textures``):
-    images per category, the defects' size and their visibility floors. The defaults are the generator's
-    own (60 / 15 / 15 images, no floors); ``dataset.image_size`` and ``seed`` apply too."""
+    images per category, the defects' size and their visibility floors. The defaults are the
+    generator's own (60 / 15 / 15 images, no floors); ``dataset.image_size`` and ``seed`` apply too."""
 
     n_train: int = field(default=60, metadata=_range(1, 9999))
     n_test_good: int = field(default=15, metadata=_range(1, 9999))
