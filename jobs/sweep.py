@@ -1,6 +1,6 @@
 """The full sweep, as submitted to a Ray cluster.
 
-    # on a cluster (see README "Cluster"):
+    # on a cluster (see docs/cluster.md):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/sweep.py --config configs/mvtec.yaml
     # any config key from the submission line (repeatable), e.g. a smaller GPU budget:

@@ -255,9 +255,9 @@ def build_features(
     """φ for the run: ImageNet weights from the configured local file, else a seeded random init.
 
     Returns ``(module, tag)``: the module in eval mode with ``requires_grad`` off, on ``device``;
-    tag ``"imagenet:<file name>"`` or ``"none"`` (METHODS.md: mark ``weights: none``). A random φ
-    should then get :func:`calibrate_batchnorm` on the training images (and optionally
-    :func:`domain_adapt`) before use.
+    tag ``"imagenet:<file name>"`` or ``"none"`` (docs/methods.md, dynamic: the run records that φ
+    is random). A random φ should then get :func:`calibrate_batchnorm` on the training images (and
+    optionally :func:`domain_adapt`) before use.
     """
     model = ResNet34Features()
     if features_cfg.resnet34_weights:

@@ -7,9 +7,9 @@
 
 Numbers come only from ``raydiff.metrics`` (exact) and the images table (cost); a metric that is
 undefined or missing for a variant is shown as "n/a". Curves are drawn from the exact
-``raydiff.metrics.pixel_curves`` (resampled for drawing only). Published numbers (METHODS.md) are
-shown beside ours only for a dataset named mvtec / visa, labelled as published, with the caveats
-that make them not strictly comparable.
+``raydiff.metrics.pixel_curves`` (resampled for drawing only). Published numbers
+(docs/methods.md, Published numbers) are shown beside ours only for a dataset named mvtec / visa,
+labelled as published, with the caveats that make them not strictly comparable.
 """
 
 from __future__ import annotations
@@ -236,8 +236,9 @@ PUBLISHED_HEADERS: tuple[str, ...] = (
 
 
 def published_html(means: pl.DataFrame, dataset: str, cfg: Config | None = None) -> str:
-    """Published numbers (METHODS.md) beside this run's means of the variants that reproduce each
-    paper setting (``reproduces:`` in the config); "" when the dataset does not match."""
+    """Published numbers (docs/methods.md, Published numbers) beside this run's means of the
+    variants that reproduce each paper setting (``reproduces:`` in the config); "" when the
+    dataset does not match."""
     key = published_dataset(dataset)
     if key is None:
         return ""
@@ -258,7 +259,7 @@ def published_html(means: pl.DataFrame, dataset: str, cfg: Config | None = None)
     caveats = "".join(f"<li>{_esc(c)}</li>" for c in CAVEATS)
     return (
         f"<h3>Published numbers ({_esc(key)}) beside ours</h3>"
-        "<p><b>Published</b> columns are copied from the papers / READMEs named (via METHODS.md), not "
+        "<p><b>Published</b> columns are copied from the papers / READMEs named (via docs/methods.md), not "
         "reproduced by this run; all in %. Read them with these caveats:</p>"
         f"<ul>{caveats}</ul>" + html_table(PUBLISHED_HEADERS, rows)
     )

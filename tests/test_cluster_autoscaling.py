@@ -80,7 +80,7 @@ def test_sweep_scales_up_gpu_nodes_and_runs_every_stage_on_them(tmp_path: Path, 
     scoring = [r for s in result["scoring"] for r in s["placement"]]
     assert scoring and all(r["gpu_ids"] and r["node_id"] in gpu_nodes and r["node_id"] != head for r in scoring)
     report = {"gpu_nodes_added": len(gpu_nodes), "trainings_overlapping": overlap, "stages": result["stages"]}
-    print(json.dumps(report, indent=1))  # the numbers the README and closing notes quote (pytest -s)
+    print(json.dumps(report, indent=1))  # the numbers docs/cluster.md and closing notes quote (pytest -s)
     assert len(gpu_nodes) >= 2 and head not in gpu_nodes
     assert overlap >= 2, "the two categories' trainings ran one after another"
     assert result["stages"]["train"]["gpus"] >= 2

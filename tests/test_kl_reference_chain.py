@@ -99,7 +99,7 @@ def _reference_kl(model: DiffusionModel, x0: torch.Tensor, noise: torch.Tensor, 
 def test_space_timesteps_is_the_reference_respacing() -> None:
     kept = ran_kl.space_timesteps(T, 250)
     assert len(kept) == 250 and kept[0] == 0 and kept[-1] == T - 1
-    assert [kept[t] for t in (5, 50, 100)] == [20, 201, 401]  # METHODS.md: ≈ 20/201/401 of 1000
+    assert [kept[t] for t in (5, 50, 100)] == [20, 201, 401]  # docs/methods.md, kl: ≈ 20/201/401 of 1000
     assert ran_kl.space_timesteps(T, T) == list(range(T))
     with pytest.raises(ValueError):
         ran_kl.space_timesteps(T, T + 1)

@@ -1,4 +1,4 @@
-"""Published numbers to show beside a run's own (the table at the end of METHODS.md).
+"""Published numbers to show beside a run's own (docs/methods.md, Published numbers).
 
 These are literature values copied with their sources, in percent; the report labels them as
 published and never mixes them into this run's tables. Each has a ``key``: a variant instance

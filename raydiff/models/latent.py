@@ -11,8 +11,8 @@ summed KL (their kl_weight = 1e-6) while the reconstruction terms are per-pixel 
 
 Latents for the diffusion model are the posterior **mean** (deterministic) times a scale:
 ``models.latent.scale`` if configured; else the pretrained VAE's own ``scaling_factor``
-(SD: 0.18215); else 1 / std of the training latents (METHODS.md), stored in meta.json and in
-the saved VAE's config (``scaling_factor``).
+(SD: 0.18215); else 1 / std of the training latents (docs/methods.md, Models), stored in
+meta.json and in the saved VAE's config (``scaling_factor``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - Normalisation statistics: mean and standard deviation of every raw component map of every
   variant over all pixels of the held-out normal training images. Scoring standardises with
   them instead of the reference code's test-set min-max, so a score is a function of its image
-  alone (METHODS.md, "dynamic" and "kl").
+  alone (docs/methods.md, Normalisation, "dynamic" and "kl").
 
 Nothing here is pickled: JSON, safetensors and faiss index files only.
 
@@ -46,7 +46,7 @@ class FittedState:
     final: dict[str, Any] = field(default_factory=dict)
     #: raydiff.knn_prior.KNNPrior, or None when no variant needs it.
     knn: Any = None
-    #: "imagenet:<file>" or "none" (METHODS: mark `weights: none` when φ is random).
+    #: "imagenet:<file>" or "none" (docs/methods.md, dynamic: recorded when φ is random).
     features_weights: str = "none"
     #: Domain-adapted φ state dict (None when adaptation is off).
     features_state: dict[str, torch.Tensor] | None = None

@@ -2,7 +2,7 @@
 
 Variants ``static-gaussian``, ``static-simplex``, ``static-gmm``: model kinds ``pixel``,
 ``pixel-simplex``, ``pixel-gmm``; each uses its model's noise kind for the forward noise and for
-every random term of the reverse chain (Fučka §4; METHODS.md "static").
+every random term of the reverse chain (Fučka §4; docs/methods.md, "static").
 
 Per image:
 

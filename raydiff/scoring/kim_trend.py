@@ -2,7 +2,7 @@
 
 Variants ``trend`` (both trends), ``trend-intensity`` and ``trend-uncertainty`` (the ablations),
 one family: a single ``components`` call per batch serves all three. Model kind ``pixel``.
-METHODS.md "trend".
+docs/methods.md, "trend".
 
 For the N levels t_1 < … < t_N of ``params.levels`` (default 25 … 400):
 
@@ -21,7 +21,8 @@ For the N levels t_1 < … < t_N of ``params.levels`` (default 25 … 400):
    posterior uncertainty, whereas ∂ε_θ/∂x_t = (I - √ᾱ_t ∂x̂0/∂x_t)/√(1-ᾱ_t) adds an identity
    term that is the same for every pixel, so |∂(Σ ε_θ·r)/∂x_t| ≈ |r|/√(1-ᾱ_t) per pixel — a
    map of the probe, not of the image (measured on the texture model: the ε form does not
-   separate a pasted patch, the x̂0 form does). METHODS.md leaves the output open ("e.g.").
+   separate a pasted patch, the x̂0 form does). The paper's summary leaves the output open
+   (docs/methods.md, "trend").
 5. trend_I = |F_1(s)|, trend_U = |F_1(u)|: magnitude of the second DFT coefficient over k
    (index 1; index 0 is the mean) — the slow, directional change across levels.
 

@@ -1,7 +1,7 @@
 """RAN (Lu et al., ICCV 2023): per-pixel KL between the true and the learned reverse step.
 
 Variant ``kl`` (model kind ``pixel``: ε-prediction with learned variance). Reference code
-VandyLu/anomaly_diff (guided-diffusion based); METHODS.md "kl".
+VandyLu/anomaly_diff (guided-diffusion based); docs/methods.md, "kl".
 
 For each t in ``params.timesteps``:
 

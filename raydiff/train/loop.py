@@ -5,7 +5,7 @@ rows (``holdout`` rows are never trained on) and leaves a checkpoint folder
 (raydiff.models.checkpoint) with a success marker. The Ray launcher (raydiff.train.launch) runs
 exactly this function inside a TorchTrainer worker.
 
-Kinds (METHODS.md):
+Kinds (docs/methods.md, Models):
 
 ==============  =====================  ===============  =========================================
 kind            noise (x_t and target)  UNet output      loss
