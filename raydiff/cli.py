@@ -565,6 +565,63 @@ def demo(output_root: Path | None, seed: int | None) -> None:
     click.echo(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
+@main.command()
+@config_options(one_category=True)
+@click.option("--category", help="Category to compare on (default: the first).")
+@click.option("--reference", "references", multiple=True, required=True, metavar="KEY=PATH",
+              help="A checkout of a reference implementation (repeatable): ddad=, dynad=, ran=, anoddpm=.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Checks to run (repeatable; default: every check whose reference is given).")
+@click.option("--good", "n_good", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="Normal test images compared.")
+@click.option("--defect", "n_defect", type=click.IntRange(0, 1000), default=4, show_default=True,
+              help="Defective test images compared.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table (markdown) here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every row and what was compared (JSON) here.")
+def parity(cfg: Config, category: str | None, references: tuple[str, ...], methods: tuple[str, ...], n_good: int,
+           n_defect: int, markdown_path: Path | None, json_path: Path | None, config_given: bool) -> None:
+    """Compare raydiff's maps with the authors' reference code, stage by stage (docs/parity.md).
+
+    The config's Gaussian and simplex pixel models are trained (or reused when complete) for
+    the category and given to both implementations, with the same images and noise.
+
+    \b
+    Example:
+      raydiff parity --reference ddad=../DDAD --reference dynad=../Dynamic-noise-AD \\
+                     --reference ran=../anomaly_diff --reference anoddpm=../AnoDDPM
+      raydiff parity --dataset-root ../shared/data/real/MPDD --set dataset.image_size=64 --reference ...
+    """
+    import json
+
+    from raydiff.parity.compare import markdown
+    from raydiff.parity.inputs import build_inputs
+    from raydiff.parity.run import parse_references, run_parity
+    from raydiff.workflow import write_textures
+
+    refs = parse_references(references)
+    if not config_given and not Path(cfg.dataset.root).exists():
+        click.echo(f"[data] texture benchmark -> {cfg.dataset.root}")
+        write_textures(cfg, Path(cfg.dataset.root))
+    inputs = build_inputs(cfg, category, n_good, n_defect, progress=click.echo)
+    result = run_parity(inputs, refs, methods, progress=click.echo)
+    table = markdown(result.rows)
+    click.echo(table)
+    for name, why in result.skipped.items():
+        click.echo(f"skipped {name}: {why}")
+    counts = {s: sum(r.status == s for r in result.rows) for s in ("equal", "deviation", "DIFFERS")}
+    click.echo(f"{len(result.rows)} stages: {counts['equal']} equal, {counts['deviation']} deliberate deviations, "
+               f"{counts['DIFFERS']} differ")
+    if markdown_path:
+        markdown_path.write_text(table)
+    if json_path:
+        json_path.write_text(json.dumps({"rows": [r.row() for r in result.rows], "references": result.references,
+                                         "skipped": result.skipped, "context": result.context}, indent=2, default=str))
+    if counts["DIFFERS"]:
+        sys.exit(1)
+
+
 def _add_bench() -> None:
     from raydiff.bench.cli import bench
 

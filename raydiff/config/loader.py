@@ -984,12 +984,25 @@ def model_id(cfg: Config, name: str, category: str) -> str:
                     "seed": cfg.seed})
 
 
+def _unhashed_defaults(params: Any) -> list[str]:
+    """Fields of a params dataclass declared ``metadata={"id": "unless-default"}`` that hold their
+    default: left out of the run id, so configs written before the field existed keep their ids."""
+    out = []
+    for f in dataclasses.fields(params):
+        if f.metadata.get("id") == "unless-default" and getattr(params, f.name) == f.default:
+            out.append(f.name)
+    return out
+
+
 def run_id(cfg: Config) -> str:
     """Stable id of what determines every score (see the module docstring): the dataset
     settings, every model's spec, φ's settings, every variant instance the config defines
     (enabled or not: ``variants.enabled`` selects within a run folder) and the seed."""
     variants = config_to_dict(cfg.variants)
     variants.pop("enabled")
+    for name, inst in cfg.variants.instances.items():
+        for key in _unhashed_defaults(inst.params):
+            variants[name].pop(key, None)
     models = {name: _model_settings(spec) for name, spec in cfg.models.specs.items()}
     return _digest({"dataset": _dataset_identity(cfg), "models": models, "features": config_to_dict(cfg.features),
                     "variants": variants, "seed": cfg.seed})

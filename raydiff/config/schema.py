@@ -276,6 +276,10 @@ class DynamicConfig:
     #: ``noiseless``: z_T̂ = √ᾱ z0 (DynAD); ``noised``: plus √(1-ᾱ) ε, the usual start (DynAD Table 6).
     start: Literal["noiseless", "noised"] = "noiseless"
     ddim_steps: int = field(default=10, metadata=_range(1, 10_000))
+    #: ``paper``: the UNet is first evaluated at T̂ (Alg. 1); ``reference``: at T̂ - ⌊T̂/S⌋, down to
+    #: 0, as the authors' code walks it (``raydiff.scoring.dynad.ddim_timesteps``). Hashed into
+    #: run ids only when not the default (configs written before it keep their ids).
+    ddim_grid: Literal["paper", "reference"] = field(default="paper", metadata={"id": "unless-default"})
     guidance_w: float = field(default=4.0, metadata=_range(0.0, 100.0))
     #: map = lam * l_map + (1 - lam) * f_map.
     lam: float = field(default=0.85, metadata=_range(0.0, 1.0))

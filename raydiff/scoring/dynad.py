@@ -32,7 +32,8 @@ n = min(S, T̂) steps the UNet is evaluated at τ_k = T̂ - ⌊k·T̂/n⌋, k = 
 lives: the paper's Alg. 1 loop "for t = T̂, …, 1"; the same rule as ``sampling.reverse_timesteps``)
 and the last step goes to the clean sample (ᾱ = 1). The reference code scales the start by ᾱ_T̂
 but evaluates the UNet first at T̂ - T̂/10 (``seq = range(0, T̂, T̂ // 10)`` walked backwards, last
-evaluation at 0): its schedule is ours shifted down by one stride.
+evaluation at 0): its schedule is ours shifted down by one stride. ``ddim_grid: reference``
+(params) walks the reference's grid instead (``raydiff parity`` measures both; docs/parity.md).
 
 Forward passes per image: S = ``ddim_steps`` UNet passes (fewer only when T̂ < S). Besides the
 UNet: the latent variant runs the VAE encoder and decoder once each; both variants run φ once on
@@ -63,16 +64,31 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # --------------------------------------------------------------------------------------------
 
 
-def ddim_timesteps(t_hat: torch.Tensor, steps: int) -> torch.Tensor:
-    """Per-image DDIM timesteps, (S, B) long: row k = the k-th UNet evaluation, -1 = none.
+def ddim_timesteps(t_hat: torch.Tensor, steps: int, grid: str = "paper") -> torch.Tensor:
+    """Per-image DDIM timesteps, (R, B) long: row k = the k-th UNet evaluation, -1 = none.
 
-    Image i takes n_i = min(S, T̂_i) evaluations τ_k = T̂_i - ⌊k·T̂_i / n_i⌋ (k < n_i): strictly
-    decreasing from T̂_i, all ≥ 1. After its last one (row n_i, or the end) it goes to the clean
-    sample. T̂ = 0 gives no evaluation (ẑ0 = z0).
+    ``grid = "paper"`` (Alg. 1, R = S): image i takes n_i = min(S, T̂_i) evaluations
+    τ_k = T̂_i - ⌊k·T̂_i / n_i⌋ (k < n_i): strictly decreasing from T̂_i, all ≥ 1.
+
+    ``grid = "reference"`` (JustinTebbe/Dynamic-noise-AD test.py and sample.py: the stride
+    skip_i = max(⌊T̂_i / S⌋, 1), ``seq = arange(0, T̂_i, skip_i)`` walked backwards): evaluations at
+    (n_i - 1 - k)·skip_i with n_i = ⌈T̂_i / skip_i⌉, i.e. the paper's grid shifted down by one
+    stride, ending with an evaluation at t = 0; R = max n_i (R = S when S divides T̂).
+
+    After its last evaluation an image goes to the clean sample. T̂ = 0 gives no evaluation.
     """
     if steps < 1:
         raise ValueError(f"ddim_steps must be >= 1, got {steps}")
     t_hat = t_hat.long().view(1, -1)
+    if grid == "reference":
+        skip = torch.clamp(torch.div(t_hat, steps, rounding_mode="floor"), min=1)
+        n = torch.div(t_hat + skip - 1, skip, rounding_mode="floor")
+        rows = int(n.max()) if n.numel() else 0
+        k = torch.arange(rows, device=t_hat.device).view(-1, 1)
+        ts = (n - 1 - k) * skip
+        return torch.where(k < n, ts, torch.full_like(ts, -1))
+    if grid != "paper":
+        raise ValueError(f"grid must be 'paper' or 'reference', got {grid!r}")
     n = torch.clamp(t_hat, max=steps)
     k = torch.arange(steps, device=t_hat.device).view(-1, 1)
     ts = t_hat - torch.div(k * t_hat, n.clamp(min=1), rounding_mode="floor")
@@ -96,11 +112,14 @@ def reconstruct(
     steps: int,
     w: float,
     noise: torch.Tensor | None = None,
+    grid: str = "paper",
+    trace: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """DynAD Alg. 1: noiseless start at T̂ (per image), DDAD-guided deterministic DDIM → ẑ0.
 
     ``noise`` (like z0): start from the noised z_T̂ = √ᾱ z0 + √(1-ᾱ) noise instead (DynAD
-    Table 6's ablation of the noiseless start).
+    Table 6's ablation of the noiseless start). ``grid``: the timesteps (:func:`ddim_timesteps`).
+    ``trace``: a list that receives the start z_T̂ and z after every step (for ``raydiff parity``).
 
     z0 (B,C,h,w) float32 (latent or image), t_hat (B,) long, best on the CPU (the number of
     steps is read from it before the loop; on an accelerator that read is one host sync, before
@@ -109,9 +128,10 @@ def reconstruct(
     at t = 0 and its result masked out, so the loop never branches on device values (no host
     sync per step). No randomness: ẑ0 depends on z0, T̂ and the model only.
     """
-    n_rows = min(steps, int(t_hat.max())) if t_hat.numel() else 0  # rows of ts with any evaluation
+    table = ddim_timesteps(t_hat.cpu(), steps, grid)  # on the CPU: its row count is read here, once
+    n_rows = int((table >= 0).any(dim=1).sum()) if table.numel() else 0  # rows with any evaluation
     t_hat = t_hat.to(z0.device).long()
-    ts = ddim_timesteps(t_hat, steps)[:n_rows]
+    ts = table[:n_rows].to(z0.device)
     scale = torch.where(t_hat > 0, sched.sqrt_alphas_cumprod.to(z0.device)[t_hat], torch.ones((), device=z0.device))
     z = scale.view(-1, *([1] * (z0.dim() - 1))) * z0  # Alg. 1 line 4: z_T̂ = √ᾱ_T̂ z0, no noise (T̂ = 0: z0)
     if noise is not None:
@@ -119,6 +139,8 @@ def reconstruct(
                             torch.zeros((), device=z0.device))
         z = z + sigma.view(-1, *([1] * (z0.dim() - 1))) * noise
     done = torch.full_like(ts[0], -1) if n_rows else None
+    if trace is not None:
+        trace.append(z)
     for k in range(n_rows):
         active = (ts[k] >= 0).view(-1, *([1] * (z0.dim() - 1)))
         t = ts[k].clamp(min=0)  # finished images: any valid level, their result is discarded
@@ -127,6 +149,8 @@ def reconstruct(
         eps_hat = ddad_guided_eps(eps, z, z0, D.extract(sched.alphas_cumprod, t, z), w)  # line 6
         z_new = D.ddim_step(sched, z, t, t_prev, eps_hat).prev_sample  # line 7
         z = torch.where(active, z_new, z)
+        if trace is not None:
+            trace.append(z)
     return z
 
 
@@ -203,7 +227,8 @@ def components(cache: Any, variant_id: str, params: DynamicConfig) -> dict[str, 
             return cache.unet(kind, z_t, t)[0]
 
         noise = cache.noise(kind, model.noise_kind, tuple(z0.shape)) if params.start == "noised" else None
-        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w, noise)
+        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w, noise,
+                            grid=params.ddim_grid)
         x_hat = model.decode(z_hat).float() if latent else z_hat
         phi_hat = cache.ctx.features(x_hat)
         phi_x0 = cache.features_x0()
