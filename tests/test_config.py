@@ -224,9 +224,9 @@ def test_the_textures_section_is_part_of_the_data_only_when_set(tmp_path: Path) 
     assert _dataset_identity(drawn)["textures"]["min_contrast_sd"] == 3.0
     assert run_id(drawn) != run_id(plain) and model_id(drawn, "pixel", "a") != model_id(plain, "pixel", "a")
     # Settings added to the section later are hashed only when they are not their defaults.
-    from raydiff.config.loader import TEXTURES_ADDED
-
-    assert not set(TEXTURES_ADDED) & set(_dataset_identity(drawn)["textures"])
+    added = [f.name for f in dataclasses.fields(TexturesConfig) if f.metadata.get("id") == "unless-default"]
+    assert added == ["defect_scale", "patch_tone_sd"]
+    assert not set(added) & set(_dataset_identity(drawn)["textures"])
     for name, value in (("defect_scale", 1.5), ("patch_tone_sd", 2.0)):
         toned = config_from_dict({"dataset": {"root": "/x"}, "textures": {"n_test_good": 30, "min_contrast_sd": 3,
                                                                            name: value}})

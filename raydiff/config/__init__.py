@@ -1,10 +1,12 @@
 """Run configuration: the schema (``raydiff.config.schema``: frozen dataclasses, the model,
-method and built-in variant tables) and its loader (``raydiff.config.loader``: YAML, checks, stable ids)."""
+method and built-in variant tables), the upgrade of earlier forms (``compat``) and the loader
+(``loader``: YAML, checks; ``identity``: serialisation and stable ids)."""
 
 from raydiff.config.loader import (
     RENAMED,
     ConfigLoader,
     Origins,
+    check_overrides,
     check_plain_name,
     config_from_dict,
     config_to_dict,
@@ -28,6 +30,7 @@ from raydiff.config.schema import (
     METHOD_TABLE,
     POSTPROCESS_PARAMS,
     MethodSpec,
+    PostProcessConfig,
     ModelSpec,
     VariantInstance,
     Config,
@@ -59,6 +62,7 @@ __all__ = [
     "RENAMED",
     "ConfigLoader",
     "Origins",
+    "check_overrides",
     "check_plain_name",
     "load_config_explained",
     "yaml_load",
@@ -68,6 +72,7 @@ __all__ = [
     "METHOD_TABLE",
     "POSTPROCESS_PARAMS",
     "MethodSpec",
+    "PostProcessConfig",
     "ModelSpec",
     "VariantInstance",
     "Config",

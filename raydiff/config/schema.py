@@ -21,6 +21,8 @@ ids are in ``raydiff.config.loader``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,8 +47,35 @@ ModelVariance = Literal["learned", "fixed-small", "fixed-large"]
 Method = Literal["static", "no-diffusion", "dynamic", "kl", "trend"]
 
 
-def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
-    return {"range": (lo, hi)}
+def _range(lo: float | None = None, hi: float | None = None, **more: Any) -> dict[str, Any]:
+    return {"range": (lo, hi), **more}
+
+
+# Field metadata read by the loader and the id walker (``raydiff.config.identity``):
+#: ``{"id": "omit"}``: never part of a model or run id (it changes no weight and no score).
+ID_OMIT = {"id": "omit"}
+#: ``{"id": "unless-default"}``: hashed only when not the default (a field added after configs
+#: were hashed: those configs keep their ids).
+ID_UNLESS_DEFAULT = {"id": "unless-default"}
+#: ``{"id_name": OLD}``: hashed under its earlier name (a renamed field keeps the ids it had).
+
+
+class Invalid(ValueError):
+    """A cross-field rule of a section broken (raised by its ``check``): ``keys`` are the dotted
+    keys involved (the loader blames the first one a ``--set`` or a variable gave, else the file)."""
+
+    def __init__(self, keys: tuple[str, ...], message: str, fix: str) -> None:
+        super().__init__(message)
+        self.keys, self.message, self.fix = keys, message, fix
+
+
+#: What a dataset or category name may look like: it names folders under the output root.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+ -]*$")
+
+
+def is_plain_name(value: str) -> bool:
+    """A plain folder name: no ``/``, ``..``, leading dot or surrounding blanks."""
+    return bool(_PLAIN_NAME.fullmatch(value)) and value.strip() == value and ".." not in value
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,19 +87,21 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 class DatasetConfig:
     """Where the images are and how they are turned into tensors."""
 
-    layout: DatasetLayout = "mvtec"
+    #: (Named ``kind`` when ids were first computed: hashed under that name.)
+    layout: DatasetLayout = field(default="mvtec", metadata={"id_name": "kind"})
     #: Folder of the dataset; ``${VAR}`` and ``~`` are expanded, relative paths are taken
-    #: relative to the config file's folder.
-    root: str = "data"
+    #: relative to the config file's folder. Not in ids: a job submitted with --working-dir
+    #: unpacks to a new path each time, and the same data elsewhere must not retrain.
+    root: str = field(default="data", metadata=ID_OMIT)
     #: Value of the ``dataset`` column; defaults to ``layout``.
     name: str | None = None
     #: Categories to use; empty = every category found under ``root``.
-    categories: tuple[str, ...] = ()
+    categories: tuple[str, ...] = field(default=(), metadata=ID_OMIT)
     image_size: int = field(default=256, metadata=_range(8, 4096))
     #: ``auto`` keeps the dataset's channel count (1 for grayscale, 3 for RGB).
     channels: Literal["auto", "gray", "rgb"] = "auto"
     #: Non-square images: ``resize`` squashes to a square, ``center-crop`` crops first.
-    resize: Literal["resize", "center-crop"] = "resize"
+    resize: Literal["resize", "center-crop"] = field(default="resize", metadata={"id_name": "fit"})
     #: Fraction of train/good held out of training, for normalisation statistics.
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5))
     #: At least this many held-out normal images per category (when there are enough).
@@ -79,6 +110,22 @@ class DatasetConfig:
     @property
     def dataset_name(self) -> str:
         return self.name or self.layout
+
+    def check(self, prefix: str) -> None:
+        names = [(f"{prefix}.name", self.name)] if self.name is not None else []
+        for key, value in [*names, *((f"{prefix}.categories", c) for c in self.categories)]:
+            if not is_plain_name(value):
+                raise Invalid((key,), PLAIN_NAME_PROBLEM.format(key=key, value=value), PLAIN_NAME_FIX)
+        twice = next((c for i, c in enumerate(self.categories) if c in self.categories[:i]), None)
+        if twice is not None:
+            raise Invalid((f"{prefix}.categories",), f"'{prefix}.categories' lists '{twice}' twice (every row "
+                          "would be scored twice).", "list each category once.")
+
+
+PLAIN_NAME_PROBLEM = ("'{key}' = {value!r} is not a plain name: dataset and category names become folder names "
+                      "under the output root, so they may not contain '/', '\\', '..' or start with '.'.")
+PLAIN_NAME_FIX = ("name the category folder itself (e.g. 'bottle'), not a path; set dataset.root to the folder "
+                  "that holds it.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +161,11 @@ class GMMConfig:
     #: Bump standard deviations, as fractions of the image side.
     min_sigma: float = field(default=0.01, metadata=_range(1e-4, 1.0))
     max_sigma: float = field(default=0.1, metadata=_range(1e-4, 1.0))
+
+    def check(self, prefix: str) -> None:
+        for lo, hi in (("min_components", "max_components"), ("min_sigma", "max_sigma")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise Invalid((f"{prefix}.{lo}", f"{prefix}.{hi}"), f"'{prefix}.{lo}' > '{hi}'.", "swap them.")
 
 
 @dataclass(frozen=True)
@@ -173,7 +225,7 @@ class ModelSpec:
     #: The ε term of the loss: ``l2`` (DDPM L_simple, Fučka eq. 4) or ``l1`` (Kashihara eq. 7).
     loss: Literal["l2", "l1"] = "l2"
     #: Save a checkpoint (and report to Ray) every this many steps.
-    checkpoint_every: int = field(default=500, metadata=_range(1, 100_000_000))
+    checkpoint_every: int = field(default=500, metadata=_range(1, 100_000_000, **ID_OMIT))
     augment: AugmentConfig = AugmentConfig()
     #: Per-category augmentation, e.g. ``{transistor: {hflip: false, vflip: false, rotate90: false}}``.
     augment_per_category: Mapping[str, AugmentConfig] = field(default_factory=dict)
@@ -184,6 +236,11 @@ class ModelSpec:
 
     def augment_for(self, category: str) -> AugmentConfig:
         return self.augment_per_category.get(category, self.augment)
+
+    def check(self, prefix: str) -> None:
+        if self.beta_start >= self.beta_end:
+            raise Invalid((f"{prefix}.beta_start", f"{prefix}.beta_end"),
+                          f"'{prefix}.beta_start' must be < '{prefix}.beta_end'.", "swap them.")
 
     @property
     def learned_variance(self) -> bool:
@@ -230,7 +287,28 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
-class StaticConfig:
+class PostProcessConfig:
+    """What every method does to its combined map (``raydiff.scoring.postprocess``): the six
+    parameters each params class below inherits (a class may change ``smoothing``'s and
+    ``image_score``'s defaults). Serialised after the method's own parameters."""
+
+    smoothing: Smoothing = "none"
+    smoothing_size: int = field(default=11, metadata=_range(1, 255))
+    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
+    image_score: ImageScore = "max"
+    #: The avgpool-max kernel; 0 = round(image_size / 25) (Kashihara).
+    pool_size: int = field(default=0, metadata=_range(0, 255))
+    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+
+
+def _check_steps(p: Any, prefix: str) -> None:
+    if p.steps > p.t0:
+        raise Invalid((f"{prefix}.steps", f"{prefix}.t0"), f"'{prefix}.steps' = {p.steps} exceeds t0 = {p.t0}.",
+                      "use steps <= t0.")
+
+
+@dataclass(frozen=True)
+class StaticConfig(PostProcessConfig):
     """Kashihara "diffusion" / Fučka: noise to t0 with the model's noise kind, reverse to 0."""
 
     t0: int = field(default=200, metadata=_range(1, 100_000))
@@ -241,32 +319,27 @@ class StaticConfig:
     #: ``fixed-large`` (β_t: Fučka eq. 5, Kashihara). Unused by ddim.
     variance: ReverseVariance = "model"
     smoothing: Smoothing = "mean"
-    smoothing_size: int = field(default=11, metadata=_range(1, 255))
-    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
-    image_score: ImageScore = "max"
-    #: avgpool-max kernel; 0 = round(image_size / 25) (Kashihara).
-    pool_size: int = field(default=0, metadata=_range(0, 255))
-    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+
+    def check(self, prefix: str) -> None:
+        _check_steps(self, prefix)
 
 
 @dataclass(frozen=True)
-class NoDiffusionConfig:
+class NoDiffusionConfig(PostProcessConfig):
     """Kashihara no-diffusion: the input itself is taken as x_t0 and reversed to 0."""
 
     t0: int = field(default=50, metadata=_range(1, 100_000))
     steps: int = field(default=5, metadata=_range(1, 100_000))
     sampler: Literal["ddpm", "ddim"] = "ddim"
     variance: ReverseVariance = "model"
-    smoothing: Smoothing = "none"
-    smoothing_size: int = field(default=11, metadata=_range(1, 255))
-    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
     image_score: ImageScore = "avgpool-max"
-    pool_size: int = field(default=0, metadata=_range(0, 255))
-    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+
+    def check(self, prefix: str) -> None:
+        _check_steps(self, prefix)
 
 
 @dataclass(frozen=True)
-class DynamicConfig:
+class DynamicConfig(PostProcessConfig):
     """DynAD: KNN-prior noise level, noiseless start, guided DDIM (DDAD), pixel+feature map."""
 
     t_max: int = field(default=80, metadata=_range(1, 100_000))
@@ -286,15 +359,10 @@ class DynamicConfig:
     knn_k: int = field(default=20, metadata=_range(1, 10_000))
     bins: int = field(default=10, metadata=_range(1, 1000))
     smoothing: Smoothing = "gaussian"
-    smoothing_size: int = field(default=11, metadata=_range(1, 255))
-    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
-    image_score: ImageScore = "max"
-    pool_size: int = field(default=0, metadata=_range(0, 255))
-    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
 
 
 @dataclass(frozen=True)
-class KLConfig:
+class KLConfig(PostProcessConfig):
     """RAN: per-pixel KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) at several t, plus a feature term."""
 
     timesteps: tuple[int, ...] = (20, 200, 400)
@@ -307,18 +375,22 @@ class KLConfig:
     #: One noise draw per t (RAN's reference) instead of one draw shared by every t (and by
     #: the other variants that noise the same model at the same t).
     fresh_noise: bool = False
+    #: ``held-out``: each KL map and the feature map standardised with held-out normal statistics;
+    #: ``per-image``: the reference's (each t's KL z-scored over the image's channels and pixels,
+    #: the feature map raw; ``raydiff.scoring.ran_kl``). Hashed into run ids only when set.
+    normalise: Literal["held-out", "per-image"] = field(default="held-out", metadata={"id": "unless-default"})
     #: map = (1 - feature_weight) * kl_map + feature_weight * feature_map (RAN: 1:1).
     feature_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    smoothing: Smoothing = "none"
-    smoothing_size: int = field(default=11, metadata=_range(1, 255))
-    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
     image_score: ImageScore = "topk-mean"
-    pool_size: int = field(default=0, metadata=_range(0, 255))
-    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+
+    def check(self, prefix: str) -> None:
+        if not self.timesteps or min(self.timesteps) < 1:
+            raise Invalid((f"{prefix}.timesteps",), f"'{prefix}.timesteps' must be non-empty and >= 1.",
+                          "e.g. [20, 200, 400].")
 
 
 @dataclass(frozen=True)
-class TrendConfig:
+class TrendConfig(PostProcessConfig):
     """Kim et al.: DFT trend of reconstruction error and of model uncertainty over noise levels."""
 
     levels: tuple[int, ...] = (25, 50, 75, 100, 150, 200, 300, 400)
@@ -327,16 +399,20 @@ class TrendConfig:
     output: Literal["both", "intensity", "uncertainty"] = "both"
     reconstruction: Literal["one-step", "ddim"] = "one-step"
     ddim_steps: int = field(default=5, metadata=_range(1, 10_000))
+    #: Uncertainty map: 0 = |Jᵀr| for one fixed Gaussian probe r; K > 0 = Hutchinson's estimate of
+    #: diag(J) from K Rademacher probes (K gradient passes per level; ``raydiff.scoring.kim_trend``).
+    #: Hashed into run ids only when set.
+    probes: int = field(default=0, metadata={**_range(0, 256), "id": "unless-default"})
     smoothing: Smoothing = "gaussian"
-    smoothing_size: int = field(default=11, metadata=_range(1, 255))
-    sigma: float = field(default=4.0, metadata=_range(0.0, 100.0))
-    image_score: ImageScore = "max"
-    pool_size: int = field(default=0, metadata=_range(0, 255))
-    top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+
+    def check(self, prefix: str) -> None:
+        if len(self.levels) < 3 or list(self.levels) != sorted(set(self.levels)):
+            raise Invalid((f"{prefix}.levels",), f"'{prefix}.levels' must be at least 3 strictly increasing "
+                          f"timesteps, got {list(self.levels)}.", "list levels such as [25, 50, 100, 200, 400].")
 
 
 #: Parameters that only post-process a variant's combined map (``raydiff.scoring.postprocess``).
-POSTPROCESS_PARAMS: tuple[str, ...] = ("smoothing", "smoothing_size", "sigma", "image_score", "pool_size", "top_k")
+POSTPROCESS_PARAMS: tuple[str, ...] = tuple(f.name for f in fields(PostProcessConfig))
 
 
 @dataclass(frozen=True)
@@ -445,6 +521,26 @@ class VariantInstance:
         return self.per_category.get(category, self.params)
 
 
+def _check_against_model(name: str, inst: VariantInstance, spec: ModelSpec) -> None:
+    """Every timestep a variant uses (with each category's overrides) is one its model has."""
+    keys = (*(f"variants.{name}.{f.name}" for f in fields(inst.params)), f"models.{inst.model}.timesteps",
+            f"variants.{name}")
+    for category, params in [(None, inst.params), *inst.per_category.items()]:
+        on = f" (for {category})" if category else ""
+        levels = METHOD_TABLE[inst.method].timesteps(params)
+        if any(t >= spec.timesteps for t in levels):
+            raise Invalid(keys, f"variant '{name}' uses timestep {max(levels)}{on} >= the timesteps of its model "
+                          f"'{inst.model}' ({spec.timesteps}).", f"keep every timestep below {spec.timesteps}.")
+        if isinstance(params, KLConfig) and params.chain_steps:
+            if params.chain_steps > spec.timesteps:
+                raise Invalid(keys, f"variant '{name}': chain_steps = {params.chain_steps}{on} exceeds its model's "
+                              f"{spec.timesteps} timesteps.", f"use chain_steps <= {spec.timesteps}.")
+            if max(params.timesteps) >= params.chain_steps:
+                raise Invalid(keys, f"variant '{name}': timesteps {list(params.timesteps)}{on} are steps of the "
+                              f"{params.chain_steps}-step chain and must be below {params.chain_steps}.",
+                              "lower them (RAN: [5, 50, 100] on a 250-step chain).")
+
+
 def _builtin_instances() -> dict[str, VariantInstance]:
     return {
         name: VariantInstance(b.method, b.model, METHOD_TABLE[b.method].params(**b.params))
@@ -486,6 +582,19 @@ class VariantsConfig:
         new = replace(inst, params=replace(inst.params, **changes),
                       per_category={c: replace(p, **changes) for c, p in inst.per_category.items()})
         return replace(self, instances={**self.instances, name: new})
+
+    def check_shared_prior(self) -> None:
+        """Every enabled dynamic instance shares one KNN prior per category (fit step): in each
+        category (with its overrides) their k and bins must agree."""
+        dynamic = [v for v in self.enabled if self.instance(v).method == "dynamic"]
+        categories = {c for v in dynamic for c in self.instance(v).per_category}
+        for category in [None, *sorted(categories)]:
+            rows = [(v, self.params(v, category)) for v in dynamic]
+            if len({(p.knn_k, p.bins) for _, p in rows}) > 1:
+                names = ", ".join(f"{v} ({p.knn_k}/{p.bins})" for v, p in rows)
+                on = f" for {category}" if category else ""
+                raise Invalid(("variants",), f"the dynamic variants {names} differ in knn_k/bins{on}; they share "
+                              "one KNN prior per category.", "give every dynamic variant the same knn_k and bins.")
 
     def family(self, name: str, category: str | None = None) -> str:
         """The instance whose ``components`` call ``name`` shares: the first instance (in config
@@ -576,9 +685,9 @@ class TexturesConfig:
     #: Probability that a pasted foreign-texture patch is matched to the crop's mean and std.
     patch_match: float = field(default=0.5, metadata=_range(0.0, 1.0))
     #: Every defect's linear size (radii, scratch length and width, spot dots) times this.
-    defect_scale: float = field(default=1.0, metadata=_range(0.25, 2.5))
+    defect_scale: float = field(default=1.0, metadata=_range(0.25, 2.5, **ID_UNLESS_DEFAULT))
     #: Faintest tone difference of an unmatched patch, in standard deviations of the clean crop.
-    patch_tone_sd: float = field(default=0.0, metadata=_range(0.0, 5.0))
+    patch_tone_sd: float = field(default=0.0, metadata=_range(0.0, 5.0, **ID_UNLESS_DEFAULT))
 
 
 @dataclass(frozen=True)
@@ -626,7 +735,15 @@ class RayConfig:
     #: Per scoring actor and per fit task, with ``accelerator: gpu`` (0.5 = two actors per GPU).
     gpus_per_scoring_actor: float = field(default=1.0, metadata=_range(0.0, 64.0))
     #: Interface the dashboard of a Ray started by raydiff listens on.
+    #: Interface the dashboard of a Ray started by raydiff listens on: a loopback address only
+    #: (docs/cluster.md: reach a remote dashboard through SSH, never by opening the port).
     dashboard_host: str = "127.0.0.1"
+
+    def check(self, prefix: str) -> None:
+        if not is_loopback(self.dashboard_host):
+            raise Invalid((f"{prefix}.dashboard_host",), f"'{prefix}.dashboard_host' is {self.dashboard_host!r}, "
+                          "not a loopback address: the dashboard and the Jobs API would be open to the network.",
+                          "keep 127.0.0.1 (or ::1 / localhost) and reach it through an SSH tunnel (docs/cluster.md).")
 
     @property
     def torch_device(self) -> str:
@@ -654,6 +771,24 @@ class Config:
     #: The file this config was loaded from (not hashed; for messages and relative paths).
     source: str | None = field(default=None, metadata={"internal": True})
 
+    def check(self, prefix: str = "") -> None:
+        """Rules across sections (each section's own ``check`` has run): the output root, the
+        device, and every variant instance against its model; the loader runs it once the models
+        and variants are built."""
+        if "://" in self.output.root:
+            raise Invalid(("output.root",), f"'output.root' is a URI ({self.output.root}); raydiff commits results "
+                          "with atomic renames, which object stores do not have.",
+                          "use a POSIX path that every node mounts at the same place (NFS, EFS, FSx for Lustre).")
+        if self.ray.device == "cuda" and self.ray.accelerator != "gpu":
+            raise Invalid(("ray.device", "ray.accelerator"), "'ray.device' is cuda but 'ray.accelerator' is cpu: the "
+                          "workers would get no GPU from Ray.", "set ray.accelerator: gpu (or ray.device: auto / cpu).")
+        if not self.variants.enabled:
+            raise Invalid(("variants.enabled",), "'variants.enabled' is empty: nothing would be scored.",
+                          f"list some of: {', '.join(self.variants.instances)}.")
+        for name, inst in self.variants.instances.items():
+            _check_against_model(name, inst, self.models.spec(inst.model))
+        self.variants.check_shared_prior()
+
     def models_needed(self) -> tuple[str, ...]:
         """Names of the models the enabled variants score with, in config order (each is
         trained once per category, however many variants use it)."""
@@ -670,6 +805,16 @@ class Config:
 
         specs = {n: replace(s, **changes) if names is None or n in names else s for n, s in self.models.specs.items()}
         return replace(self, models=ModelsConfig(specs=specs))
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address of the loopback interface (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _config_dir() -> Path:
