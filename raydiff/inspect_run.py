@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from raydiff.runs import scan_images, scan_pixels
+from raydiff.runs import require_complete, scan_images, scan_pixels
 
 KEYS: tuple[str, ...] = ("dataset", "category", "variant")
 STREAMING = "streaming"
@@ -240,8 +240,11 @@ def inspect_run(run_dir: Path, fpr: float = 0.01, top: int = 10, coverage_below:
     ``top``: worst normal images kept per dataset × variant; ``coverage_below``: a component is
     missed when less than this fraction of its pixels is above the threshold.
     """
+    if not 0.0 < coverage_below <= 1.0:  # also NaN
+        raise ValueError(f"coverage_below must be in (0, 1], got {coverage_below}")
     pixels = scan_pixels(Path(run_dir))
     images = scan_images(Path(run_dir))
+    require_complete(Path(run_dir), command="`raydiff inspect`")
     thr = pixel_thresholds(pixels, fpr)
     cov = region_coverage(pixels, thr)
     return {

@@ -25,8 +25,12 @@ def is_complete(path: Path) -> bool:
 def write_marker(path: Path, info: dict[str, Any] | None = None) -> None:
     """Write the success marker last (its content is informative JSON)."""
     tmp = Path(path) / f".{MARKER}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(info or {}, indent=2, default=str))
-    os.replace(tmp, Path(path) / MARKER)
+    try:
+        tmp.write_text(json.dumps(info or {}, indent=2, default=str))
+        os.replace(tmp, Path(path) / MARKER)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -55,5 +59,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. disk full: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise

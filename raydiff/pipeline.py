@@ -122,6 +122,8 @@ class ScoringActor:
 
 def category_test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
     """A category's test rows sorted by image id (``limit``: a subset with both classes, half good)."""
+    if limit is not None and limit < 1:  # polars' head(-n) would drop the last n instead
+        raise ValueError(f"limit must be a positive number of images, got {limit}")
     rows = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test")).sort("image_id")
     if limit is not None:
         good = rows.filter(pl.col("label") == 0)

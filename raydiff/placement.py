@@ -37,6 +37,33 @@ def gpus_for(cfg: Config, per_task: float) -> float:
     return per_task if cfg.ray.accelerator == "gpu" else 0.0
 
 
+def check_requests(cfg: Config, nodes: Iterable[Mapping[str, float]]) -> None:
+    """ConfigError when a per-worker request of the config exceeds every node of a cluster that
+    cannot grow (``nodes``: each alive node's total resources): Ray would retry and time out.
+
+    Checked: ``ray.cpus_per_training`` / ``gpus_per_training`` (one training worker) and
+    ``ray.cpus_per_scoring_actor`` / ``gpus_per_scoring_actor`` (one scoring actor).
+    """
+    nodes = list(nodes)
+    if not nodes:
+        return
+    for key, resource in (("cpus_per_training", "CPU"), ("gpus_per_training", "GPU"),
+                          ("cpus_per_scoring_actor", "CPU"), ("gpus_per_scoring_actor", "GPU")):
+        asked = float(getattr(cfg.ray, key))
+        if resource == "GPU":
+            asked = gpus_for(cfg, asked)
+        largest = max(float(n.get(resource, 0.0)) for n in nodes)
+        if asked > largest:
+            fix = (f"set ray.{key} to at most {largest:g} (--set ray.{key}={largest:g})"
+                   if largest > 0 else "set ray.accelerator: cpu, or run on a cluster with GPUs")
+            raise ConfigError(
+                f"ray.{key}",
+                f"ray.{key}: {asked:g}, but the largest node of this Ray cluster has {largest:g} {resource}s "
+                f"({len(nodes)} node(s), none can be added): no worker could ever start.",
+                f"{fix}, or join a larger cluster with ray.address.",
+            )
+
+
 def assigned_gpus() -> list[str]:
     """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
     try:

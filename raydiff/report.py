@@ -30,10 +30,10 @@ import numpy as np
 import polars as pl
 
 from raydiff.config import Config, load_config
-from raydiff.errors import RaydiffError
+from raydiff.errors import OutputError, RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
-from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
+from raydiff.runs import require_complete, scan_images, scan_pixels, write_parquet_atomic
 from raydiff.report_figures import (
     CurveSet,
     Example,
@@ -494,27 +494,68 @@ def report_html(
     )
 
 
+#: Written into an ``--output`` folder other than the run folder: which run its report is of, so a
+#: re-run may replace it and nothing else.
+REPORT_MARKER = ".raydiff-report.json"
+#: What ``write_report`` replaces in its output folder.
+REPORT_FILES: tuple[str, ...] = (FIG_DIR, "report.html", "metrics.csv", "metrics.parquet",
+                                 "metrics_by_defect.csv", "metrics_by_defect.parquet")
+
+
+def check_report_target(run_dir: Path, out: Path, overwrite: bool = False) -> None:
+    """Refuse an output folder whose report files raydiff did not write for this run (a user's
+    own ``report/`` or ``metrics.csv`` would be replaced), unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "is a file, not a folder.", "pass a folder to --output.")
+    if overwrite or out.resolve() == run_dir.resolve():
+        return
+    try:
+        mine = json.loads((out / REPORT_MARKER).read_text()).get("run") == str(run_dir.resolve())
+    except (OSError, ValueError, AttributeError):
+        mine = False
+    existing = [out / name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not mine:
+        raise OutputError(existing[0], "exists and was not written by `raydiff report` for this run; the report "
+                          "would replace it.", "pick an empty --output folder, or pass --overwrite to replace it.")
+
+
 def write_report(
     run_dir: Path,
     out: Path | None = None,
     *,
     metrics: pl.DataFrame | None = None,
     by_defect: pl.DataFrame | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the metric tables, PNGs and ``report.html`` of a run folder; returns report.html.
 
     run_dir: a run folder (``OUT/<run_id>``) with complete ``pixels/`` and ``images/`` partitions.
     out: folder for the outputs (default: ``run_dir``): metrics.{csv,parquet},
-    metrics_by_defect.{csv,parquet}, report/*.png, then report.html (written last). Raises
-    OutputError when the run folder holds no complete partitions.
+    metrics_by_defect.{csv,parquet}, report/*.png, then report.html (written last). Another folder
+    than the run folder gets ``REPORT_MARKER``; report files there that raydiff did not write for
+    this run are refused unless ``overwrite``. Raises OutputError when the run folder holds no
+    complete partitions, or some (category, variant) pair is incomplete.
     metrics / by_defect: ``compute_metrics(pixels, images[, by_defect=True])`` of this run when the
     caller already has them (each is a full pass over the pixels); cost columns are added if absent.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
     pixels, images = scan_pixels(run_dir), scan_images(run_dir)  # OutputError naming the right folder
-    out.mkdir(parents=True, exist_ok=True)
     cfg = _load_run_config(run_dir)
+    require_complete(run_dir, command="`raydiff report`")
+    check_report_target(run_dir, out, overwrite)
+    try:
+        return _write_report(run_dir, out, cfg, pixels, images, metrics, by_defect)
+    except OSError as err:
+        raise OutputError(out, f"cannot write the report ({err.strerror or err}).",
+                          "check free space and permissions, or pick another --output.") from None
+
+
+def _write_report(run_dir: Path, out: Path, cfg: Config | None, pixels: pl.LazyFrame, images: pl.LazyFrame,
+                  metrics: pl.DataFrame | None, by_defect: pl.DataFrame | None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() != run_dir.resolve():
+        atomic_write_text(out / REPORT_MARKER, json.dumps({"run": str(run_dir.resolve())}) + "\n")
     given = metrics if metrics is not None and by_defect is not None else None
     metrics = with_border(with_cost(metrics, images), pixels) if metrics is not None else metrics_table(pixels, images)
     metrics = with_provenance(metrics, cfg)

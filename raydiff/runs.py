@@ -24,12 +24,13 @@ renames within a folder are atomic there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ class PartitionWriter:
     def commit(self, info: dict[str, Any]) -> None:
         self.writer.close()
         _replace_dir(self.tmp, self.final)
-        write_marker(self.final, {**info, "rows": self.rows})
+        write_marker(self.final, {**info, "rows": self.rows, "files": 1, "parts": ["part-0.parquet"]})
 
     def abort(self) -> None:
         try:
@@ -202,9 +203,13 @@ def part_name(first: int) -> str:
 def write_part(final: Path, attempt: str, first: int, table: pa.Table) -> str:
     """Write one batch's rows of partition ``final`` into the attempt's staging folder (atomic)."""
     folder = staging_dir(final, attempt)
-    folder.mkdir(parents=True, exist_ok=True)
     name = part_name(first)
-    write_parquet_atomic(table, folder / name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table, folder / name)
+    except OSError as err:  # disk full, read-only: the partition stays uncommitted, a re-run redoes it
+        raise OutputError(final.parent, f"cannot write the scores of {final.name} ({err.strerror or err}).",
+                          "free space (or fix permissions) under the output root and re-run: complete partitions are kept.") from None
     return name
 
 
@@ -226,7 +231,7 @@ def commit_staged(final: Path, attempt: str, parts: Sequence[str], rows: int, in
     if found != rows:
         raise OutputError(folder, f"holds {found} rows, expected {rows}.", "re-run: the partition is recomputed.")
     _replace_dir(folder, final)
-    write_marker(final, {**info, "rows": rows, "files": len(keep)})
+    write_marker(final, {**info, "rows": rows, "files": len(keep), "parts": sorted(keep)})
 
 
 def discard_staged(final: Path, attempt: str) -> None:
@@ -274,15 +279,13 @@ def pending_variants(cfg: Config, category: str, variants: Sequence[str], image_
 def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Write config.yaml + versions.json into the run folder; refuse a folder of another config
     (``overwrite``: delete that folder's scores first)."""
-    import yaml
-
-    from raydiff.config import config_from_dict, dump_config, model_id, run_id
+    from raydiff.config import config_from_dict, dump_config, model_id, run_id, yaml_load
 
     folder = run_dir(cfg)
     existing = folder / "config.yaml"
     if existing.is_file():
         try:
-            other = config_from_dict(yaml.safe_load(existing.read_text()), where=str(existing), upgrade=True)
+            other = config_from_dict(yaml_load(existing.read_text()), where=str(existing), upgrade=True)
         except Exception as err:  # a damaged or foreign file: never mix outputs
             raise OutputError(existing, f"cannot be read as a raydiff config ({err}).", "pick a new --output.") from None
         if run_id(other) != run_id(cfg) and overwrite:
@@ -293,7 +296,7 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
             raise OutputError(
                 folder,
                 "this output folder was written by a different config.",
-                "pick a new --output, or pass --overwrite to delete it.",
+                "pick a new --output, or run `raydiff sweep --overwrite` with this config to delete it.",
             )
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -304,6 +307,72 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     except OSError as err:
         raise OutputError(folder, f"cannot write the output folder ({err.strerror}).", "check free space and permissions, or pick another --output.") from None
     return folder
+
+
+LOCK = ".raydiff.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(cfg: Config) -> Iterator[Path]:
+    """Hold ``OUT/.raydiff.lock`` (host, pid, start time) while a sweep writes to the output root.
+
+    A second sweep on the same root refuses with one line naming the holder. A lock left by a
+    process that is gone (same host, dead pid) is taken over; one from another host is not (its
+    pid cannot be checked from here): the message says how to remove it.
+    """
+    import datetime as dt
+    import socket
+
+    root = Path(cfg.output.root).expanduser()
+    path = root / LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": dt.datetime.now(dt.timezone.utc).isoformat()}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(root, f"cannot create the output root ({err.strerror or err}).",
+                          "check permissions, or pick another --output.") from None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            host, pid = holder.get("host"), holder.get("pid")
+            if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise OutputError(
+                path,
+                f"another raydiff sweep (pid {pid} on {host}, since {holder.get('started')}) is writing to this "
+                "output root.",
+                "wait for it to finish or pick another --output; if that process is gone, delete the lock file.",
+            ) from None
+        except OSError as err:
+            raise OutputError(root, f"cannot write to the output root ({err.strerror or err}).",
+                              "check free space and permissions, or pick another --output.") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
+        break
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
 
 
 def run_probe(cfg: Config) -> Path:
@@ -329,12 +398,82 @@ def require_visible(probe: Path, where: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def partition_files(folder: Path) -> list[Path]:
+    """The Parquet files of a complete partition: exactly those its success marker lists.
+
+    A file the marker does not list (a copy such as ``part-000000 (1).parquet``, a file dropped in
+    by hand) is never read; a listed file that is missing or not Parquet raises OutputError naming
+    it. Markers written before the list was recorded hold only a count, which must match.
+    """
+    folder = Path(folder)
+    info = marker_info(folder)
+    found = sorted(folder.glob("*.parquet"))
+    if isinstance(info.get("parts"), list):
+        files = [folder / str(name) for name in info["parts"]]
+        for f in files:
+            if f.parent != folder or not f.name.endswith(".parquet") or not f.is_file():
+                raise OutputError(f, f"is listed in {MARKER} but is not a Parquet file of this folder.",
+                                  f"delete {folder} and re-run `raydiff sweep` (or `raydiff score`): the partition is recomputed.")
+    elif isinstance(info.get("files"), int) and info["files"] != len(found):
+        raise OutputError(folder, f"holds {len(found)} Parquet files, but its {MARKER} records {info['files']}.",
+                          f"delete {folder} and re-run `raydiff sweep` (or `raydiff score`): the partition is recomputed.")
+    else:
+        files = found
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, pa.ArrowException) as err:
+            raise OutputError(f, f"is not a readable Parquet file ({str(err).splitlines()[0][:160]}).",
+                              f"delete {folder} and re-run `raydiff sweep` (or `raydiff score`): the partition is recomputed.") from None
+    return files
+
+
 def complete_files(root: Path, table: str) -> list[str]:
+    """Every file of every complete partition of ``table`` (``partition_files``)."""
     base = Path(root) / table
     files: list[str] = []
     for marker in sorted(base.glob(f"dataset=*/category=*/variant=*/{MARKER}")):
-        files.extend(str(p) for p in sorted(marker.parent.glob("*.parquet")))
+        files.extend(str(p) for p in partition_files(marker.parent))
     return files
+
+
+def incomplete_partitions(root: Path, variants: Sequence[str] = ()) -> list[str]:
+    """``category/variant`` pairs of a run folder that are not complete in both tables: a
+    partition folder without its marker, a pair in one table only, or one of ``variants`` (the
+    run config's enabled variants) missing for a category that has scores. Sorted."""
+    root = Path(root)
+    done: dict[str, set[str]] = {t: set() for t in TABLES}
+    seen: set[str] = set()
+    categories: set[str] = set()
+    for table in TABLES:
+        for folder in (root / table).glob("dataset=*/category=*/variant=*"):
+            if not folder.is_dir():
+                continue
+            cat = folder.parent.name.removeprefix("category=")
+            pair = f"{cat}/{folder.name.removeprefix('variant=')}"
+            categories.add(cat)
+            seen.add(pair)
+            if is_complete(folder):
+                done[table].add(pair)
+    seen |= {f"{c}/{v}" for c in categories for v in variants}
+    return sorted(p for p in seen if not all(p in done[t] for t in TABLES))
+
+
+def require_complete(root: Path, variants: Sequence[str] = (), command: str = "this command") -> None:
+    """OutputError listing the incomplete ``category/variant`` pairs of a run folder (as
+    ``raydiff metrics`` does), so no reader silently drops one or fails on it.
+
+    A pair is incomplete when a partition folder of it lacks its marker or it has scores in one
+    table only; ``variants``: variants every category with scores must also have.
+    """
+    missing = incomplete_partitions(root, variants)
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        raise OutputError(
+            root,
+            f"scores are missing or incomplete for {len(missing)} (category, variant) pair(s): {shown}.",
+            f"finish them with `raydiff sweep` (complete parts are kept) before {command}.",
+        )
 
 
 def _no_scores(root: Path, table: str) -> OutputError:

@@ -40,12 +40,23 @@ def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None
     if root is not None and kind is None:
         kind = detect_layout(Path(root))
     manifest = scan_config(cfg, root, kind)
+    _check_overrides_apply(cfg, manifest)
     kind = kind or cfg.dataset.layout
     base = Path(root or cfg.dataset.root)
     summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels)
     ds = cfg.dataset
     check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind)
     return summary
+
+
+def _check_overrides_apply(cfg: Config, manifest: pl.DataFrame) -> None:
+    """A ``per_category`` override naming none of the categories found is an error (it would
+    silently never apply); with ``dataset.categories`` listed the loader already checked it."""
+    from raydiff.config import check_overrides
+
+    if not cfg.dataset.categories:
+        found = tuple(sorted(manifest["category"].unique().to_list()))
+        check_overrides(cfg.variants, cfg.groups, found, f"{cfg.source or 'config'} (categories found in {cfg.dataset.root})")
 
 
 def demo_config(output_root: Path | None = None, seed: int | None = None) -> Config:
@@ -87,40 +98,109 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.models.presets import check_model_sizes
 
     check_model_sizes(cfg)
+    check_output_outside_dataset(cfg)
     manifest = scan_config(cfg)
+    _check_overrides_apply(cfg, manifest)
     validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels)
     out = assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
     check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout)
     return out
 
 
+def check_output_outside_dataset(cfg: Config) -> None:
+    """The output root may not be the dataset root or lie inside it: a later scan would read the
+    run's own files (fitted states, reports) as category folders."""
+    from raydiff.errors import OutputError
+
+    out, data = Path(cfg.output.root).expanduser().resolve(), Path(cfg.dataset.root).expanduser().resolve()
+    if out.is_relative_to(data):
+        raise OutputError(out, f"the output root is inside the dataset root {data}.",
+                          "pick an --output outside the dataset folder (e.g. its sibling raydiff-out/).")
+
+
+def require_trained(cfg: Config, category: str) -> None:
+    """CheckpointError naming the first model or fitted state of ``category`` that is missing,
+    before any Ray is started (scoring needs both)."""
+    from raydiff.errors import CheckpointError
+    from raydiff.io import is_complete
+    from raydiff.paths import fitted_dir, model_dir
+
+    for name in cfg.models_needed():
+        if not is_complete(model_dir(cfg, category, name)):
+            raise CheckpointError(model_dir(cfg, category, name), f"model '{name}' of category {category} is not trained.",
+                                  f"run `raydiff train --category {category}` and `raydiff fit --category {category}` "
+                                  "with this config first (or `raydiff sweep`).")
+    if not is_complete(fitted_dir(cfg, category)):
+        raise CheckpointError(fitted_dir(cfg, category), f"category {category} is not fitted.",
+                              f"run `raydiff fit --category {category}` with this config first.")
+
+
 def categories_of(manifest: pl.DataFrame) -> list[str]:
     return sorted(manifest["category"].unique().to_list())
 
 
-def init_ray(cfg: Config) -> bool:
+def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
     """Connect to the configured cluster or start a local Ray (dashboard on 127.0.0.1).
 
     - Inside ``ray job submit`` (``RAY_ADDRESS`` is set) or with ``ray.address`` configured:
       a plain connect; the job's runtime environment (``--working-dir``) applies as submitted.
-    - Otherwise a local Ray with its dashboard on ``ray.dashboard_host``. The dashboard is not
-      optional: Ray Train frees a finished run's placement group through a cleaner that asks the
-      dashboard's State API, and without it the next runs wait for CPUs forever.
+      ``ray.address: local`` always starts a Ray of this process's own.
+    - Otherwise a local Ray with its dashboard on ``ray.dashboard_host``; when a local Ray that
+      another user or tool started is running, Ray joins it: ``progress`` is told its address
+      before any work starts. The dashboard is not optional: Ray Train frees a finished run's
+      placement group through a cleaner that asks the dashboard's State API, and without it the
+      next runs wait for CPUs forever.
 
-    Returns True when this call started Ray (the caller then shuts it down).
+    Returns True when this call started (or joined) Ray (the caller then shuts the connection down).
     """
     import os
 
     import ray
 
+    say = progress or _quiet
     if ray.is_initialized():
         return False
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        say(f"[ray] joining the cluster at {address}")
         ray.init(address=cfg.ray.address or None, log_to_driver=True)
-    else:
-        env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
-        ray.init(include_dashboard=True, dashboard_host=cfg.ray.dashboard_host, runtime_env=env, log_to_driver=True)
+        return True
+    running = None if address == "local" else running_local_ray()
+    if running is not None:
+        say(f"[ray] joining the Ray already running on this machine at {running} (set ray.address: local "
+            "to start one of your own)")
+        ray.init(address=running, log_to_driver=True)
+        return True
+    env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
+    ray.init(address="local" if address == "local" else None, include_dashboard=True,
+             dashboard_host=cfg.ray.dashboard_host, runtime_env=env, log_to_driver=True)
+    try:
+        check_cluster_fits(cfg)  # the Ray started here cannot grow: fail now, not after Ray's retries
+    except BaseException:
+        ray.shutdown()
+        raise
     return True
+
+
+def running_local_ray() -> str | None:
+    """The address of a Ray that is running on this machine (started by ``ray start``, another
+    user or tool), which a plain ``ray.init()`` would join; None when there is none."""
+    from ray._private import services
+
+    try:  # what ray.init() does without an address: the cluster `ray start` recorded, if alive
+        return services.canonicalize_bootstrap_address(None)
+    except Exception:  # a stale record, or a Ray layout change: start our own
+        return None
+
+
+def check_cluster_fits(cfg: Config) -> None:
+    """On a Ray that cannot grow (one this process started, static nodes), refuse a request no
+    node can ever meet, naming the config key (``raydiff.placement.check_requests``)."""
+    import ray
+
+    from raydiff.placement import check_requests
+
+    check_requests(cfg, [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")])
 
 
 def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
@@ -153,7 +233,7 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
 
     from raydiff.data.images import dataset_channels
     from raydiff.io import is_complete
-    from raydiff.models.checkpoint import load_model
+    from raydiff.models.checkpoint import expected_meta, load_model
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.placement import worker_device
     from raydiff.scoring.fit import fit_category
@@ -164,7 +244,8 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
     dev = torch.device(device or worker_device(cfg))
     rows = manifest.filter(pl.col("category") == category)
     channels = dataset_channels(rows, cfg.dataset.channels)
-    models = {k: load_model(model_dir(cfg, category, k), dev) for k in cfg.models_needed()}
+    models = {k: load_model(model_dir(cfg, category, k), dev, expect=expected_meta(cfg, k, category))
+              for k in cfg.models_needed()}
     train = rows.filter(pl.col("split") == "train").sort("image_id")
     holdout = rows.filter(pl.col("split") == "holdout").sort("image_id")
     if holdout.height == 0:
@@ -184,7 +265,13 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
         device=dev,
         batch_size=cfg.ray.scoring_batch_size,
     )
-    state.save(folder)
+    try:
+        state.save(folder)  # atomic: nothing partial becomes visible
+    except OSError as err:
+        from raydiff.errors import OutputError
+
+        raise OutputError(folder, f"cannot write the fitted state ({err.strerror or err}).",
+                          "free space (or fix permissions) under the output root and re-run `raydiff fit`.") from None
     return folder
 
 
@@ -389,14 +476,22 @@ def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite:
     Returns paths, per-category scoring summaries, per-stage placement (tasks, nodes, GPUs, GPU
     busy fraction) and ``tables`` (the metrics DataFrame) for the caller to show.
     """
-    from raydiff.placement import stage_summary
-    from raydiff.runs import write_run_metadata
+    from raydiff.runs import output_lock
 
     start = time.perf_counter()
     manifest = prepare(cfg)
+    with output_lock(cfg):
+        return _locked_sweep(cfg, manifest, start, limit, report, overwrite, progress, bars)
+
+
+def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int | None, report: bool,
+                  overwrite: bool, progress: Progress, bars: bool) -> dict[str, Any]:
+    from raydiff.placement import stage_summary
+    from raydiff.runs import write_run_metadata
+
     categories = categories_of(manifest)
     folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress)
-    started = init_ray(cfg)
+    started = init_ray(cfg, progress)
     try:
         nodes = check_storage(cfg)
         progress(f"[storage] run folder {folder} visible from {nodes} node(s)")

@@ -10,6 +10,8 @@ pasted foreign patch higher inside than outside.
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
@@ -402,6 +404,7 @@ def test_pasted_foreign_patch_scores_higher_inside(texture_models, tmp_path: Pat
     import polars as pl
 
     from raydiff.data.images import dataset_channels, load_image
+    from raydiff.config import model_id
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring import score_batch
     from raydiff.scoring.fit import fit_category, load_category_context
@@ -417,7 +420,14 @@ def test_pasted_foreign_patch_scores_higher_inside(texture_models, tmp_path: Pat
         output=dataclasses.replace(tm.cfg.output, root=str(tmp_path / "out")),
     )
     for kind in ("pixel", "latent"):
-        shutil.copytree(tm.path(kind), model_dir(cfg, tm.category, kind))
+        folder = model_dir(cfg, tm.category, kind)
+        shutil.copytree(tm.path(kind), folder)
+        # The fixture trains each kind with its own step count (another model id); this test
+        # scores them under one config, so the copies are re-labelled as that config's models
+        # (load_model refuses a meta.json whose model id is not the config's).
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["model_id"] = model_id(cfg, kind, tm.category)
+        (folder / "meta.json").write_text(json.dumps(meta))
 
     channels = dataset_channels(tm.manifest.filter(pl.col("category") == tm.category), "auto")
 
@@ -457,7 +467,7 @@ def test_load_category_context_names_the_fix(small: SimpleNamespace, tmp_path: P
     from raydiff.scoring.fit import FittedState, load_category_context
 
     cfg = dataclasses.replace(small.cfg, output=dataclasses.replace(small.cfg.output, root=str(tmp_path)))
-    monkeypatch.setattr(checkpoint, "load_model", lambda folder, device: small.models[Path(folder).name])
+    monkeypatch.setattr(checkpoint, "load_model", lambda folder, device, **kw: small.models[Path(folder).name])
     with pytest.raises(CheckpointError, match="raydiff fit"):
         load_category_context(cfg, "c")
     stats = {"dynamic": {"l_map": (0.0, 1.0), "f_map": (0.0, 1.0)}}

@@ -59,8 +59,8 @@ from typing import Any
 
 import polars as pl
 
-from raydiff.config import DATASET_LAYOUTS
-from raydiff.errors import DatasetError
+from raydiff.config import DATASET_LAYOUTS, check_plain_name
+from raydiff.errors import ConfigError, DatasetError
 from raydiff.seeding import derive_seed
 
 #: The layouts (one home: ``raydiff.config.DATASET_LAYOUTS``; SCANNERS has one scanner each).
@@ -199,6 +199,34 @@ def _check_root(root: Path, kind: str) -> Path:
     return root.absolute()
 
 
+#: Longest category name: it becomes ``category=<name>`` folders under the output root (255 bytes a name).
+MAX_CATEGORY_CHARS = 128
+
+
+def check_category_name(name: str, where: Path | str, what: str = "category folder") -> str:
+    """``name`` if it may name a category: the config's plain-name rule (letters, digits, ``_ . + -``
+    and spaces, no leading dot, no ``/`` or ``..``), ASCII only, at most MAX_CATEGORY_CHARS.
+
+    A category name becomes the folders ``fitted/<dataset>/<name>`` and ``category=<name>`` (a hive
+    key, so ``=`` and ``%`` would be read back wrong), and is what ``--categories`` selects.
+    """
+    try:
+        check_plain_name(name, "category", str(where))
+        ok = name.isascii() and len(name) <= MAX_CATEGORY_CHARS
+    except ConfigError:
+        ok = False
+    if not ok:
+        shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+        raise DatasetError(
+            where,
+            f"{what} name {shown!r} is not a plain category name: it may hold only ASCII letters, digits, "
+            f"'_', '.', '+', '-' and spaces, not start with '.', and have at most {MAX_CATEGORY_CHARS} characters "
+            "(it names folders under the output root).",
+            "rename it (e.g. 'brick_2'), or move it out of the dataset root.",
+        )
+    return name
+
+
 def _categories(root: Path, categories: Sequence[str], kind: str) -> list[str]:
     """The requested categories (each must be a folder under root), or every sub-folder."""
     if categories:
@@ -211,7 +239,7 @@ def _categories(root: Path, categories: Sequence[str], kind: str) -> list[str]:
                     "fix the name in dataset.categories or point dataset.root at the right folder.",
                 )
         return list(categories)
-    found = [p.name for p in list_dirs(root)]
+    found = [check_category_name(p.name, p) for p in list_dirs(root)]
     if not found:
         raise DatasetError(root, f"no category folders found for layout '{kind}'.", _layout_fix(kind))
     return found
@@ -299,6 +327,8 @@ def scan_visa(root: Path, categories: Sequence[str] = (), dataset_name: str | No
     name = dataset_name or "visa"
     csv_path = root / VISA_CSV
     table = _read_visa_csv(root)
+    for line_no, r in enumerate(table, start=2):
+        check_category_name(r["object"], f"{csv_path} line {line_no}", "object")
     objects = sorted({r["object"] for r in table})
     wanted = list(categories) or objects
     for cat in wanted:

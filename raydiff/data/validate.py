@@ -147,6 +147,24 @@ def _refuse_broken_link(p: Path) -> None:
                            "fix the link or remove it.")
 
 
+def _check_inside_root(manifest: pl.DataFrame, root: Path) -> list[str]:
+    """Every image and mask, links followed, lies under ``root`` (nothing outside the dataset
+    root is read); returns the images' resolved paths (for the leakage check)."""
+    real_root = root.resolve()
+    resolved = []
+    for image, mask in zip(manifest["image_path"].to_list(), manifest["mask_path"].to_list(), strict=True):
+        for path in (image, mask):
+            if path is None:
+                continue
+            real = Path(path).resolve()
+            if not real.is_relative_to(real_root):
+                raise DatasetError(path, f"is a symbolic link to {real}, outside the dataset root {real_root}: "
+                                   "nothing outside the root is read.",
+                                   "copy the file into the dataset folder instead of linking it.")
+        resolved.append(str(Path(image).resolve()))
+    return resolved
+
+
 def _check_entries(folder: Path, allow_dirs: bool) -> None:
     """No entry of a folder is skipped silently: broken links and (unless allowed) sub-folders fail."""
     for p in sorted(folder.iterdir()):
@@ -344,10 +362,12 @@ def validate_dataset(
         raise DatasetError("dataset.layout", f"unknown layout '{kind}'.", f"use one of: {', '.join(LAYOUTS)}.")
     manifest = manifest.sort(["category", "split", "image_id"])
     categories = manifest["category"].unique().sort().to_list()
-    twice = manifest.filter(pl.col("image_path").is_duplicated())
-    if twice.height:
+    resolved = _check_inside_root(manifest, root)
+    twice = manifest.with_columns(pl.Series("_real", resolved)).filter(pl.col("_real").is_duplicated())
+    if twice.height:  # compared by resolved path: a test/good link to a train/good image is the same image
         path = twice["image_path"][0]
-        splits = sorted(set(twice.filter(pl.col("image_path") == path)["split"].to_list()))
+        real = twice["_real"][0]
+        splits = sorted(set(twice.filter(pl.col("_real") == real)["split"].to_list()))
         problem = ("is in both the train and the test split: a test image the model was trained on." if len(splits) > 1
                    else "is listed twice: every score of it would count twice.")
         raise DatasetError(path, problem, "list each image once.")

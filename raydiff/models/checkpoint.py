@@ -170,6 +170,10 @@ def save_checkpoint(
         for name, src in (copy_files or {}).items():
             if Path(src).is_file():
                 shutil.copy2(src, tmp / name)
+    except OSError as err:  # disk full, read-only: nothing partial is visible, the last checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(folder, f"cannot write the checkpoint ({err.strerror or err}); the previous one is kept.",
+                              "free space (or fix permissions) under the output root and re-run: training resumes.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -291,12 +295,41 @@ def random_models(cfg: Any, channels: int, device: torch.device, kinds: Sequence
     return out
 
 
-def load_model(folder: Path, device: torch.device | str = "cpu", require_complete: bool = True) -> DiffusionModel:
+def expected_meta(cfg: Any, name: str, category: str) -> dict[str, Any]:
+    """What ``meta.json`` of model ``name`` trained for ``category`` under ``cfg`` must record
+    (the keys ``raydiff.train.loop.train_one`` writes from the config, not from the data)."""
+    from raydiff.config import model_id
+    from raydiff.seeding import derive_seed
+
+    spec = cfg.models.spec(name)
+    return {
+        "kind": name, "model_id": model_id(cfg, name, category), "preset": spec.preset,
+        "noise_kind": spec.noise, "learned_variance": spec.learned_variance, "image_size": cfg.dataset.image_size,
+        "schedule": D.Schedule.from_config(spec).describe(),
+        "seed": derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, name),
+    }
+
+
+def check_meta(folder: Path, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    """CheckpointError naming the first key of ``expect`` that ``meta`` records differently (an
+    edited or foreign ``meta.json``: its numbers would not be this config's)."""
+    for key, value in expect.items():
+        if json.loads(json.dumps(meta.get(key), default=str)) != json.loads(json.dumps(value, default=str)):
+            raise CheckpointError(
+                Path(folder) / META,
+                f"records {key} = {meta.get(key)!r}, but the config gives {value!r}: this is not the config's model.",
+                f"delete {folder} and re-train it with `raydiff train` (or `raydiff sweep`).",
+            )
+
+
+def load_model(folder: Path, device: torch.device | str = "cpu", require_complete: bool = True,
+               expect: Mapping[str, Any] | None = None) -> DiffusionModel:
     """The EMA model of a checkpoint folder, in eval mode on ``device``.
 
     Raises :class:`CheckpointError` (folder + file + fix) for a missing folder, an unfinished
     run (no success marker, unless ``require_complete=False``), missing files, NaN/inf weights
-    or weights that do not match the saved architecture.
+    or weights that do not match the saved architecture. ``expect`` (``expected_meta``): what
+    meta.json must record for the config at hand.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -310,6 +343,8 @@ def load_model(folder: Path, device: torch.device | str = "cpu", require_complet
     for key in ("kind", "channels", "learned_variance", "noise_kind", "schedule"):
         if key not in meta:
             raise CheckpointError(folder / META, f"key '{key}' is missing.", _RETRAIN)
+    if expect is not None:
+        check_meta(folder, meta, expect)
     unet = load_unet(folder, UNET_EMA, device).eval().requires_grad_(False)
     sample_channels = int(meta.get("latent_channels") or meta["channels"])
     expect_out = sample_channels * (2 if meta["learned_variance"] else 1)

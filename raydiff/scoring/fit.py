@@ -230,7 +230,8 @@ def dynamic_params(cfg: Any, variants: Sequence[str], category: str | None = Non
     return cfg.variants.params(dynamic[0], category) if dynamic else DynamicConfig()
 
 
-def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tuple[str, Any]:
+def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int,
+                             category: str | None = None) -> tuple[str, Any]:
     """(model kind, reconstruct(x (B,C,H,W) in [-1,1]) -> x̂ (B,C,H,W)) for DynAD's domain
     adaptation: a noiseless, guided DDIM reconstruction (``dynad.reconstruct``) at a random level
     per image, T̂ = noise_level(b) with b uniform in {1, …, bins} (the reference's ``DA_rnd_step``);
@@ -240,7 +241,8 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
     Uses the model of the first enabled dynamic variant on a pixel model when there is one
     (DynAD's reference uses the latent one; a pixel model is the cheaper choice here and is
     the one most variants share), else the first dynamic variant's model, else the first
-    loaded model; the levels and guidance are that variant's (or the dynamic defaults).
+    loaded model; the levels and guidance are that variant's (or the dynamic defaults), with
+    ``category``'s ``per_category`` overrides, as the KNN prior of the same fit reads them.
     """
     from raydiff.errors import ConfigError
     from raydiff.knn_prior import noise_level
@@ -258,7 +260,7 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int) -> tup
             "enable a variant, or set features.domain_adaptation_epochs: 0.",
         )
     model = models[kind]
-    params = cfg.variants.params(chosen) if chosen else dynamic_params(cfg, [])
+    params = cfg.variants.params(chosen, category) if chosen else dynamic_params(cfg, [], category)
     latent = cfg.model_spec(kind).is_latent
 
     calls = [0]
@@ -342,7 +344,7 @@ def fit_category(
         from raydiff.seeding import derive_seed
 
         seed = derive_seed(cfg.seed, "domain-adaptation", category)
-        kind, recon = adaptation_reconstructor(cfg, models, seed)
+        kind, recon = adaptation_reconstructor(cfg, models, seed, category)
         losses: list[float] = []
         features = domain_adapt(
             features, train_images.to(device, torch.float32), recon, epochs=cfg.features.domain_adaptation_epochs,
@@ -378,12 +380,13 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     step adapted it). Raises CheckpointError with the command that fixes a missing piece.
     """
     from raydiff.features import build_features
-    from raydiff.models.checkpoint import load_model
+    from raydiff.models.checkpoint import expected_meta, load_model
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring.context import engine_context
 
     device = torch.device(device)
-    models = {name: load_model(model_dir(cfg, category, name), device) for name in cfg.models_needed()}
+    models = {name: load_model(model_dir(cfg, category, name), device, expect=expected_meta(cfg, name, category))
+              for name in cfg.models_needed()}
     folder = fitted_dir(cfg, category)
     fix = f"run `raydiff fit` with this config for category {category} (after `raydiff train`)."
     if not is_complete(folder):
