@@ -300,7 +300,8 @@ def fit(cfg: Config, category: str | None, device: str | None) -> None:
 @config_options(one_category=True)
 @click.option("--category", help="Category to score (default: the first).")
 @click.option("--variant", "variants", multiple=True, help="Variant id(s) (default: the config's enabled ones).")
-@click.option("--limit", type=int, default=None, help="Score only N test images (half good, half defective).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Score only N test images (half good, half defective).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="cuda: the actors ask Ray for GPUs and compute on them (default: the config's ray section).")
 def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: int | None, device: str | None) -> None:
@@ -314,15 +315,16 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
 
     from raydiff.pipeline import score_category
     from raydiff.runs import write_run_metadata
-    from raydiff.workflow import init_ray
+    from raydiff.workflow import init_ray, require_trained
 
     if variants:
         cfg = replace(cfg, variants=replace(cfg.variants, enabled=tuple(variants)))
     if device:
         cfg = replace(cfg, ray=replace(cfg.ray, device=device, accelerator="gpu" if device == "cuda" else cfg.ray.accelerator))
     cfg, category, manifest = _category(cfg, category)
+    require_trained(cfg, category)  # before Ray starts: one line, not a worker's traceback
     write_run_metadata(cfg)
-    started = init_ray(cfg)
+    started = init_ray(cfg, click.echo)
     try:
         s = score_category(cfg, category, manifest, limit=limit)
     finally:
@@ -358,7 +360,7 @@ def metrics(cfg: Config, allow_incomplete: bool) -> None:
 
 @main.command()
 @config_options
-@click.option("--limit", type=int, default=None, help="Score only N test images per category.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only N test images per category.")
 @click.option("--overwrite", is_flag=True, help="Delete a run folder written by a different config instead of refusing.")
 def sweep(cfg: Config, limit: int | None, overwrite: bool) -> None:
     """Everything for a config on the current Ray cluster (or a local one): train, fit, score, metrics.
@@ -407,7 +409,8 @@ def open_command(path: str | Path) -> str:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write report.html and its figures (default: RUN_DIR).")
-def report(run_dir: Path, out: Path | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace report files in --output that another run or you wrote.")
+def report(run_dir: Path, out: Path | None, overwrite: bool) -> None:
     """Write the HTML report (tables, ROC/PRO curves, example maps) of a run folder.
 
     \b
@@ -416,16 +419,25 @@ def report(run_dir: Path, out: Path | None) -> None:
     """
     from raydiff.report import write_report
 
-    click.echo(f"report: {write_report(run_dir, out)}")
+    click.echo(f"report: {write_report(run_dir, out, overwrite=overwrite)}")
+
+
+def _not_nan(param: click.Parameter, value: float) -> float:
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not a number in the allowed range.", param=param)
+    return value
 
 
 @main.command("inspect")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--fpr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01,
-              show_default=True, help="Pixel false-positive rate that sets each threshold, in (0, 1).")
+              show_default=True, callback=lambda _ctx, param, value: _not_nan(param, value),
+              help="Pixel false-positive rate that sets each threshold, in (0, 1).")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Worst normal images listed per variant.")
 @click.option("--coverage-below", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
+              callback=lambda _ctx, param, value: _not_nan(param, value),
               help="A defect region is missed when less than this fraction (0-1] of it is above the threshold.")
 @click.option("--output", "save", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write every table as Parquet into this folder.")
@@ -447,6 +459,33 @@ def inspect_cmd(run_dir: Path, fpr: float, top: int, coverage_below: float, save
             table.write_parquet(save / f"{name}.parquet")
     if save is not None:
         click.echo(f"\ntables: {save}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for scores.csv/.parquet, pixels/ and overlays/ (new, or an earlier predict output).")
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to score with (default: the run's enabled ones).")
+@click.option("--category", help="The run's category whose models score the images (default: its only one).")
+@click.option("--fpr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01, show_default=True,
+              help="Normal-pixel false-positive rate of the overlays' threshold (from the run's normal test images).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="What torch computes on.")
+def predict(run_dir: Path, images: tuple[Path, ...], out: Path, variants: tuple[str, ...], category: str | None,
+            fpr: float, device: str) -> None:
+    """Score new images (files or folders, any size) with a finished run's models: per-image
+    scores, per-pixel maps and PNG overlays with each variant's threshold.
+
+    \b
+    Example:
+      raydiff predict raydiff-out/<run_id> new-parts/ --output predictions/ --variant trend
+    """
+    from raydiff.predict import predict as run_predict
+
+    result = run_predict(run_dir, images, out, variants, category, fpr, device, progress=click.echo)
+    print_table(result["scores"].select("variant", "image_id", "score", "pixel_threshold", "pixels_above"))
+    click.echo(f"predictions: {result['output']}")
 
 
 @main.command("config")
@@ -530,8 +569,8 @@ def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | 
     c = plan["cost"]
     click.echo(f"cost at MFU {c['mfu']:g} of {c['gpu_tflops']:g} TFLOP/s, {len(c['categories'])} categories "
                f"(image counts: {c['image_counts']}):")
-    click.echo(f"  training {c['training_gpu_hours']:.2f} GPU-h, fitting {c['fit_gpu_hours']:.2f} GPU-h, "
-               f"scoring {c['scoring_gpu_hours']:.2f} GPU-h; total {c['total_gpu_hours']:.2f} GPU-h")
+    click.echo(f"  training {c['training_gpu_hours']:.3g} GPU-h, fitting {c['fit_gpu_hours']:.3g} GPU-h, "
+               f"scoring {c['scoring_gpu_hours']:.3g} GPU-h; total {c['total_gpu_hours']:.3g} GPU-h")
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(plan, indent=2) + "\n")
         click.echo(f"plan: {json_out}")
