@@ -15,7 +15,8 @@ the GPU-hours at a given model-FLOP utilisation:
 
 Pass counts come from the real engine run on tiny random models of the same schedules
 (``forward_counts``): counts depend on the variants' settings, not on the network's size. The
-image counts are MVTec AD's own for ``layout: mvtec`` (``MVTEC_SIZES``), else ``test_images``
+image counts are the published ones for ``layout: mvtec``, ``visa`` and ``btad`` (``PUBLISHED_SIZES``),
+else ``test_images``
 / ``train_images`` per category as given.
 """
 
@@ -31,6 +32,20 @@ MVTEC_SIZES: dict[str, tuple[int, int]] = {
     "hazelnut": (391, 110), "leather": (245, 124), "metal_nut": (220, 115), "pill": (267, 167),
     "screw": (320, 160), "tile": (230, 117), "toothbrush": (60, 42), "transistor": (213, 100),
     "wood": (247, 79), "zipper": (240, 151),
+}
+#: VisA (Zou et al., ECCV 2022), its 1cls split (split_csv/1cls.csv): (train normal, test) images.
+VISA_SIZES: dict[str, tuple[int, int]] = {
+    "candle": (900, 200), "capsules": (542, 160), "cashew": (450, 150), "chewinggum": (453, 150),
+    "fryum": (450, 150), "macaroni1": (900, 200), "macaroni2": (900, 200), "pcb1": (904, 200),
+    "pcb2": (901, 200), "pcb3": (905, 201), "pcb4": (904, 201), "pipe_fryum": (450, 150),
+}
+#: BTAD (Mishra et al., ISIE 2021, Table 1): (train good, test) images per product.
+BTAD_SIZES: dict[str, tuple[int, int]] = {"01": (400, 70), "02": (399, 230), "03": (1000, 441)}
+#: A layout → its published image counts (a category not listed uses the plan's given sizes).
+PUBLISHED_SIZES: dict[str, tuple[str, dict[str, tuple[int, int]]]] = {
+    "mvtec": ("MVTec AD Table 1", MVTEC_SIZES),
+    "visa": ("VisA's 1cls split", VISA_SIZES),
+    "btad": ("BTAD Table 1", BTAD_SIZES),
 }
 #: Dense bf16 peak of one H100/H200 SXM (NVIDIA's data sheet: 989 TFLOP/s without sparsity).
 DEFAULT_GPU_TFLOPS = 989.0
@@ -130,9 +145,8 @@ def build_plan(
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
     variants = list(cfg.variants.enabled)
     cats = list(categories or cfg.dataset.categories)
-    sizes: Mapping[str, tuple[int, int]] = (
-        {c: MVTEC_SIZES.get(c, (train_images, test_images)) for c in cats} if cfg.dataset.layout == "mvtec"
-        else {c: (train_images, test_images) for c in cats})
+    source, published = PUBLISHED_SIZES.get(cfg.dataset.layout, ("", {}))
+    sizes: Mapping[str, tuple[int, int]] = {c: published.get(c, (train_images, test_images)) for c in cats}
     if not sizes:  # no category list: one category of the given size
         sizes = {"(each category)": (train_images, test_images)}
     used = cfg.models_needed()
@@ -188,8 +202,7 @@ def build_plan(
     cost = {
         "mfu": mfu, "gpu_tflops": gpu_tflops, "categories": list(sizes),
         "images": {c: {"train": n_train, "test": n_test} for c, (n_train, n_test) in sizes.items()},
-        "image_counts": ("MVTec AD Table 1 for MVTec's categories, else as given" if cfg.dataset.layout == "mvtec"
-                         else "as given"),
+        "image_counts": (f"{source} for its categories, else as given" if published else "as given"),
         "training_gpu_hours": train_s / 3600, "fit_gpu_hours": fit_s / 3600, "scoring_gpu_hours": score_s / 3600,
         "total_gpu_hours": (train_s + fit_s + score_s) / 3600,
         "training_gpu_hours_per_model": {m["name"]: m["train_tflop"] * 1e12 / rate / 3600 for m in models},

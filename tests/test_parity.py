@@ -144,3 +144,24 @@ def test_cli_parity_bad_reference_is_one_line() -> None:
     res = CliRunner().invoke(main, ["parity", "--reference", "nope=/x"])
     assert res.exit_code != 0
     assert "expected KEY=PATH" in res.output and "Traceback" not in res.output
+
+
+def test_kl_per_image_normalisation_is_the_references_zscore() -> None:
+    """`normalise: per-image`: each image's per-channel KL minus its mean over channels and pixels,
+    over their unbiased std, then the channel mean; a function of the image alone."""
+    from raydiff.config import KLConfig
+    from raydiff.scoring import ran_kl
+
+    g = torch.Generator().manual_seed(0)
+    kl_c = torch.rand(3, 2, 5, 5, generator=g) ** 3
+    z = ran_kl.per_image_zscore(kl_c)
+    for i in range(3):
+        flat = kl_c[i].flatten().double()
+        expect = ((kl_c[i].double() - flat.mean()) / flat.std(unbiased=True)).mean(dim=0)
+        assert torch.allclose(z[i].double(), expect, atol=1e-6)
+    # batch independence: an image's map does not change with its neighbours
+    assert torch.allclose(ran_kl.per_image_zscore(kl_c[1:2])[0], z[1])
+    params = KLConfig(timesteps=(5,), normalise="per-image", feature_weight=0.5)
+    feat = torch.rand(3, 5, 5, generator=g)
+    out = ran_kl.combine("kl", {"kl_t5": z, "feature": feat}, {"kl_t5": (9.0, 9.0), "feature": (9.0, 9.0)}, params)
+    assert torch.allclose(out, 0.5 * z + 0.5 * feat)  # held-out statistics are not applied

@@ -66,7 +66,7 @@ def test_a_broken_reference_formula_differs(inputs, tmp_path: Path) -> None:
     assert status["x_t (t=5)"] == "equal"
     assert status["p log-variance (t=5)"] == "DIFFERS"
     assert status["KL map bits (t=50)"] == "DIFFERS"
-    assert status["per-t z-scored KL, channel mean (reference's per-image z-score on raydiff's KL)"] == "DIFFERS"
+    assert status["per-t z-scored KL, channel mean (raydiff normalise: per-image)"] == "DIFFERS"
 
 
 def test_a_change_in_the_reference_noise_draws_is_caught(inputs, tmp_path: Path) -> None:

@@ -87,3 +87,43 @@ def test_the_probe_dominates_the_uncertainty_map_of_an_untrained_denoiser() -> N
         alpha_bar = model.schedule.alphas_cumprod[t]
         grad = x0_probe_gradient(eps_grad, probe, alpha_bar)
         torch.testing.assert_close(grad, probe / alpha_bar.sqrt(), rtol=1e-3, atol=1e-3)
+
+
+def test_hutchinson_estimates_the_jacobian_diagonal() -> None:
+    """r ⊙ Jᵀr averaged over Rademacher probes is unbiased for diag(J): exact for a diagonal J
+    (r_i² = 1), and within Monte-Carlo error for a dense one."""
+    from raydiff.scoring.kim_trend import hutchinson_diagonal
+
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    diag = torch.rand(n, generator=g) + 0.5
+    dense = torch.diag(diag) + 0.1 * torch.randn(n, n, generator=g)
+
+    def probes(k: int) -> list[torch.Tensor]:
+        return [torch.randint(0, 2, (n,), generator=g).float() * 2 - 1 for _ in range(k)]
+
+    est = hutchinson_diagonal([(r, torch.diag(diag).T @ r) for r in probes(1)])
+    torch.testing.assert_close(est, diag)
+    est = hutchinson_diagonal([(r, dense.T @ r) for r in probes(20000)])
+    torch.testing.assert_close(est, torch.diagonal(dense), atol=0.02, rtol=0)
+
+
+def test_trend_probes_take_k_gradient_passes_per_level() -> None:
+    """`probes: K` runs K forward+backward passes per level and gives a finite, non-negative map;
+    `probes: 0` keeps the one-probe map (the default)."""
+    from raydiff.scoring import kim_trend
+
+    model = tiny_model()
+    x0 = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    out = {}
+    for k in (0, 3):
+        cfg = config_from_dict({"variants": {"enabled": ["trend"], "trend": {"levels": [25, 50, 100], "probes": k}}})
+        ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": model}, features=None)
+        cache = BatchCache(ctx, x0, ["a", "b"])
+        cache.current = "trend"
+        out[k] = kim_trend.components(cache, "trend", cfg.variants.params("trend", "c"))
+        assert cache.backwards["trend"] == 3 * max(k, 1)
+    u = out[3]["uncertainty"]
+    assert u.shape == (2, SIZE, SIZE) and torch.isfinite(u).all() and (u >= 0).all()
+    assert not torch.allclose(u, out[0]["uncertainty"])
+    torch.testing.assert_close(out[3]["intensity"], out[0]["intensity"])  # the intensity trend is unchanged

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from raydiff.features import ResNet34Features, pooled_layer2
+from raydiff.features import ResNet34Features, cosine_distance, pooled_layer2
 from raydiff.knn_prior import KNNPrior, noise_level
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs
@@ -97,6 +98,8 @@ def reference_config(image_size: int) -> Any:
 
 
 def _to_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (B,1|3,H,W) → ImageNet-normalised (B,3,H,W), as the reference's transform (a grey
+    image broadcasts against the three channel means, as raydiff's φ expands it)."""
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     return ((x + 1) / 2 - mean) / std
@@ -105,9 +108,7 @@ def _to_imagenet(x: torch.Tensor) -> torch.Tensor:
 def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     util, sample, amap, test = (ref.module(m) for m in MODULES)
     model = inputs.model("gaussian")
-    x0 = inputs.images.float()
-    if x0.shape[1] != 3:
-        x0 = x0.expand(-1, 3, -1, -1).contiguous()  # the reference's φ path expects RGB
+    x0 = inputs.images.float()  # 1 or 3 channels: ImageNet normalisation broadcasts grey to RGB on both sides
     size = x0.shape[-1]
     config = reference_config(size)
     fe = FeatureExtractor(inputs.features).eval()
@@ -116,8 +117,6 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
 
     # 1. KNN prior: the same pooled layer2 features for both.
     train = inputs.train_images.float()
-    if train.shape[1] != 3:
-        train = train.expand(-1, 3, -1, -1)
     train_feats = pooled_layer2(fe(_to_imagenet(train))[1])
     test_feats = pooled_layer2(fe(_to_imagenet(x0))[1])
     k = min(KNN_K, train_feats.shape[0] - 1)
@@ -175,6 +174,10 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     ours_f = dynad.feature_map(phi_x0, phi_hat, size)
     out.append(Stage(METHOD, "f_map = Σ 1 - cos(φ(x0), φ(x̂0))", ours_f, ref_f, kind="map", deviation="dynamic",
                      note="upsampling align_corners=False (raydiff) vs True (reference)"))
+    corners = sum(F.interpolate(cosine_distance(phi_x0[k], phi_hat[k]).unsqueeze(1), size=(size, size), mode="bilinear",
+                                align_corners=True)[:, 0] for k in dynad.FEATURE_LAYERS)
+    out.append(Stage(METHOD, "f_map, raydiff's cosine distances upsampled with align_corners=True", corners, ref_f,
+                     kind="map", note="isolates the deviation above: the upsampling is the only difference"))
 
     # 5. Final map and image score. Reference: min-max over the whole test set (here: these images).
     ref_ln, ref_fn = amap.scale_values_between_zero_and_one([ref_l.unsqueeze(1)]), \
@@ -204,8 +207,6 @@ def _train_stats(inputs: ParityInputs, model: Any, fe: FeatureExtractor, t_hat_o
     """Mean/std of the raw l_map and f_map over (up to 8 of) the training images, as raydiff's fit
     takes them over held-out normal images (one global pair: the per-ring refinement is off here)."""
     x = inputs.train_images[:8].float()
-    if x.shape[1] != 3:
-        x = x.expand(-1, 3, -1, -1).contiguous()
     feats = pooled_layer2(fe(_to_imagenet(x))[1])
     t_hat = torch.tensor([noise_level(int(b), T_MAX, 10) for b in t_hat_of.bin(feats)], dtype=torch.long)
     eps_fn = eps_model(model)

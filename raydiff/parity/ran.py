@@ -32,6 +32,7 @@ feature path zeros so that ``calc_bpd_loop`` runs, and ignores its ``feat_mask``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -295,28 +296,30 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
                 theirs_kl[i] += _zscore_batch(r["nll_map"][i]).mean(dim=0) / len(ts)
         how = "reference: calc_bpd_loop's combination of its per-t maps (recomputed here; " + scale_note + ")"
 
-    ours_refnorm = torch.stack([
-        torch.stack([_zscore_batch(ours[t]["kl_c"][i]) for t in ts]).mean(dim=0).mean(dim=0) for i in range(b)
-    ])
-    add("per-t z-scored KL, channel mean (reference's per-image z-score on raydiff's KL)", ours_refnorm, theirs_kl,
-        kind="map", note=how + "; raydiff: its per-channel KL (kl_map before the channel mean), z-scored per "
-        "image over channels and pixels (unbiased std), mean over t, channel mean")
+    # raydiff's `normalise: per-image` (the reproducing instance): ran_kl.per_image_zscore per t,
+    # combined by ran_kl.combine (feature_weight 0: the KL part).
+    per_image = dataclasses.replace(params, normalise="per-image")
+    ours_refnorm = ran_kl.combine(
+        "ran", {**{ran_kl.kl_component(t): ran_kl.per_image_zscore(ours[t]["kl_c"]) for t in ts},
+                ran_kl.FEATURE: torch.zeros_like(ours[ts[0]]["kl"])}, None, per_image)
+    add("per-t z-scored KL, channel mean (raydiff normalise: per-image)", ours_refnorm, theirs_kl,
+        kind="map", note=how + "; raydiff: ran_kl.per_image_zscore of its per-channel KL, ran_kl.combine")
 
     heldout = inputs.train_images[:MAX_HELDOUT].to(dev)
     stats = _heldout_stats(model, chain, heldout, model_step, inputs.seed)
     comps = {ran_kl.kl_component(t): ours[t]["kl"] for t in ts}
     comps[ran_kl.FEATURE] = torch.zeros_like(ours[ts[0]]["kl"])
     ours_kl = ran_kl.combine("ran", comps, stats, params)  # feature_weight 0: the KL part
-    add("per-t z-scored KL, channel mean (raydiff: held-out statistics)", ours_kl, theirs_kl, kind="map",
+    add("per-t z-scored KL, channel mean (raydiff normalise: held-out, its default)", ours_kl, theirs_kl, kind="map",
         deviation="kl", note=f"raydiff combine: each kl_t standardised per ring with statistics of "
         f"{heldout.shape[0]} training images (own noise), mean over t; the reference z-scores each "
         f"image's per-channel map over channels and pixels (so a score depends on the image alone in raydiff)")
 
     theirs_score = image_score(theirs_kl, "topk-mean", top_k=TOP_K)
-    add(f"image score (top-{TOP_K} mean of the KL part)", image_score(ours_refnorm, "topk-mean", top_k=TOP_K),
-        theirs_score, kind="score", note="reference's normalisation on both sides; RAN's image score adds "
-        "its feature map (not compared)")
-    add(f"image score (top-{TOP_K} mean of the KL part, raydiff normalisation)",
+    add(f"image score (top-{TOP_K} mean of the KL part, raydiff normalise: per-image)",
+        image_score(ours_refnorm, "topk-mean", top_k=TOP_K), theirs_score, kind="score",
+        note="RAN's image score adds its feature map (not compared)")
+    add(f"image score (top-{TOP_K} mean of the KL part, raydiff normalise: held-out)",
         image_score(ours_kl, "topk-mean", top_k=TOP_K), theirs_score, kind="score", deviation="kl",
         note="raydiff: held-out statistics (before postprocess.finish's final rescaling)")
     return out

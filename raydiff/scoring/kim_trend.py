@@ -23,6 +23,11 @@ For the N levels t_1 < … < t_N of ``params.levels`` (default 25 … 400):
    map of the probe, not of the image (measured on the texture model: the ε form does not
    separate a pasted patch, the x̂0 form does). The paper's summary leaves the output open
    (docs/methods.md, "trend").
+   With ``params.probes = K > 0`` u_k is instead |Σ_c diag(∂x̂0/∂x_t)| estimated by Hutchinson's
+   method, mean over K Rademacher probes r of r ⊙ ∂(Σ x̂0·r)/∂x_t (unbiased; K forward and
+   backward passes per level): by Tweedie, the per-pixel posterior variance Var[x0 | x_t] up to
+   the level's factor √ᾱ_t/(1-ᾱ_t), i.e. what "uncertainty per pixel" means; the one-probe map
+   above is a random, non-local projection of the same Jacobian (docs/methods.md, trend).
 5. trend_I = |F_1(s)|, trend_U = |F_1(u)|: magnitude of the second DFT coefficient over k
    (index 1; index 0 is the mean) — the slow, directional change across levels.
 
@@ -83,13 +88,25 @@ def uncertainty_map(x0_grad: torch.Tensor) -> torch.Tensor:
     return x0_grad.abs().sum(dim=1).float()
 
 
-def probe_direction(seeds: list[int], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """r ~ N(0, I) (B,C,H,W): one seed per image, so r depends on the image id (and the device)
-    alone; drawn on ``device`` by a generator per image (no host round trip)."""
+def probe_direction(seeds: list[int], shape: tuple[int, ...], device: torch.device, rademacher: bool = False) -> torch.Tensor:
+    """r ~ N(0, I) (B,C,H,W), or ±1 with equal probability (``rademacher``, Hutchinson's probe):
+    one seed per image, so r depends on the image id (and the device) alone; drawn on ``device``
+    by a generator per image (no host round trip)."""
     out = torch.empty(shape, device=device)
     for b, s in enumerate(seeds):
-        out[b].normal_(generator=generator(s, device))
+        if rademacher:
+            out[b].bernoulli_(0.5, generator=generator(s, device)).mul_(2).sub_(1)
+        else:
+            out[b].normal_(generator=generator(s, device))
     return out
+
+
+def hutchinson_diagonal(products: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """diag(J) ≈ mean_k r_k ⊙ (Jᵀ r_k) from K Rademacher probes r_k and their vector-Jacobian
+    products Jᵀ r_k (B,C,H,W) each: unbiased, since E[r rᵀ] = I gives E[r ⊙ Jᵀr]_i = J_ii.
+    For J = ∂x̂0/∂x_t, Tweedie's formula makes diag(J) = √ᾱ_t/(1-ᾱ_t) · Var[x0_i | x_t]: the
+    per-pixel posterior uncertainty. → (B,C,H,W) float32."""
+    return torch.stack([r * jtr for r, jtr in products]).mean(dim=0)
 
 
 def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str, torch.Tensor]:
@@ -97,10 +114,18 @@ def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str,
     kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     model = cache.model(kind)  # type: ignore[attr-defined]
     x0 = cache.x0  # type: ignore[attr-defined]
-    probe = probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)  # type: ignore[attr-defined]
+    if params.probes:  # K Rademacher probes: Hutchinson's estimate of diag(∂x̂0/∂x_t)
+        probes = [probe_direction(cache.seeds("trend", "probe", k), tuple(x0.shape), x0.device, rademacher=True)  # type: ignore[attr-defined]
+                  for k in range(params.probes)]
+    else:  # one fixed Gaussian direction: |Jᵀ r|
+        probes = [probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)]  # type: ignore[attr-defined]
     intensity, uncertainty = [], []
     for t in params.levels:
-        shared, grad = cache.eps_and_input_grad(kind, t, model.noise_kind, probe)  # type: ignore[attr-defined]
+        alpha_bar_t = model.schedule.alphas_cumprod[t].to(x0.device)
+        products = []
+        for probe in probes:
+            shared, grad = cache.eps_and_input_grad(kind, t, model.noise_kind, probe)  # type: ignore[attr-defined]
+            products.append((probe, x0_probe_gradient(grad, probe, alpha_bar_t)))
         if params.reconstruction == "one-step":
             tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
             x0_hat = D.predict_x0(model.schedule, shared["x_t"], tt, shared["eps"]).clamp(-1.0, 1.0)
@@ -110,8 +135,10 @@ def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str,
                 purpose=("trend",), first=(shared["eps"], shared.get("v")),
             )
         intensity.append(squared_error_map(x0, x0_hat))
-        alpha_bar_t = model.schedule.alphas_cumprod[t].to(x0.device)
-        uncertainty.append(uncertainty_map(x0_probe_gradient(grad, probe, alpha_bar_t)))
+        if params.probes:
+            uncertainty.append(hutchinson_diagonal(products).sum(dim=1).abs().float())
+        else:
+            uncertainty.append(uncertainty_map(products[0][1]))
     return {INTENSITY: dft_magnitude(torch.stack(intensity)), UNCERTAINTY: dft_magnitude(torch.stack(uncertainty))}
 
 

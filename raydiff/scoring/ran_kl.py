@@ -43,10 +43,15 @@ code as openai/improved-diffusion improved_diffusion/respace.py); test.sh / samp
 (``--timestep_respacing 250``; ``rescale_timesteps`` keeps its default False,
 guided_diffusion/script_util.py).
 
-``combine``: each ``kl_t`` and ``feature`` is standardised with held-out normal statistics (the
-reference standardises per batch, which makes a score depend on the batch), the KL maps are
-averaged over t, and map = (1 - w)·KL + w·feature with w = ``feature_weight`` (RAN: 1:1, w = 0.5).
+``combine`` (``normalise: held-out``, the default): each ``kl_t`` and ``feature`` is
+standardised with held-out normal statistics, the KL maps are averaged over t, and map = (1 - w)·KL + w·feature with w = ``feature_weight`` (RAN: 1:1, w = 0.5).
 Image score: mean of the top-64 pixels (config default, ``postprocess.finish``).
+``normalise: per-image`` is the reference's combination (``calc_bpd_loop``, which its script
+runs one image at a time): each ``kl_t``'s per-channel map z-scored over the image's channels
+and pixels (unbiased std) before the channel mean, the feature term raw, weights as above. It
+is a function of the image alone too, but it rescales every image's KL map to unit variance, so
+an image's score says how peaked its map is rather than how large (``raydiff parity``: on MPDD
+metal_plate the KL part's I-AUROC falls from 0.75 to 0.09 with it; docs/parity.md).
 
 UNet forward passes per image: len(timesteps) (with shared noise, fewer when another variant has
 already evaluated ε_θ at one of the steps k). φ: once per t on x̂0 (φ(x0) is shared through the
@@ -86,23 +91,41 @@ def gaussian_kl_bits(
     return D.normal_kl(mean_q, log_var_q, mean_p, log_var_p) / math.log(2.0)
 
 
-def kl_map(
+def kl_map_channels(
     sched: D.Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
     v: torch.Tensor | None, clip_x0: bool = False, fixed_large: bool = False,
 ) -> torch.Tensor:
-    """RAN eq. 9 per pixel: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)) in bits, mean over channels.
+    """RAN eq. 9 per pixel and channel: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)) in bits.
 
     ``sched`` is the chain being scored (the model's schedule, or a respaced one with ``t`` an
     index on it); ``x0``, ``x_t``, ``eps``, ``v`` (B,C,H,W); ``t`` LongTensor (B,) with t ≥ 1;
     ``v`` None for a model with fixed variance: β̃_t, or β_t with ``fixed_large`` (a model whose
     spec says ``variance: fixed-large``); ``clip_x0`` clips x̂0 to [-1, 1] in p_θ's mean.
-    → (B,H,W) float32 ≥ 0.
+    → (B,C,H,W) float32 ≥ 0.
     """
     mean_q, _, log_var_q = D.q_posterior(sched, x0, x_t, t)  # DDPM eq. 7
     model_out = eps if v is None else torch.cat([eps, v], dim=1)
     p = D.p_mean_variance(sched, model_out, x_t, t, learned_variance=v is not None, clip_x0=clip_x0,
                           fixed_large=fixed_large and v is None)
-    return gaussian_kl_bits(mean_q, log_var_q, p.mean, p.log_var).mean(dim=1)
+    return gaussian_kl_bits(mean_q, log_var_q, p.mean, p.log_var)
+
+
+def kl_map(
+    sched: D.Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+    v: torch.Tensor | None, clip_x0: bool = False, fixed_large: bool = False,
+) -> torch.Tensor:
+    """:func:`kl_map_channels` averaged over channels: (B,H,W) float32 ≥ 0."""
+    return kl_map_channels(sched, x0, x_t, t, eps, v, clip_x0, fixed_large).mean(dim=1)
+
+
+def per_image_zscore(kl_c: torch.Tensor) -> torch.Tensor:
+    """The reference's standardisation (VandyLu/anomaly_diff ``calc_bpd_loop``, run at batch 1):
+    each image's per-channel map (B,C,H,W) minus its mean over channels and pixels, divided by
+    their unbiased standard deviation, then averaged over channels → (B,H,W)."""
+    flat = kl_c.flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std = flat.std(dim=1, unbiased=True).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return ((kl_c - mean) / std).mean(dim=1)
 
 
 def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
@@ -204,8 +227,8 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
             level = cache.forward_eps(kind, k, model.noise_kind)  # type: ignore[attr-defined]
         # 2. KL of the step t → t-1 of the chain (DDPM eq. 7, iDDPM eq. 15 on its β, β̃).
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
-        out[kl_component(t)] = kl_map(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0,
-                                      fixed_large)
+        kl_c = kl_map_channels(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0, fixed_large)
+        out[kl_component(t)] = per_image_zscore(kl_c) if params.normalise == "per-image" else kl_c.mean(dim=1)
         # 3. φ of the clipped one-step reconstruction (ᾱ of the chain at t = ᾱ_k).
         x0_hat = D.predict_x0(chain, level["x_t"], tt, level["eps"]).clamp(-1.0, 1.0)  # DDPM eq. 15
         with torch.no_grad():
@@ -222,6 +245,8 @@ def combine(
     """(1 - w)·mean_t norm(kl_t) + w·norm(feature), (B,H,W), higher = more anomalous."""
 
     def norm(name: str) -> torch.Tensor:
+        if params.normalise == "per-image":  # the reference's: KL z-scored per image, feature term raw
+            return comps[name]
         return normalise(comps[name], stats[name] if stats else None)
 
     kl = torch.stack([norm(kl_component(t)) for t in params.timesteps]).mean(dim=0)
