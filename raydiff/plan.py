@@ -6,8 +6,10 @@ model, parameters, per-category overrides (only the keys that differ), the UNet 
 backward passes per test image, and which instance's computation it shares. Then an estimate of
 the GPU-hours at a given model-FLOP utilisation:
 
-- training: ``raydiff.models.flops.training_flops`` per (category, model);
-- fitting: each category's held-out normal images go through every enabled variant twice
+- training: ``raydiff.models.flops.training_flops`` per (category, model), at the model's step
+  count for that category (``train_epochs`` resolved from the images it trains on);
+- fitting: each category's held-out normal images (its training images with
+  ``dataset.holdout_fraction: 0``) go through every enabled variant twice
   (component statistics, then the final per-ring scaling: ``raydiff.scoring.fit``);
 - scoring: per test image, every family's passes once (a pass shared by several instances is
   paid once), each priced at its model's forward FLOPs at the config's preset and image size;
@@ -68,7 +70,57 @@ def _tiny(cfg: Any) -> Any:
     )
 
 
+#: Where counted passes are kept (``$RAYDIFF_CACHE``, else ``~/.cache/raydiff``), per counting key.
+CACHE_ENV = "RAYDIFF_CACHE"
+#: The sources whose code decides the pass counts: a change to any of them counts again.
+_ENGINE_SOURCES = ("scoring", "noise", "diffusion.py", "features.py", "knn_prior.py", "models")
+
+
+def _counts_key(cfg: Any, variants: Sequence[str], category: str | None) -> str:
+    """Digest of everything the counts depend on: the tiny config's variants and models sections
+    (what ``_tiny`` keeps of them), the variants asked for, the category, the engine's source."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from raydiff.config import config_to_dict
+
+    data = config_to_dict(_tiny(cfg))
+    h = hashlib.sha256(json.dumps({"variants": data.get("variants"), "models": data.get("models"),
+                                   "features": data.get("features"), "seed": data.get("seed"),
+                                   "asked": list(variants), "category": category}, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parent
+    for name in _ENGINE_SOURCES:
+        for f in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:24]
+
+
 def forward_counts(cfg: Any, variants: Sequence[str], category: str | None = None) -> dict[str, Any]:
+    """``engine_forward_counts``, kept on disk per counting key (``_counts_key``): a plan of the
+    same variants on the same engine reads them back instead of running the engine again."""
+    import json
+    import os
+    from pathlib import Path
+
+    from raydiff.io import atomic_write_text
+
+    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raydiff") / "plan-counts"
+    path = cache / f"{_counts_key(cfg, variants, category)}.json"
+    try:
+        stored = json.loads(path.read_text())
+        return {"alone": {v: tuple(n) for v, n in stored["alone"].items()}, "shared": stored["shared"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    counts = engine_forward_counts(cfg, variants, category)
+    try:
+        atomic_write_text(path, json.dumps(counts))
+    except OSError:  # a read-only home: counted again next time
+        pass
+    return counts
+
+
+def engine_forward_counts(cfg: Any, variants: Sequence[str], category: str | None = None) -> dict[str, Any]:
     """UNet passes per test image, counted by the real engine on tiny random models.
 
     → {"alone": {variant: (forwards, backwards)} (each variant scored by itself), "shared":
@@ -126,6 +178,13 @@ def _schedule(spec: Any) -> dict[str, Any]:
     return {"schedule": "linear", "beta_start": start, "beta_end": end}
 
 
+def _holdout(cfg: Any, n_train: int) -> int:
+    """Normal training images held out of a category with ``n_train`` of them (as ``prepare``)."""
+    from raydiff.data.splits import holdout_count
+
+    return holdout_count(n_train, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min)
+
+
 def _changed(base: Any, other: Any) -> dict[str, Any]:
     from raydiff.config import config_to_dict
 
@@ -150,16 +209,23 @@ def build_plan(
     if not sizes:  # no category list: one category of the given size
         sizes = {"(each category)": (train_images, test_images)}
     used = cfg.models_needed()
+    trained_on = {c: n_train - _holdout(cfg, n_train) for c, (n_train, _) in sizes.items()}
     models = []
     for name in used:
         spec = cfg.model_spec(name)
+        steps = {c: spec.steps_for(n) for c, n in trained_on.items()}
+        tflop = {c: training_flops(cfg, name, steps=n) / 1e12 for c, n in steps.items()}
         models.append({
             "name": name, "arch": spec.arch, "preset": spec.preset, **_schedule(spec), "timesteps": spec.timesteps,
-            "noise": spec.noise, "variance": spec.variance, "train_steps": spec.train_steps,
+            "noise": spec.noise, "variance": spec.variance,
+            # train_steps: the one step count, or None when the budget is in epochs (then per category).
+            "train_steps": spec.train_steps if spec.train_epochs is None else None, "train_epochs": spec.train_epochs,
+            "train_steps_by_category": steps,
             "batch_size": spec.batch_size, "lr": spec.lr, "weight_decay": spec.weight_decay,
             "ema_decay": spec.ema_decay, "base_channels": spec.base_channels,
             "used_by": [v for v in variants if cfg.variants.model(v) == name],
-            "train_tflop": training_flops(cfg, name) / 1e12,
+            # Over the plan's categories (each its own model, of its own step count).
+            "train_tflop": sum(tflop.values()),
             "forward_gflop": model_forward_flops(cfg, name) / 1e9,
         })
     # Pass counts per distinct set of per-category parameters (most configs: one).
@@ -193,11 +259,12 @@ def build_plan(
         shared = counts.get(category, counts[None])["shared"]
         return sum(n * fwd_flops[m] for m, n in shared.items())
 
-    train_s = sum(m["train_tflop"] * 1e12 for m in models) * len(sizes) / rate
+    train_s = sum(m["train_tflop"] * 1e12 for m in models) / rate
     fit_s = score_s = 0.0
     for c, (n_train, n_test) in sizes.items():
-        holdout = max(cfg.dataset.holdout_min, round(cfg.dataset.holdout_fraction * n_train))
-        fit_s += 2 * holdout * image_flops(c) / rate
+        # The statistics' images: the held-out ones, or every training image with holdout_fraction 0.
+        stats_images = _holdout(cfg, n_train) or n_train
+        fit_s += 2 * stats_images * image_flops(c) / rate
         score_s += n_test * image_flops(c) / rate
     cost = {
         "mfu": mfu, "gpu_tflops": gpu_tflops, "categories": list(sizes),

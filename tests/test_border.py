@@ -84,3 +84,49 @@ def test_normal_image_maxima_are_not_drawn_to_the_border(texture_models, tmp_pat
     assert set(got) == set(VARIANTS)
     assert table["border_share"].to_list() == pytest.approx([124 / 1024] * len(VARIANTS))
     assert all(n < limit for n in got.values()), f"border maxima per variant {got} of {N_EVAL}, limit {limit}"
+
+
+def test_border_rings_off_is_one_global_statistic_and_no_final_rescaling(tmp_path: Path) -> None:
+    """``border_rings: false`` (issue 29): the instance shares its family's computation with the
+    per-ring one, standardises with one (mean, std) over every held-out pixel (the pooled rings)
+    and skips the final per-ring rescaling; the fitted state round-trips both statistics."""
+    from raydiff.bench.engine import random_models
+    from raydiff.config import config_from_dict, run_id
+    from raydiff.scoring import raw_components, score_batch
+    from raydiff.scoring.context import CategoryContext
+    from raydiff.scoring.fit import FittedState, fit_category
+    from raydiff.scoring.kashihara_static import COMPONENT
+
+    size = 16
+    nd = {"method": "no-diffusion", "model": "pixel", "t0": 20, "steps": 2}
+    data = {"dataset": {"image_size": size}, "models": {"preset": "tiny", "base_channels": 8, "timesteps": 100},
+            "variants": {"rings": nd, "flat": {**nd, "border_rings": False}, "enabled": ["rings", "flat"]}}
+    cfg = config_from_dict(data)
+    assert cfg.variants.family("flat") == "rings"  # post-processing only: one computation
+    same = config_from_dict({**data, "variants": {"rings": nd, "flat": {**nd, "border_rings": True},
+                                                  "enabled": ["rings", "flat"]}})
+    assert run_id(same) == run_id(config_from_dict({**data, "variants": {"rings": nd, "flat": nd,
+                                                                        "enabled": ["rings", "flat"]}}))
+    assert run_id(cfg) != run_id(same)  # hashed only when off
+    models = random_models(cfg, 1, torch.device("cpu"), ["pixel"])
+    g = torch.Generator().manual_seed(0)
+    train, holdout = (torch.rand(n, 1, size, size, generator=g) * 2 - 1 for n in (4, 5))
+    hids = [f"h{i}" for i in range(5)]
+    fitted = fit_category(cfg, "c", models, train, holdout, hids, ["rings", "flat"], batch_size=2)
+    assert "rings" in fitted.final and "flat" not in fitted.final
+    ctx = CategoryContext(cfg=cfg, category="c", models=models, features=None, fitted=FittedState())
+    raw = raw_components(ctx, holdout, hids, ["rings"])[0]["rings"][COMPONENT].double()
+    mean, std = fitted.global_stats["rings"][COMPONENT]
+    assert mean == pytest.approx(float(raw.mean()), rel=1e-6) and std == pytest.approx(float(raw.std(unbiased=False)), rel=1e-5)
+    assert isinstance(fitted.stats["rings"][COMPONENT][0], tuple)  # the per-ring ones are kept beside
+
+    fitted.save(tmp_path / "fitted")
+    loaded = FittedState.load(tmp_path / "fitted")
+    assert loaded.global_stats == fitted.global_stats and loaded.final.keys() == fitted.final.keys()
+    ctx = CategoryContext(cfg=cfg, category="c", models=models, features=None, fitted=loaded)
+    test = torch.rand(2, 1, size, size, generator=g) * 2 - 1
+    out = score_batch(ctx, test, ["t0", "t1"], ["rings", "flat"])
+    raw_test = raw_components(ctx, test, ["t0", "t1"], ["rings"])[0]["rings"][COMPONENT]
+    # no-diffusion: no smoothing, image score = max of an average pooling of the map.
+    np.testing.assert_allclose(out["flat"].maps, ((raw_test - mean) / std).numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out["flat"].maps, out["rings"].maps)

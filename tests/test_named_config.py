@@ -272,8 +272,10 @@ def test_plan_of_the_papers_config_has_the_cited_settings(papers_plan: dict) -> 
     assert (f["params"]["t0"], f["params"]["steps"], f["params"]["sampler"], f["params"]["smoothing_size"]) == (200, 200, "ddpm", 11)
     assert f["unet_forwards_per_image"] == 200 and v["fucka-gmm"]["params"]["smoothing_size"] == 5
     kd = v["kashihara-diffusion"]
-    assert kd["per_category"]["carpet"] == {"t0": 5, "steps": 5} and kd["params"]["t0"] == 10
-    assert tuple(kd["unet_passes_per_image_by_category"]["carpet"]) == (5.0, 0.0)
+    # The paper's t = 5 / 10 counts from 1: raydiff's levels 4 / 9 (docs/methods.md, static).
+    assert kd["per_category"]["carpet"] == {"t0": 4, "steps": 4} and kd["params"]["t0"] == 9
+    assert tuple(kd["unet_passes_per_image_by_category"]["carpet"]) == (4.0, 0.0)
+    assert kd["params"]["clip_x0"] is False and kd["params"]["border_rings"] is False
     assert kd["params"]["image_score"] == "avgpool-max" and kd["reproduces"] == "kashihara-diffusion"
     r = v["ran"]["params"]
     assert (r["chain_steps"], r["timesteps"], r["clip_x0"], r["fresh_noise"]) == (250, [5, 50, 100], True, True)

@@ -157,6 +157,41 @@ def test_respaced_ddpm_matches_diffusers_custom_timesteps(
     torch.testing.assert_close(ours, x0_pred, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_unclipped_chain_matches_diffusers_without_clip_sample(monkeypatch: pytest.MonkeyPatch, sampler: str) -> None:
+    """``clip_x0=False`` (Kashihara eq. 5): the chain follows the closed forms without clipping x̂0;
+    the references are diffusers' DDPMScheduler with ``clip_sample=False`` and DDIM's eq. 12."""
+    sched = D.Schedule.build("linear", 1000)
+    model = _AnalyticModel(sched, learned=False)
+    x_start = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3)) * 2.4 - 1.2  # x̂0 leaves [-1, 1]
+    t0, steps = 30, 6
+    gen = torch.Generator().manual_seed(4)
+    monkeypatch.setattr(sampling, "step_noise", lambda cache, model, kind, shape, seeds: torch.randn(shape, generator=gen))
+    ours = sampling.reverse_to_clean(_FakeCache(model), "pixel", x_start, t0, steps, sampler, purpose=("t",),
+                                     clip_x0=False)
+    gen.manual_seed(4)
+    clipped = sampling.reverse_to_clean(_FakeCache(model), "pixel", x_start, t0, steps, sampler, purpose=("t",))
+    assert ours.abs().max() > 1.0 and clipped.abs().max() <= 1.0
+
+    taus = sampling.reverse_timesteps(t0, steps)
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    ref.set_timesteps(timesteps=taus)
+    gen_ref = torch.Generator().manual_seed(4)
+    x = x_start
+    for i, tau in enumerate(taus):
+        eps, _ = model.model_output(x, torch.tensor([tau]))
+        if sampler == "ddpm":
+            step = ref.step(eps, tau, x, generator=gen_ref)
+            x, x0_pred = step.prev_sample, step.pred_original_sample
+        else:  # DDIM eq. 12 (η = 0) in float64, unclipped, to the next τ or the clean image (ᾱ = 1)
+            ac = ref.alphas_cumprod.double()
+            a_t = ac[tau]
+            a_prev = ac[taus[i + 1]] if i + 1 < len(taus) else torch.tensor(1.0, dtype=torch.float64)
+            x0_pred = (x.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
+            x = (a_prev.sqrt() * x0_pred + (1 - a_prev).sqrt() * eps.double()).float()
+    torch.testing.assert_close(ours, x0_pred.float() if sampler == "ddpm" else x, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("t0,steps", [(20, 20), (50, 5)])
 def test_ddim_chain_is_deterministic_and_counts_steps(t0: int, steps: int) -> None:
     sched = D.Schedule.build("linear", 1000)

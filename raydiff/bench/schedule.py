@@ -59,7 +59,10 @@ def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu
 
     jobs = training_order(cfg, [{"category": c, "kind": k} for c in sizes for k in kinds])
     image_s = sum(counts.get(k, 0.0) * fwd[k] for k in kinds) / rate
-    holdout = {c: max(cfg.dataset.holdout_min, round(cfg.dataset.holdout_fraction * n_train))
+    from raydiff.data.splits import holdout_count
+
+    # The statistics' images: the held-out ones, or all training images with holdout_fraction 0.
+    holdout = {c: holdout_count(n_train, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min) or n_train
                for c, (n_train, _) in sizes.items()}
     return {
         "train_s": train_s, "image_s": image_s, "forwards_per_image": counts,

@@ -60,13 +60,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     Models are written as named models with every setting; variants as named instances with
     their method, model and every parameter, per-category overrides as the keys that differ."""
     if isinstance(cfg, ModelsConfig):
-        return {name: config_to_dict(spec) for name, spec in cfg.specs.items()}
+        return {name: _spec_dict(spec) for name, spec in cfg.specs.items()}
     if isinstance(cfg, VariantsConfig):
         return _variants_dict(cfg, config_to_dict)
     if dataclasses.is_dataclass(cfg):
         return {f.name: _plain(getattr(cfg, f.name)) for f in _fields(cfg)}
     out: dict[str, Any] = _plain(cfg)
     return out
+
+
+def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    """A model as written: its budget as one of train_steps and train_epochs (the loader refuses
+    both), so a dumped config loads again."""
+    d = {f.name: _plain(getattr(spec, f.name)) for f in _fields(spec)}
+    d.pop("train_steps" if spec.train_epochs is not None else "train_epochs")
+    return d
 
 
 def _plain(obj: Any) -> Any:
@@ -115,6 +123,8 @@ def _model_settings(spec: ModelSpec) -> dict[str, Any]:
     read (the VAE of a pixel model, the simplex settings of a Gaussian one, ...): conditional on
     other fields, so code rather than field metadata."""
     d = id_dict(spec)
+    if spec.train_epochs is not None:  # the budget is in epochs: train_steps is never read
+        d.pop("train_steps")
     if not spec.is_latent:
         d.pop("vae")
     if not spec.learned_variance:

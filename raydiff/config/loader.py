@@ -38,7 +38,9 @@ from raydiff.config.sources import (
     at,
     candidates,
     expand_path,
+    SMOKE_OVERRIDES,
     expand_paths,
+    flag_overrides,
     flatten,
     normal_key,
     parse_overrides,
@@ -51,7 +53,8 @@ from raydiff.config.yaml_dialect import ConfigLoader, DuplicateKeyError, yaml_lo
 
 __all__ = [
     "RENAMED", "ConfigLoader", "DuplicateKeyError", "Origins", "check_overrides", "check_plain_name",
-    "config_from_dict", "config_to_dict", "digest", "dump_config", "expand_path", "load_config",
+    "config_from_dict", "config_to_dict", "default_textures_root", "digest", "dump_config", "expand_path",
+    "flag_overrides", "load_config", "SMOKE_OVERRIDES",
     "load_config_explained", "model_id", "parse_overrides", "resolve_config_path", "run_id", "set_dotted",
     "substitute_env", "yaml_load", "_dataset_identity", "_model_identity", "_model_settings",
 ]
@@ -149,13 +152,17 @@ def _default_data_root(data: dict[str, Any], sources: dict[str, str]) -> None:
     if "dataset.root" in sources or os.environ.get(TEXTURES_ENV):
         return
     out = data.get("output", {}).get("root") if isinstance(data.get("output"), dict) else None
-    out_root = Path(substitute_env(out) if isinstance(out, str) else "raydiff-out").expanduser()
-    # Another seed draws other images: they get their own folder (seed 0 keeps the plain name).
-    seed = data.get("seed", 0)
-    folder = "textures" if seed in (0, None) else f"textures-seed{seed}"
-    set_dotted(data, "dataset.root", str((out_root / "data" / folder).absolute()))
-    sources["dataset.root"] = (f"default for {DEFAULT_CONFIG.name}: OUTPUT_ROOT/data/{folder} "
+    root = default_textures_root(substitute_env(out) if isinstance(out, str) else "raydiff-out", data.get("seed", 0))
+    set_dotted(data, "dataset.root", str(root))
+    sources["dataset.root"] = (f"default for {DEFAULT_CONFIG.name}: OUTPUT_ROOT/data/{root.name} "
                                f"(${TEXTURES_ENV} moves it)")
+
+
+def default_textures_root(output_root: str | os.PathLike[str], seed: int | None) -> Path:
+    """Where the default config's textures live unless moved: ``OUTPUT_ROOT/data/textures``
+    (absolute); another seed draws other images, into their own folder (seed 0 keeps the plain name)."""
+    folder = "textures" if seed in (0, None) else f"textures-seed{seed}"
+    return (Path(output_root).expanduser() / "data" / folder).absolute()
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,

@@ -102,9 +102,13 @@ class DatasetConfig:
     channels: Literal["auto", "gray", "rgb"] = "auto"
     #: Non-square images: ``resize`` squashes to a square, ``center-crop`` crops first.
     resize: Literal["resize", "center-crop"] = field(default="resize", metadata={"id_name": "fit"})
-    #: Fraction of train/good held out of training, for normalisation statistics.
+    #: Fraction of train/good held out of training, for normalisation statistics. 0: nothing is
+    #: held out (``holdout_min`` does not apply): every model trains on all of train/good, as the
+    #: papers do, DynAD's KNN index holds all of it, and the statistics are measured on the
+    #: training images themselves (optimistic: docs/methods.md, Normalisation).
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5))
-    #: At least this many held-out normal images per category (when there are enough).
+    #: At least this many held-out normal images per category (when there are enough and
+    #: ``holdout_fraction`` > 0).
     holdout_min: int = field(default=4, metadata=_range(0, 1000))
 
     @property
@@ -215,6 +219,11 @@ class ModelSpec:
     beta_end: float = field(default=0.02, metadata=_range(0.0, 1.0))
     timesteps: int = field(default=1000, metadata=_range(10, 100_000))
     train_steps: int = field(default=10_000, metadata=_range(1, 100_000_000))
+    #: Training length in epochs instead of steps (the papers state epochs): per category,
+    #: ceil(train_epochs · n / batch_size) steps for its n training images (``steps_for``). A
+    #: model gives one of train_steps and train_epochs (its own setting replaces a shared one of
+    #: the other kind). Hashed only when set, and then train_steps (unused) is not.
+    train_epochs: int | None = field(default=None, metadata={**_range(1, 10_000_000), "id": "unless-default"})
     batch_size: int = field(default=16, metadata=_range(1, 65536))
     lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
@@ -236,6 +245,13 @@ class ModelSpec:
 
     def augment_for(self, category: str) -> AugmentConfig:
         return self.augment_per_category.get(category, self.augment)
+
+    def steps_for(self, n_train: int) -> int:
+        """Training steps on a category with ``n_train`` training images: ``train_steps``, or
+        ceil(train_epochs · n_train / batch_size) (at least 1) when the budget is in epochs."""
+        if self.train_epochs is None:
+            return self.train_steps
+        return max(1, -(-self.train_epochs * n_train // self.batch_size))
 
     def check(self, prefix: str) -> None:
         if self.beta_start >= self.beta_end:
@@ -288,7 +304,7 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class PostProcessConfig:
-    """What every method does to its combined map (``raydiff.scoring.postprocess``): the six
+    """What every method does to its combined map (``raydiff.scoring.postprocess``): the
     parameters each params class below inherits (a class may change ``smoothing``'s and
     ``image_score``'s defaults). Serialised after the method's own parameters."""
 
@@ -299,6 +315,11 @@ class PostProcessConfig:
     #: The avgpool-max kernel; 0 = round(image_size / 25) (Kashihara).
     pool_size: int = field(default=0, metadata=_range(0, 255))
     top_k: int = field(default=64, metadata=_range(1, 1_000_000))
+    #: ``true``: component statistics per ring of distance to the image edge and a final per-ring
+    #: rescaling (issue 17's border fix; docs/methods.md, Normalisation). ``false``: one global
+    #: mean/std per component and no final rescaling, as the papers (their code has no
+    #: position-dependent statistics). Hashed into run ids only when off.
+    border_rings: bool = field(default=True, metadata=ID_UNLESS_DEFAULT)
 
 
 def _check_steps(p: Any, prefix: str) -> None:
@@ -318,6 +339,9 @@ class StaticConfig(PostProcessConfig):
     #: σ² of the ddpm steps: ``model`` (the model's learned variance, β̃ for an ε-only model) or
     #: ``fixed-large`` (β_t: Fučka eq. 5, Kashihara). Unused by ddim.
     variance: ReverseVariance = "model"
+    #: Clip x̂0 to [-1, 1] in every reverse step (guided-diffusion's ``clip_denoised``); Kashihara
+    #: eq. 5 does not clip (``false``). Hashed into run ids only when off.
+    clip_x0: bool = field(default=True, metadata=ID_UNLESS_DEFAULT)
     smoothing: Smoothing = "mean"
 
     def check(self, prefix: str) -> None:
@@ -332,6 +356,8 @@ class NoDiffusionConfig(PostProcessConfig):
     steps: int = field(default=5, metadata=_range(1, 100_000))
     sampler: Literal["ddpm", "ddim"] = "ddim"
     variance: ReverseVariance = "model"
+    #: As ``StaticConfig.clip_x0`` (Kashihara eq. 5: off). Hashed into run ids only when off.
+    clip_x0: bool = field(default=True, metadata=ID_UNLESS_DEFAULT)
     image_score: ImageScore = "avgpool-max"
 
     def check(self, prefix: str) -> None:

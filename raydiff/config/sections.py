@@ -18,7 +18,7 @@ from raydiff.config.build import build, check_plain_name, convert, mapping
 from raydiff.config.compat import merge
 from raydiff.config.published import PUBLISHED_KEYS
 from raydiff.config.schema import BUILTIN_MODELS, BUILTIN_VARIANTS, METHOD_TABLE, ModelsConfig, ModelSpec, VariantInstance, VariantsConfig
-from raydiff.config.sources import Where, at
+from raydiff.config.sources import Where, at, blame
 from raydiff.errors import ConfigError
 
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
@@ -41,12 +41,40 @@ def build_models(data: Any, where: Where) -> ModelsConfig:
                 at(where, f"models.{key}"), f"unknown key 'models.{key}'.",
                 f"use a model setting ({', '.join(sorted(_MODEL_FIELDS))}) or define a model "
                 f"'{key}: {{arch: pixel, ...}}'.")
+    _check_one_budget(shared, "models", where)
     build(ModelSpec, shared, "models", where)  # errors in the shared settings name models.KEY
     specs = {}
     for name in list(named) or list(BUILTIN_MODELS):
-        merged = merge(merge(shared, BUILTIN_MODELS.get(name, {})), named.get(name, {}))
+        own = named.get(name, {})
+        _check_one_budget(own, f"models.{name}", where)
+        # A model's own budget replaces a shared one of the other kind (steps vs epochs).
+        mine = _own_budget(own)
+        base = {k: v for k, v in shared.items() if not (mine and _budget_key(k) not in (None, mine))}
+        merged = merge(merge(base, BUILTIN_MODELS.get(name, {})), own)
         specs[name] = build(ModelSpec, merged, f"models.{name}", where)
     return ModelsConfig(specs=specs)
+
+
+_BUDGET_KEYS = ("train_steps", "train_epochs")
+
+
+def _budget_key(key: Any) -> str | None:
+    name = str(key).replace("-", "_")
+    return name if name in _BUDGET_KEYS else None
+
+
+def _own_budget(settings: Mapping[str, Any]) -> str | None:
+    return next((b for b in map(_budget_key, settings) if b), None)
+
+
+def _check_one_budget(settings: Mapping[str, Any], prefix: str, where: Where) -> None:
+    """train_steps and train_epochs are two ways to say one thing: one of them per level."""
+    given = {b for b in map(_budget_key, settings) if b}
+    if len(given) > 1:
+        keys = [f"{prefix}.{k}" for k in settings if _budget_key(k)]
+        raise ConfigError(blame(where, *keys), f"'{prefix}' sets both train_steps and train_epochs.",
+                          "give one of them: train_epochs is resolved per category to "
+                          "ceil(epochs x training images / batch_size) steps.")
 
 
 def _resolve_overrides(

@@ -237,3 +237,44 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in data.items():
         out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
+
+
+#: What ``--smoke-test`` sets (``raydiff sweep`` and ``jobs/sweep.py``): a tiny budget that checks
+#: the whole set-up in a minute or two on CPU.
+SMOKE_OVERRIDES: Mapping[str, Any] = {
+    "models.preset": "tiny",
+    "models.train_steps": 20,
+    "models.checkpoint_every": 10,
+    "models.batch_size": 4,
+    "models.latent.vae.vae_train_steps": 10,
+    "dataset.image_size": 32,
+}
+
+
+def flag_overrides(dataset_root: str | os.PathLike[str] | None = None,
+                   output_root: str | os.PathLike[str] | None = None, categories: str | None = None,
+                   seed: int | None = None, sets: Iterable[str] = (),
+                   smoke_test: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """The one map from command-line flags to config keys, for ``raydiff`` and ``jobs/sweep.py``:
+    (overrides, the option each came from). ``--smoke-test``'s budget comes first, ``--set``
+    values next, the named flags (``--dataset-root``, ``--output``, ``--categories``, ``--seed``)
+    last: a named flag wins over a ``--set`` of the same key."""
+    overrides: dict[str, Any] = dict(SMOKE_OVERRIDES) if smoke_test else {}
+    origins = {k: "--smoke-test" for k in overrides}
+    given = parse_overrides(sets)
+    overrides.update(given)
+    for key in given:
+        origins.pop(key, None)  # a --set value replaced the smoke budget's: it is blamed as --set KEY
+    if dataset_root is not None:
+        overrides["dataset.root"] = str(Path(dataset_root).expanduser().resolve())
+        origins["dataset.root"] = "--dataset-root"
+    if output_root is not None:
+        overrides["output.root"] = str(Path(output_root).expanduser())
+        origins["output.root"] = "--output"
+    if categories:
+        overrides["dataset.categories"] = [c.strip() for c in categories.split(",") if c.strip()]
+        origins["dataset.categories"] = "--categories"
+    if seed is not None:
+        overrides["seed"] = seed
+        origins["seed"] = "--seed"
+    return overrides, origins

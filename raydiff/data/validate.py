@@ -418,14 +418,16 @@ def validate_dataset(
     )
 
 
-def check_training_split(manifest: pl.DataFrame, root: Path, kind: str) -> None:
-    """After ``assign_holdout``: every category keeps normal images to train on and holds some
-    out for the normalisation statistics (fitting needs both; fails after training otherwise)."""
+def check_training_split(manifest: pl.DataFrame, root: Path, kind: str, holdout: bool = True) -> None:
+    """After ``assign_holdout``: every category keeps normal images to train on and, with
+    ``holdout`` (``dataset.holdout_fraction`` > 0), holds some out for the normalisation
+    statistics (fitting needs both; fails after training otherwise). Without ``holdout`` the
+    statistics come from the training images."""
     for cat in manifest["category"].unique().sort().to_list():
         rows = manifest.filter(pl.col("category") == cat)
         n_train = rows.filter(pl.col("split") == "train").height
         n_holdout = rows.filter(pl.col("split") == "holdout").height
-        if n_train and n_holdout:
+        if n_train and (n_holdout or not holdout):
             continue
         train_dir = (Path(root) / VISA_CSV) if kind == "visa" else Path(root) / cat / _TRAIN_DIR[kind]
         total = n_train + n_holdout

@@ -47,21 +47,23 @@ def vae_flops(preset: str, channels: int, size: int, latent_channels: int, downs
     return float(enc.get_total_flops()), float(dec.get_total_flops())
 
 
-def training_flops(cfg: Config, kind: str, channels: int = 3) -> float:
+def training_flops(cfg: Config, kind: str, channels: int = 3, steps: int | None = None) -> float:
     """FLOP of training model ``kind`` (a name of ``cfg.models``): UNet steps, plus the VAE for a
-    latent model."""
+    latent model. ``steps``: the UNet steps of one category (``ModelSpec.steps_for``; default
+    ``train_steps``)."""
     mc = spec = cfg.model_spec(kind)
+    steps = mc.train_steps if steps is None else steps
     lat, size = spec.vae, cfg.dataset.image_size
     learned = 2 if spec.learned_variance else 1  # the UNet also predicts v (the variance)
     if not spec.is_latent:
         per_sample = unet_forward_flops(mc.preset, channels, channels * learned, size, mc.base_channels)
-        return TRAIN_STEP_FORWARDS * per_sample * mc.batch_size * mc.train_steps
+        return TRAIN_STEP_FORWARDS * per_sample * mc.batch_size * steps
     z = size >> lat.vae_downsample
     unet = unet_forward_flops(mc.preset, lat.latent_channels, lat.latent_channels, z, mc.base_channels)
     encode, decode = vae_flops(mc.preset, channels, size, lat.latent_channels, lat.vae_downsample)
     vae_training = 0.0 if lat.vae_path else TRAIN_STEP_FORWARDS * (encode + decode) * mc.batch_size * lat.vae_train_steps
     # Every UNet step encodes its batch (forward only) before the UNet's forward + backward.
-    return vae_training + (encode + TRAIN_STEP_FORWARDS * unet) * mc.batch_size * mc.train_steps
+    return vae_training + (encode + TRAIN_STEP_FORWARDS * unet) * mc.batch_size * steps
 
 
 def model_forward_flops(cfg: Config, name: str, channels: int = 3) -> float:

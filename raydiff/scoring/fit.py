@@ -39,9 +39,12 @@ class FittedState:
     #: family → component → (means, stds) over held-out normal pixels, one per edge-distance ring
     #: (``postprocess.RINGS``; a fitted state written before rings holds one (mean, std)).
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: family → component → one (mean, std) over all held-out normal pixels: what variants with
+    #: ``border_rings: false`` standardise with. Empty in fitted states written before it existed.
+    global_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: variant → (means, q99 - means) per edge-distance ring of its final (combined, smoothed) map
     #: over the held-out images (``final_map_stats``): ``postprocess.finish`` standardises with it
-    #: before the image score.
+    #: before the image score. Variants with ``border_rings: false`` have none.
     #: Empty in fitted states written before it existed (then maps are used as they come).
     final: dict[str, Any] = field(default_factory=dict)
     #: raydiff.knn_prior.KNNPrior, or None when no variant needs it.
@@ -52,9 +55,10 @@ class FittedState:
     features_state: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def stats_for(self, family: str) -> dict[str, Any] | None:
-        """The component statistics of variant family ``family`` (``cfg.variants.family``)."""
-        return self.stats.get(family) or None
+    def stats_for(self, family: str, rings: bool = True) -> dict[str, Any] | None:
+        """The component statistics of variant family ``family`` (``cfg.variants.family``): per
+        edge-distance ring, or one global (mean, std) per component (``rings=False``)."""
+        return (self.stats if rings else self.global_stats).get(family) or None
 
     def save(self, folder: Path) -> None:
         """Write atomically: a complete folder has its success marker."""
@@ -63,6 +67,7 @@ class FittedState:
         with atomic_dir(Path(folder), info={"what": "fitted state"}) as tmp:
             doc = {
                 "stats": {f: {c: list(v) for c, v in comps.items()} for f, comps in self.stats.items()},
+                "global_stats": {f: {c: list(v) for c, v in comps.items()} for f, comps in self.global_stats.items()},
                 "final": {v: list(st) for v, st in self.final.items()},
                 "features_weights": self.features_weights,
                 "info": self.info,
@@ -92,7 +97,9 @@ class FittedState:
         knn = KNNPrior.load(folder / KNN_DIR) if (folder / KNN_DIR).exists() else None
         state = load_file(str(folder / FEATURES_FILE)) if (folder / FEATURES_FILE).exists() else None
         final = {v: _stats_from_json(st) for v, st in doc.get("final", {}).items()}
-        return cls(stats=stats, final=final, knn=knn, features_weights=doc["features_weights"], features_state=state,
+        global_stats = {f: {c: _stats_from_json(v) for c, v in comps.items()}
+                        for f, comps in doc.get("global_stats", {}).items()}
+        return cls(stats=stats, global_stats=global_stats, final=final, knn=knn, features_weights=doc["features_weights"], features_state=state,
                    info=doc.get("info", {}))
 
 
@@ -138,6 +145,15 @@ def normalisation_stats(
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Per family and component: (means, stds) of the raw maps over every held-out normal pixel,
     one pair per ring of distance to the edge (``postprocess.ring_index``; see ``normalise``)."""
+    return component_stats(ctx, images, image_ids, variants, batch_size)[0]
+
+
+def component_stats(
+    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[float, float]]]]:
+    """Both statistics of every family's raw component maps from one pass over the held-out
+    images: (per edge-distance ring as ``normalisation_stats``, one global (mean, std) for
+    ``border_rings: false``, the pooled moments of the rings)."""
     from raydiff.scoring import raw_components
     from raydiff.scoring.postprocess import RINGS
 
@@ -147,7 +163,22 @@ def normalisation_stats(
         for family, maps in comps.items():
             for name, m in maps.items():
                 _ring_moments(moments.setdefault(family, {}).setdefault(name, [RunningMoments() for _ in range(RINGS)]), m)
-    return {f: {c: _ring_result(rings) for c, rings in comps_.items()} for f, comps_ in moments.items()}
+    per_ring = {f: {c: _ring_result(rings) for c, rings in comps_.items()} for f, comps_ in moments.items()}
+    pooled = {f: {c: _pooled(rings).result() for c, rings in comps_.items()} for f, comps_ in moments.items()}
+    return per_ring, pooled
+
+
+def _pooled(rings: list[RunningMoments]) -> RunningMoments:
+    """The moments of the union of the rings (Chan's parallel update)."""
+    out = RunningMoments()
+    for rm in rings:
+        if rm.n:
+            total = out.n + rm.n
+            delta = rm.mean - out.mean
+            out.m2 += rm.m2 + delta * delta * out.n * rm.n / total
+            out.mean += delta * rm.n / total
+            out.n = total
+    return out
 
 
 
@@ -187,8 +218,9 @@ def final_map_stats(
     from raydiff.scoring.postprocess import RINGS, ring_index
 
     values: dict[str, list[list[np.ndarray]]] = {}
-    for start in range(0, images.shape[0], batch_size):
-        results = score_batch(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
+    ringed = [v for v in variants if ctx.cfg.variants.params(v, ctx.category).border_rings]
+    for start in range(0, images.shape[0], batch_size) if ringed else ():
+        results = score_batch(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], ringed)
         for v, res in results.items():
             index = ring_index(res.maps.shape[-2], res.maps.shape[-1]).numpy()
             rings = values.setdefault(v, [[] for _ in range(RINGS)])
@@ -295,7 +327,9 @@ def fit_category(
 
     ``models``: model kind → DiffusionModel for every kind the ``variants`` use.
     ``train_images`` (N,C,H,W) and ``holdout_images`` (M,C,H,W) float32 in [-1,1]: the category's
-    training images (KNN prior, adaptation) and its held-out normal images (statistics).
+    training images (KNN prior, adaptation) and its held-out normal images (statistics). With
+    ``dataset.holdout_fraction: 0`` the caller passes the training images again as the hold-out
+    (optimistic statistics: docs/methods.md, Normalisation).
     1. φ = ResNet-34 (``features.resnet34_weights`` or random; recorded as ``weights``).
     2. ``features.domain_adaptation_epochs`` > 0: fine-tune φ on the training images (DynAD eq. 11)
        against reconstructions from :func:`adaptation_reconstructor`.
@@ -318,7 +352,8 @@ def fit_category(
         raise DatasetError(
             f"category {category}",
             "no held-out normal training images to compute normalisation statistics on.",
-            "raise dataset.holdout_fraction / dataset.holdout_min (the category needs at least one).",
+            "raise dataset.holdout_fraction / dataset.holdout_min (the category needs at least one), or set "
+            "dataset.holdout_fraction: 0 to measure them on the training images.",
         )
     if train_images.shape[0] == 0:
         raise DatasetError(f"category {category}", "no training images.", "check the dataset's train/good folder.")
@@ -330,6 +365,7 @@ def fit_category(
         "variants": variants,
         "train_images": int(train_images.shape[0]),
         "holdout_images": int(holdout_images.shape[0]),
+        "statistics_on": "training images" if cfg.dataset.holdout_fraction == 0 else "held-out images",
     }
 
     features_state = None
@@ -366,9 +402,10 @@ def fit_category(
     # The statistics are measured with the engine settings scoring will use (cfg.scoring:
     # precision, channels_last, compile), so test maps are standardised like for like.
     ctx = engine_context(cfg, category, models, features, fitted, device)
-    fitted.stats = normalisation_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
+    fitted.stats, fitted.global_stats = component_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
     fitted.final = final_map_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
-    info["final_standardisation"] = "per ring (0, 1, 2, 3+ px from the edge) of each variant's final map"
+    info["final_standardisation"] = ("per ring (0, 1, 2, 3+ px from the edge) of each variant's final map; none for "
+                                     "variants with border_rings: false")
     return fitted
 
 
@@ -393,6 +430,8 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
         raise CheckpointError(folder, "the fitted state (KNN prior, normalisation statistics) is missing or incomplete.", fix)
     fitted = FittedState.load(folder)
     missing = sorted({cfg.variants.family(v, category) for v in cfg.variants.enabled} - set(fitted.stats))
+    missing += sorted({cfg.variants.family(v, category) for v in cfg.variants.enabled
+                       if not cfg.variants.params(v, category).border_rings} - set(fitted.global_stats))
     if missing:
         raise CheckpointError(folder, f"no normalisation statistics for {', '.join(missing)}.", fix)
     if fitted.knn is None and dynamic_variants(cfg, cfg.variants.enabled):

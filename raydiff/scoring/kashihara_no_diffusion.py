@@ -37,7 +37,7 @@ def components(cache: object, variant_id: str, params: NoDiffusionConfig) -> dic
     kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
     x0 = cache.x0  # type: ignore[attr-defined]
     x0_hat = reverse_to_clean(cache, kind, x0, params.t0, params.steps, params.sampler, purpose=(variant_id,),
-                              variance=params.variance)
+                              variance=params.variance, clip_x0=params.clip_x0)
     return {COMPONENT: squared_error_map(x0, x0_hat)}
 
 

@@ -49,6 +49,7 @@ def components(cache: object, variant_id: str, params: StaticConfig) -> dict[str
     x0_hat = reverse_to_clean(
         cache, kind, shared["x_t"], params.t0, params.steps, params.sampler,
         purpose=(variant_id,), first=(shared["eps"], shared.get("v")), variance=params.variance,
+        clip_x0=params.clip_x0,
     )
     return {COMPONENT: squared_error_map(cache.x0, x0_hat)}  # type: ignore[attr-defined]
 

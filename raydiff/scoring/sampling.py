@@ -25,7 +25,8 @@ No host syncs inside the loop: the respaced tables live on the device (built onc
 shape), timesteps are filled on the device, noise is generated there.
 
 x̂0 is clipped to [-1, 1] in every step (guided-diffusion's ``clip_denoised``, diffusers'
-``clip_sample``); the result is the clean image estimate (B,C,H,W) in [-1, 1].
+``clip_sample``) unless ``clip_x0=False`` (Kashihara eq. 5 does not clip); the result is the
+clean image estimate (B,C,H,W), in [-1, 1] when clipped.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def reverse_to_clean(
     purpose: tuple[object, ...],
     first: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     variance: str = "model",
+    clip_x0: bool = True,
 ) -> torch.Tensor:
     """Walk model ``kind``'s reverse chain from x_start (taken as x_t0) to a clean image.
 
@@ -98,7 +100,9 @@ def reverse_to_clean(
     ``cache.forward_eps``: then the chain costs S - 1 new UNet passes, else S.
     ``purpose`` names the random stream of the ddpm terms (e.g. the variant id). ``variance``: the
     ddpm steps' σ² — ``model`` (the model's: learned, β̃ for fixed-small, β for fixed-large) or
-    ``fixed-large`` (β). Returns x̂0 (B,C,H,W) float32 in [-1, 1].
+    ``fixed-large`` (β). ``clip_x0``: clip x̂0 to [-1, 1] in every step (guided-diffusion's
+    ``clip_denoised``); off, the steps follow the closed forms unclipped (Kashihara eq. 5).
+    Returns x̂0 (B,C,H,W) float32 (in [-1, 1] when clipped).
     """
     model = cache.model(kind)  # type: ignore[attr-defined]
     variance = cache.reverse_variance(kind, variance)  # type: ignore[attr-defined]
@@ -116,7 +120,7 @@ def reverse_to_clean(
                 eps, v = cache.unet(kind, x, tt)  # type: ignore[attr-defined]
         if sampler == "ddim":
             t_prev = taus[i + 1] if i + 1 < len(taus) else -1  # -1: the clean image, ᾱ = 1
-            x = D.ddim_step(sched, x, tt, torch.full_like(tt, t_prev), eps, clip_x0=True).prev_sample
+            x = D.ddim_step(sched, x, tt, torch.full_like(tt, t_prev), eps, clip_x0=clip_x0).prev_sample
             continue
         j = len(taus) - 1 - i  # respaced index of τ_i
         if j > 0:
@@ -126,6 +130,6 @@ def reverse_to_clean(
             z = torch.zeros_like(x)  # the last step adds no noise
         out = eps if v is None else torch.cat([eps, v], dim=1)
         jj = torch.full_like(tt, j)
-        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=True,  # type: ignore[arg-type]
+        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=clip_x0,  # type: ignore[arg-type]
                         fixed_large=variance == "fixed-large").prev_sample
     return x

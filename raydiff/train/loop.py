@@ -297,6 +297,8 @@ def train_one(
 
     images, channels = load_train_images(cfg, category, manifest)
     images = images.to(dev)
+    # The budget of this category: train_steps, or train_epochs over its training images.
+    total_steps = mc.steps_for(int(images.shape[0]))
     seed = derive_seed(cfg.seed, "train", cfg.dataset.dataset_name, category, kind)
     noise_kind = mc.noise
     learned_variance = mc.learned_variance
@@ -306,8 +308,8 @@ def train_one(
         "format": ckpt.FORMAT_VERSION, "kind": kind, "category": category, "dataset": cfg.dataset.dataset_name,
         "model_id": model_id(cfg, kind, category), "arch": mc.arch, "variance": mc.variance, "seed": seed, "run_seed": cfg.seed, "noise_kind": noise_kind,
         "learned_variance": learned_variance, "channels": channels, "image_size": cfg.dataset.image_size,
-        "preset": mc.preset, "schedule": schedule.describe(), "train_steps": mc.train_steps,
-        "n_train_images": int(images.shape[0]), "augment": config_to_dict(aug), "config": config_to_dict(cfg),
+        "preset": mc.preset, "schedule": schedule.describe(), "train_steps": total_steps,
+        "train_epochs": mc.train_epochs, "n_train_images": int(images.shape[0]), "augment": config_to_dict(aug), "config": config_to_dict(cfg),
         "versions": versions(),
     }
     start_state = ckpt.load_training_state(folder, dev) if resume and ckpt.has_checkpoint(folder) else None
@@ -378,7 +380,7 @@ def train_one(
     batch = mc.batch_size  # drawn with replacement: any batch size works for small categories
     # No host sync inside a step: every draw is made on the device by a generator seeded per
     # step, augmentation is masks, and the loss stays on the device until ``log`` is flushed.
-    while step < mc.train_steps:
+    while step < total_steps:
         g = generator(derive_seed(seed, "step", step), dev)
         idx = torch.randint(n, (batch,), generator=g, device=dev)
         x0 = augment_batch(images[idx], aug, g)
@@ -402,11 +404,16 @@ def train_one(
         ema_update(ema, unet, ema_decay_at(step, mc.ema_decay), foreach=tc.foreach_ema)
         step += 1
         log.add(step, round(time.perf_counter() - t0, 4), loss, vlb)
-        if step % tc.log_every == 0:
+        logged = step % tc.log_every == 0
+        if logged:
             log.flush(f"{category}/{kind}", folder)
-        if step % mc.checkpoint_every == 0 or step == mc.train_steps:
-            save(step, final=step == mc.train_steps)
-            say(f"{category}/{kind}: step {step}/{mc.train_steps} loss {rows[-1]['loss']:.4f}")
+        if step % mc.checkpoint_every == 0 or step == total_steps:
+            save(step, final=step == total_steps)  # flushes the log too
+            logged = True
+        if logged and rows:  # progress at log_every and at each checkpoint, with an ETA
+            spent = rows[-1]["seconds"]
+            left = f", ETA {spent / step * (total_steps - step):.0f} s" if 0 < step < total_steps else ""
+            say(f"{category}/{kind}: step {step}/{total_steps} loss {rows[-1]['loss']:.4f}{left}")
     if not ckpt.has_checkpoint(folder) or ckpt.checkpoint_step(folder) != step:
         save(step, final=True)  # resumed at the last step without a final checkpoint
     write_marker(folder, {"what": "trained model", "kind": kind, "category": category, "steps": step,
