@@ -21,9 +21,9 @@ from raydiff.config import (
     DEFAULT_CONFIG,
     Config,
     check_plain_name,
+    flag_overrides,
     load_config,
     load_config_explained,
-    parse_overrides,
 )
 from raydiff.errors import RaydiffError
 
@@ -77,32 +77,14 @@ def main(debug: bool) -> None:
     """
 
 
-def _overrides(dataset_root: Path | None, output_root: Path | None, categories: str | None, seed: int | None,
-               sets: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The config overrides the shared options give, and the option each one came from."""
-    overrides = parse_overrides(sets)
-    origins: dict[str, str] = {}
-    if dataset_root is not None:
-        overrides["dataset.root"] = str(dataset_root.expanduser().resolve())
-        origins["dataset.root"] = "--dataset-root"
-    if output_root is not None:
-        overrides["output.root"] = str(output_root.expanduser())
-        origins["output.root"] = "--output"
-    if categories:
-        overrides["dataset.categories"] = [c.strip() for c in categories.split(",") if c.strip()]
-        origins["dataset.categories"] = "--categories"
-    if seed is not None:
-        overrides["seed"] = seed
-        origins["seed"] = "--seed"
-    return overrides, origins
-
-
 def config_options(func: Callable[..., Any] | None = None, *, one_category: bool = False,
-                   explained: bool = False) -> Any:
-    """Options shared by the commands that read a config; they override the YAML's keys.
+                   explained: bool = False, smoke_test: bool = False) -> Any:
+    """Options shared by the commands that read a config; they override the YAML's keys
+    (``raydiff.config.flag_overrides``, which jobs/sweep.py uses too).
 
     ``one_category``: a command that works on one category takes ``--category NAME`` instead of
     ``--categories``. ``explained``: the command also gets ``origins`` (where each value came from).
+    ``smoke_test``: the command takes ``--smoke-test`` (a tiny budget) and gets ``smoke_test``.
     """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,7 +93,8 @@ def config_options(func: Callable[..., Any] | None = None, *, one_category: bool
                     seed: int | None, sets: tuple[str, ...], categories: str | None = None, **kwargs: Any) -> Any:
             if dataset_root is None and kwargs.get("directory") is not None:  # validate DIR: DIR is the root
                 dataset_root = kwargs["directory"]
-            overrides, origins = _overrides(dataset_root, output_root, categories, seed, sets)
+            overrides, origins = flag_overrides(dataset_root, output_root, categories, seed, sets,
+                                                smoke_test=bool(kwargs.get("smoke_test")))
             if one_category and kwargs.get("category"):
                 kwargs["category"] = check_plain_name(kwargs["category"], "--category", "--category")
             path = config_path.expanduser() if config_path is not None else DEFAULT_CONFIG
@@ -133,6 +116,9 @@ def config_options(func: Callable[..., Any] | None = None, *, one_category: bool
         ]
         if not one_category:
             options.append(click.option("--categories", help="Comma-separated; overrides dataset.categories."))
+        if smoke_test:
+            options.append(click.option("--smoke-test", is_flag=True,
+                                        help="Tiny budget: few steps, the first category, 4 test images; checks the set-up."))
         for option in reversed(options):
             wrapper = option(wrapper)
         return wrapper
@@ -253,7 +239,7 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
       raydiff train --category brick --kind pixel --set models.train_steps=200
     """
     from raydiff.train.loop import train_one
-    from raydiff.workflow import init_ray
+    from raydiff.workflow import ray_session
 
     cfg, category, manifest = _category(cfg, category)
     unknown = [k for k in kinds if k not in cfg.models.names]
@@ -264,14 +250,8 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
     if use_ray:
         from raydiff.train.launch import train_all
 
-        started = init_ray(cfg)
-        try:
+        with ray_session(cfg):
             paths = train_all(cfg, [category], list(kinds), manifest)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
     else:
         paths = [train_one(cfg, category, k, manifest, progress=click.echo) for k in kinds]
     for p in paths:
@@ -315,7 +295,7 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
 
     from raydiff.pipeline import score_category
     from raydiff.runs import write_run_metadata
-    from raydiff.workflow import init_ray, require_trained
+    from raydiff.workflow import ray_session, require_trained
 
     if variants:
         cfg = replace(cfg, variants=replace(cfg.variants, enabled=tuple(variants)))
@@ -324,14 +304,8 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
     cfg, category, manifest = _category(cfg, category)
     require_trained(cfg, category)  # before Ray starts: one line, not a worker's traceback
     write_run_metadata(cfg)
-    started = init_ray(cfg, click.echo)
-    try:
-        s = score_category(cfg, category, manifest, limit=limit)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+    with ray_session(cfg, click.echo):
+        s = score_category(cfg, category, manifest, limit=limit, say=click.echo)
     click.echo(f"{category}: {s['images']} images in {s['seconds']:.1f} s; written {s['written']}, skipped {s['skipped']}")
 
 
@@ -359,19 +333,23 @@ def metrics(cfg: Config, allow_incomplete: bool) -> None:
 
 
 @main.command()
-@config_options
+@config_options(smoke_test=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only N test images per category.")
 @click.option("--overwrite", is_flag=True, help="Delete a run folder written by a different config instead of refusing.")
-def sweep(cfg: Config, limit: int | None, overwrite: bool) -> None:
+def sweep(cfg: Config, limit: int | None, overwrite: bool, smoke_test: bool) -> None:
     """Everything for a config on the current Ray cluster (or a local one): train, fit, score, metrics.
+
+    The same options as python jobs/sweep.py (the sweep as a Ray job). The default config
+    writes its texture data under the output root when it is missing.
 
     \b
     Example:
       raydiff sweep --config configs/real-smoke.yaml
+      raydiff sweep --smoke-test --output /tmp/smoke
     """
     from raydiff.workflow import sweep as run_sweep
 
-    result = run_sweep(cfg, limit=limit, overwrite=overwrite, progress=click.echo)
+    result = run_sweep(cfg, limit=limit, overwrite=overwrite, smoke_test=smoke_test, progress=click.echo)
     show_sweep(result)
 
 
@@ -541,7 +519,7 @@ def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | 
     from raydiff.io import atomic_write_text
     from raydiff.plan import build_plan
 
-    overrides, origins = _overrides(None, None, categories, None, sets)
+    overrides, origins = flag_overrides(None, None, categories, None, sets)
     # The plan reads no data: a dataset root given by an unset ${VAR} does not stop it.
     overrides.setdefault("dataset.root", ".")
     origins.setdefault("dataset.root", "raydiff plan (reads no data)")
@@ -549,12 +527,18 @@ def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | 
     plan = build_plan(cfg, mfu=mfu, gpu_tflops=gpu_tflops, test_images=test_images, train_images=train_images)
     click.echo(f"config: {plan['config']}")
     click.echo(f"models (trained once per category, {len(plan['models'])}):")
+
+    def budget(m: dict[str, Any]) -> str:
+        return f"{m['train_steps']} steps" if m["train_epochs"] is None else f"{m['train_epochs']} epochs"
+
     for m in plan["models"]:
         betas = "" if m["beta_start"] is None else f" {m['beta_start']:g}->{m['beta_end']:g}"
         click.echo(f"  {m['name']}: {m['arch']} {m['preset']}, {m['schedule']}{betas} T={m['timesteps']}, "
-                   f"noise {m['noise']}, variance {m['variance']}, {m['train_steps']} steps x {m['batch_size']}, "
+                   f"noise {m['noise']}, variance {m['variance']}, {budget(m)} x {m['batch_size']}, "
                    f"lr {m['lr']:g}, wd {m['weight_decay']:g}, ema {m['ema_decay']:g}; "
                    f"{m['forward_gflop']:.3g} GFLOP/forward; used by {', '.join(m['used_by'])}")
+        if m["train_epochs"] is not None:
+            click.echo("      steps per category: " + ", ".join(f"{c} {n}" for c, n in m["train_steps_by_category"].items()))
     click.echo(f"variants ({len(plan['variants'])}):")
     for v in plan["variants"]:
         shared = "" if v["shares_computation_with"] == v["name"] else f" (shares its pass with {v['shares_computation_with']})"

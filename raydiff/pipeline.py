@@ -31,7 +31,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,20 @@ class ScoringActor:
             write_part(partition_dir(self.cfg, "images", self.category, vid), self.attempt, first, image_table(batch, vid))
         n = len(rows["index"])
         record = json.dumps(where_ran(self.device, started))
-        return {"index": np.asarray(rows["index"]), "first": np.full(n, first), "placement": np.array([record] * n)}
+        passes = json.dumps({vid: res.pass_of for vid, res in results.items()})
+        return {"index": np.asarray(rows["index"]), "first": np.full(n, first), "placement": np.array([record] * n),
+                "pass_of": np.array([passes] * n)}
+
+
+#: Seconds between two progress lines of one category's scoring.
+SAY_EVERY_S = 10.0
+
+
+def eta(elapsed: float, done: int, total: int) -> str:
+    """``", ETA 42 s"`` from the rate so far ("" when done or nothing done yet)."""
+    if done <= 0 or done >= total:
+        return ""
+    return f", ETA {elapsed / done * (total - done):.0f} s"
 
 
 def category_test_rows(manifest: pl.DataFrame, category: str, limit: int | None = None) -> pl.DataFrame:
@@ -140,6 +153,7 @@ def score_category(
     limit: int | None = None,
     progress: bool = True,
     actor: type = ScoringActor,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score one category's test images with every pending variant; commit their partitions.
 
@@ -147,7 +161,8 @@ def score_category(
     the config (``ray.accelerator``, ``ray.gpus_per_scoring_actor``, ``ray.scoring_actors``).
     Returns a summary: images, seconds, images/s, variants written / skipped, and one placement
     record per scored batch. ``actor``: a ScoringActor subclass (the reliability tests inject
-    faults with one).
+    faults with one). ``progress``: Ray Data's bar; ``say``: a line of images done / total with an
+    ETA as batches come back (at most one every ``SAY_EVERY_S`` seconds, and the last).
     """
     import ray
 
@@ -189,10 +204,19 @@ def score_category(
     start = time.perf_counter()
     firsts: dict[int, str] = {}
     scored: set[int] = set()
+    pass_of: dict[str, str | None] = {}
+    said = start
     try:
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             scored.update(int(i) for i in out["index"])
             firsts.update(zip((int(f) for f in out["first"]), (str(p) for p in out["placement"]), strict=True))
+            if "pass_of" in out and len(out["pass_of"]):  # the same in every batch: the cache's rules
+                pass_of.update(json.loads(str(out["pass_of"][0])))
+            now = time.perf_counter()
+            if say is not None and (now - said >= SAY_EVERY_S or len(scored) == len(items)):
+                said = now
+                say(f"[score] {category}: {len(scored)}/{len(items)} images, {len(todo)} variants, "
+                    f"{now - start:.0f} s{eta(now - start, len(scored), len(items))}")
         if scored != set(range(len(items))):
             raise RuntimeError(f"scored {len(scored)} images of {len(items)} in category {category}")
         size = cfg.dataset.image_size
@@ -200,9 +224,10 @@ def score_category(
                 "config_run_id": run_dir(cfg).name, "attempt": attempt,
                 "placement": [json.loads(p) for _, p in sorted(firsts.items())]}
         parts = [part_name(f) for f in sorted(firsts)]
-        for (table, _v), final in finals.items():
+        for (table, v), final in finals.items():
             rows_per_image = size * size if table == "pixels" else 1
-            commit_staged(final, attempt, parts, len(items) * rows_per_image, info)
+            # pass_of: whose UNet pass this variant's forwards rode on (itself when its own).
+            commit_staged(final, attempt, parts, len(items) * rows_per_image, {**info, "pass_of": pass_of.get(v) or v})
     except BaseException as err:
         for final in finals.values():
             discard_staged(final, attempt)

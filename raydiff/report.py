@@ -33,7 +33,7 @@ from raydiff.config import Config, load_config
 from raydiff.errors import OutputError, RaydiffError
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
-from raydiff.runs import require_complete, scan_images, scan_pixels, write_parquet_atomic
+from raydiff.runs import passes_of, require_complete, scan_images, scan_pixels, write_parquet_atomic
 from raydiff.report_figures import (
     CurveSet,
     Example,
@@ -52,6 +52,7 @@ from raydiff.report_tables import (
     with_border,
     with_cost,
     with_provenance,
+    with_shared_passes,
 )
 
 METRIC_NAMES: dict[str, str] = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_ap": "P-AP", "aupro": "AUPRO@0.3"}
@@ -436,7 +437,11 @@ SCORE_UNITS = (
     "standardised with the mean and standard deviation of the category's held-out normal images, "
     "combined and smoothed; the final map is then scaled per distance to the image edge so that "
     "<b>0 is a typical normal pixel and 1 the 99th percentile of the held-out normal pixels</b> at "
-    "that distance (a score of 3 is three of those spreads above normal). Scores compare images within "
+    "that distance (a score of 3 is three of those spreads above normal). A variant with "
+    "<code>border_rings: false</code> (the papers' settings) has no per-edge-distance statistics and no "
+    "final scaling: its map is the combination of components standardised with one mean and standard "
+    "deviation each. With <code>dataset.holdout_fraction: 0</code> the normal images are the training "
+    "images themselves (scores of new normal images then run higher). Scores compare images within "
     "one (category, variant); across variants compare ranks and the metrics. The image score is the "
     "variant's pooling of its map (max, avg-pool max, top-k mean). <code>argmax_on_border</code>: how "
     "often a normal image's highest pixel lies on the border, beside <code>border_share</code>, the "
@@ -558,8 +563,10 @@ def _write_report(run_dir: Path, out: Path, cfg: Config | None, pixels: pl.LazyF
         atomic_write_text(out / REPORT_MARKER, json.dumps({"run": str(run_dir.resolve())}) + "\n")
     given = metrics if metrics is not None and by_defect is not None else None
     metrics = with_border(with_cost(metrics, images), pixels) if metrics is not None else metrics_table(pixels, images)
-    metrics = with_provenance(metrics, cfg)
-    by_defect = with_cost(by_defect, images) if by_defect is not None else metrics_table(pixels, images, by_defect=True)
+    passes = passes_of(run_dir)
+    metrics = with_shared_passes(with_provenance(metrics, cfg), passes)
+    by_defect = with_shared_passes(with_cost(by_defect, images) if by_defect is not None
+                                   else metrics_table(pixels, images, by_defect=True), passes)
     image_rows = images.select(*KEYS, "image_id", "defect_type", "label", "score").collect()
 
     figs = out / f".tmp-{FIG_DIR}-{uuid.uuid4().hex[:8]}"

@@ -36,6 +36,22 @@ def cost_table(images: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
+#: Which variant's UNet pass a row's ``unet_forwards_per_image`` counts (itself unless shared).
+PASS_COLUMN = "unet_pass_of"
+
+
+def with_shared_passes(metrics: pl.DataFrame, passes: pl.DataFrame) -> pl.DataFrame:
+    """A metrics table with ``unet_pass_of`` beside ``unet_forwards_per_image``: the variant whose
+    UNet pass a variant's forwards count (``raydiff.runs.passes_of``). A variant whose pass is
+    another's (``kim-single-level``'s t = 100 reconstruction is ``kim-trend``'s) is charged the
+    forwards it needs, as ``raydiff plan`` counts them, and names whose pass it rides on, instead
+    of the 0 its batch cache measured."""
+    if PASS_COLUMN in metrics.columns:
+        return metrics
+    keys = [k for k in KEYS if k in passes.columns]
+    return metrics.join(passes.select(*keys, PASS_COLUMN), on=keys, how="left")
+
+
 def with_cost(metrics: pl.DataFrame, images: pl.LazyFrame) -> pl.DataFrame:
     """A metrics table with the cost columns (joined from the images table unless present)."""
     order = [c for c in (*KEYS, "defect_type") if c in metrics.columns]

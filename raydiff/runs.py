@@ -9,9 +9,13 @@ metrics, report and inspect read through them.
         part-<first>.parquet ..., _SUCCESS                one file per scored batch, marker last
       images/dataset=<d>/category=<c>/variant=<v>/        one row per image (same layout)
 
+      .staging/<attempt>/pixels/dataset=<d>/category=<c>/variant=<v>/   parts in flight
+
 Commit protocol (workers write, the driver commits). For one scoring attempt of a category,
-every (table, variant) partition gets a hidden staging folder ``.staging-variant=<v>-<attempt>``
-next to its final folder. A worker writes each batch as ``part-<first>.parquet``, where
+every (table, variant) partition gets a staging folder under ``RUN/.staging/<attempt>/``, the
+same path as its final folder below that: outside the hive trees ``pixels/`` and ``images/``, so
+a tool that globs them (DuckDB, polars, pyarrow) never meets an attempt in flight or one that
+was killed, and on the same file system, so the commit stays a rename. A worker writes each batch as ``part-<first>.parquet``, where
 ``<first>`` is the position of the batch's first image in the category's sorted test list:
 under a temporary name, then renamed, so a file is either whole or absent, and a retried batch
 replaces its own file instead of adding rows. When every batch has reported, the driver keeps
@@ -68,6 +72,11 @@ IMAGE_SCHEMA = pa.schema(
     ]
 )
 TABLES = ("pixels", "images")
+#: The hive partition columns' types, pinned: inferred, BTAD's category ``01`` would become the
+#: integer 1. Every reader passes them (docs/usage.md shows the options for polars, pyarrow, DuckDB).
+HIVE_SCHEMA: dict[str, type[pl.DataType]] = {"dataset": pl.String, "category": pl.String, "variant": pl.String}
+#: Where scoring attempts stage their parts, in the run folder beside the hive trees.
+STAGING = ".staging"
 #: Parquet dictionary-encodes the string columns on disk (pyarrow's default), so a repeated image id
 #: costs a few bits per row.
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
@@ -157,9 +166,8 @@ class PartitionWriter:
 
     def __init__(self, final: Path, schema: pa.Schema) -> None:
         self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        self.tmp = staging_dir(final, f"tmp-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir(parents=True)
         self.writer = pq.ParquetWriter(self.tmp / "part-0.parquet", schema, **PARQUET_OPTIONS)
         self.rows = 0
 
@@ -170,6 +178,7 @@ class PartitionWriter:
     def commit(self, info: dict[str, Any]) -> None:
         self.writer.close()
         _replace_dir(self.tmp, self.final)
+        _prune_staging(self.tmp)
         write_marker(self.final, {**info, "rows": self.rows, "files": 1, "parts": ["part-0.parquet"]})
 
     def abort(self) -> None:
@@ -177,11 +186,13 @@ class PartitionWriter:
             self.writer.close()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            _prune_staging(self.tmp)
 
 
 def _replace_dir(src: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, final)
 
 
@@ -190,9 +201,35 @@ def _replace_dir(src: Path, final: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _table_dir(final: Path) -> Path:
+    """The folder above a partition's ``key=value`` folders (``RUN/pixels``, ``RUN/images``)."""
+    table = final.parent
+    while "=" in table.name:
+        table = table.parent
+    return table
+
+
 def staging_dir(final: Path, attempt: str) -> Path:
-    """The hidden folder that one scoring attempt fills with the parts of partition ``final``."""
-    return final.parent / f".staging-{final.name}-{attempt}"
+    """The folder that one scoring attempt fills with the parts of partition ``final``:
+    ``RUN/.staging/<attempt>/<table>/dataset=…/category=…/variant=…``, beside the hive tree
+    (never inside it, where globbing readers would take it for a partition) and on its file
+    system (the commit is a rename)."""
+    table = _table_dir(final)
+    return table.parent / STAGING / attempt / table.name / final.relative_to(table)
+
+
+def _prune_staging(folder: Path) -> None:
+    """Remove the empty folders above a committed or discarded staging folder, up to and with
+    its ``<attempt>`` folder (``.staging`` itself stays: another attempt may be creating in it)."""
+    for parent in folder.parents:
+        if parent.name == STAGING:
+            return
+        try:
+            parent.rmdir()
+        except FileNotFoundError:  # already gone
+            continue
+        except OSError:  # not empty: another partition of the attempt
+            return
 
 
 def part_name(first: int) -> str:
@@ -231,17 +268,27 @@ def commit_staged(final: Path, attempt: str, parts: Sequence[str], rows: int, in
     if found != rows:
         raise OutputError(folder, f"holds {found} rows, expected {rows}.", "re-run: the partition is recomputed.")
     _replace_dir(folder, final)
+    _prune_staging(folder)
     write_marker(final, {**info, "rows": rows, "files": len(keep), "parts": sorted(keep)})
 
 
 def discard_staged(final: Path, attempt: str) -> None:
-    shutil.rmtree(staging_dir(final, attempt), ignore_errors=True)
+    folder = staging_dir(final, attempt)
+    shutil.rmtree(folder, ignore_errors=True)
+    _prune_staging(folder)
 
 
 def remove_stale(cfg: Config, category: str) -> None:
-    """Delete temporaries and staging folders that killed runs left in a category's partitions."""
+    """Delete what killed runs left of a category's partitions: their staging folders (every
+    attempt's), and the temporaries and ``.staging-*`` folders that earlier versions of raydiff
+    kept inside the hive tree."""
     for table in TABLES:
         parent = partition_dir(cfg, table, category, "x").parent
+        for attempt in (run_dir(cfg) / STAGING).glob("*"):
+            staged = attempt / parent.relative_to(run_dir(cfg))
+            if staged.is_dir():
+                shutil.rmtree(staged, ignore_errors=True)
+                _prune_staging(staged / "x")
         if parent.is_dir():
             for p in [*parent.glob(".tmp-*"), *parent.glob(".staging-*")]:
                 shutil.rmtree(p, ignore_errors=True)
@@ -494,9 +541,19 @@ def _scan(root: Path, table: str) -> pl.LazyFrame:
     files = complete_files(root, table)
     if not files:
         raise _no_scores(root, table)
-    # Pinned: category "01" (BTAD) must stay a string, not be inferred as an integer.
-    hive = {"dataset": pl.String, "category": pl.String, "variant": pl.String}
-    return pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
+    return pl.scan_parquet(files, hive_partitioning=True, hive_schema=HIVE_SCHEMA)
+
+
+def passes_of(root: Path) -> pl.DataFrame:
+    """Per (dataset, category, variant) of the images table: ``unet_pass_of``, the variant whose
+    UNet pass its forwards count (itself unless it rode on another's; null for partitions written
+    before raydiff recorded it). From the partitions' success markers."""
+    rows = []
+    for marker in sorted((Path(root) / "images").glob(f"dataset=*/category=*/variant=*/{MARKER}")):
+        keys = [p.name.partition("=")[2] for p in (marker.parents[2], marker.parents[1], marker.parent)]
+        rows.append([*keys, marker_info(marker.parent).get("pass_of")])
+    return pl.DataFrame(rows, schema={"dataset": pl.String, "category": pl.String, "variant": pl.String,
+                                      "unet_pass_of": pl.String}, orient="row")
 
 
 def scan_pixels(root: Path) -> pl.LazyFrame:

@@ -15,8 +15,11 @@ Nothing here prints: progress goes to a callback, and ``sweep`` returns its tabl
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import polars as pl
 
 from raydiff.config import Config
 from raydiff.data.manifest import scan_config
-from raydiff.errors import DatasetError
+from raydiff.errors import DatasetError, OutputError
 
 
 def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None = None) -> Any:
@@ -45,7 +48,8 @@ def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None
     base = Path(root or cfg.dataset.root)
     summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels)
     ds = cfg.dataset
-    check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind)
+    check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind,
+                         holdout=ds.holdout_fraction > 0)
     return summary
 
 
@@ -73,6 +77,24 @@ def demo_config(output_root: Path | None = None, seed: int | None = None) -> Con
     return cfg
 
 
+def write_embedded_data(cfg: Config, progress: Progress | None = None) -> Path | None:
+    """The default config's textures, written when missing (the bytes ``raydiff demo`` writes
+    for the config's seed), so that a sweep of the default config needs no ``make demo`` first.
+    Only the default location (``OUTPUT_ROOT/data/textures``) is filled: a dataset root given by
+    ``--dataset-root`` or ``$RAYDIFF_TEXTURES`` is the user's and stays as it is. Returns the
+    folder written, else None."""
+    from raydiff.config import DEFAULT_CONFIG, default_textures_root, load_config
+    from raydiff.io import is_complete
+
+    root = Path(cfg.dataset.root)
+    if (cfg.source is None or Path(cfg.source) != DEFAULT_CONFIG.resolve()
+            or root != default_textures_root(cfg.output.root, cfg.seed) or is_complete(root)):
+        return None
+    (progress or _quiet)(f"[data] texture benchmark -> {root}")
+    # The file's own textures and image size, whatever --set changed: the data `raydiff demo` draws.
+    return write_textures(load_config(DEFAULT_CONFIG, {"seed": cfg.seed, "dataset.root": str(root)}), root)
+
+
 def write_textures(cfg: Config, out: Path, size: int | None = None, seed: int | None = None) -> Path:
     """Write the texture benchmark to ``out`` as ``cfg`` draws it: its ``textures`` section, and
     its image size and seed unless ``size`` / ``seed`` are given."""
@@ -89,6 +111,29 @@ def write_textures(cfg: Config, out: Path, size: int | None = None, seed: int | 
 # --------------------------------------------------------------------------------------------
 
 
+def job_working_dir() -> Path | None:
+    """The working directory when this process is a ``ray job submit --working-dir`` entrypoint:
+    Ray unpacks the job's files into a per-job folder under ``runtime_resources`` and deletes it
+    with the job. None otherwise."""
+    try:  # what Ray's job supervisor hands its entrypoint (ray.dashboard.modules.job.job_supervisor)
+        runtime_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        runtime_env = {}
+    cwd = Path.cwd()
+    return cwd if runtime_env.get("working_dir") or "runtime_resources" in cwd.parts else None
+
+
+def check_output_persistent(cfg: Config) -> None:
+    """A relative output root inside a Ray job's temporary working dir would vanish with the job:
+    OutputError saying what to pass instead."""
+    job_dir = job_working_dir()
+    if job_dir is not None and not Path(cfg.output.root).expanduser().is_absolute():
+        raise OutputError(cfg.output.root, f"a relative output root, and this Ray job runs in Ray's per-job working "
+                          f"dir {job_dir}, deleted when the job ends (with every result in it).",
+                          "pass --output /an/absolute/path that outlives the job (shared storage on a cluster), "
+                          "e.g. --output /mnt/shared/raydiff-out.")
+
+
 def prepare(cfg: Config) -> pl.DataFrame:
     """Scan + validate the dataset, then mark the held-out normal images (split 'holdout')."""
     from raydiff.data.splits import assign_holdout
@@ -98,20 +143,19 @@ def prepare(cfg: Config) -> pl.DataFrame:
     from raydiff.models.presets import check_model_sizes
 
     check_model_sizes(cfg)
+    check_output_persistent(cfg)
     check_output_outside_dataset(cfg)
     manifest = scan_config(cfg)
     _check_overrides_apply(cfg, manifest)
     validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels)
     out = assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
-    check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout)
+    check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout, holdout=cfg.dataset.holdout_fraction > 0)
     return out
 
 
 def check_output_outside_dataset(cfg: Config) -> None:
     """The output root may not be the dataset root or lie inside it: a later scan would read the
     run's own files (fitted states, reports) as category folders."""
-    from raydiff.errors import OutputError
-
     out, data = Path(cfg.output.root).expanduser().resolve(), Path(cfg.dataset.root).expanduser().resolve()
     if out.is_relative_to(data):
         raise OutputError(out, f"the output root is inside the dataset root {data}.",
@@ -182,6 +226,21 @@ def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
     return True
 
 
+@contextmanager
+def ray_session(cfg: Config, progress: Progress | None = None) -> Iterator[bool]:
+    """``init_ray`` for the length of a ``with`` block, shut down after it when this call started
+    (or joined) Ray; a Ray already initialised in this process is left running. Yields whether
+    this call started it. Every entry point that needs Ray goes through here."""
+    started = init_ray(cfg, progress)
+    try:
+        yield started
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def running_local_ray() -> str | None:
     """The address of a Ray that is running on this machine (started by ``ray start``, another
     user or tool), which a plain ``ray.init()`` would join; None when there is none."""
@@ -248,6 +307,8 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
               for k in cfg.models_needed()}
     train = rows.filter(pl.col("split") == "train").sort("image_id")
     holdout = rows.filter(pl.col("split") == "holdout").sort("image_id")
+    if cfg.dataset.holdout_fraction == 0:  # nothing held out: the statistics come from the training images
+        holdout = train
     if holdout.height == 0:
         raise DatasetError(
             Path(cfg.dataset.root) / category,
@@ -371,8 +432,8 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
     from raydiff.errors import OutputError
     from raydiff.io import atomic_write_text
     from raydiff.paths import run_dir
-    from raydiff.report_tables import metrics_table, with_provenance
-    from raydiff.runs import scan_images, scan_pixels, write_parquet_atomic
+    from raydiff.report_tables import metrics_table, with_provenance, with_shared_passes
+    from raydiff.runs import passes_of, scan_images, scan_pixels, write_parquet_atomic
 
     folder = run_dir(cfg)
     missing = missing_scores(cfg, categories if categories is not None else expected_categories(cfg, folder))
@@ -385,8 +446,9 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
             "to compute metrics of the complete ones only.",
         )
     pixels, images = scan_pixels(folder), scan_images(folder)
-    table = with_provenance(metrics_table(pixels, images), cfg)
-    by_defect = metrics_table(pixels, images, by_defect=True)
+    passes = passes_of(folder)
+    table = with_shared_passes(with_provenance(metrics_table(pixels, images), cfg), passes)
+    by_defect = with_shared_passes(metrics_table(pixels, images, by_defect=True), passes)
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())
@@ -441,8 +503,17 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
         train_all(cfg, categories, list(cfg.models_needed()), manifest)
         progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
+    def fit_category(category: str) -> dict[str, Any]:
+        rows = manifest.filter((pl.col("category") == category) & pl.col("split").is_in(["train", "holdout"]))
+        t0 = time.perf_counter()
+        progress(f"[fit] {category}: {rows.height} normal images (training + held out), "
+                 f"{len(cfg.variants.enabled)} variants")
+        record = _get(ray, fit.remote(cfg, category, manifest))
+        progress(f"[fit] {category}: " + (f"done in {time.perf_counter() - t0:.0f} s" if record else "already fitted"))
+        return record
+
     def score(category: str) -> dict[str, Any]:
-        s = score_category(cfg, category, manifest, limit=limit, progress=bars)
+        s = score_category(cfg, category, manifest, limit=limit, progress=bars, say=progress)
         if s["images"]:
             progress(f"[score] {category}: {s['images']} images, {len(s['written'])} variants, "
                      f"{s['seconds']:.1f} s, {s['images_per_s']:.2f} images/s")
@@ -456,7 +527,7 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
     stages = ChainStages(
         train=train,
         ready=lambda c: _models_ready(cfg, c),
-        fit=lambda c: _get(ray, fit.remote(cfg, c, manifest)),
+        fit=fit_category,
         score=score,
     )
     out = run_chains(categories, stages, progress)
@@ -468,17 +539,31 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
     return {"scoring": out["scoring"], "placement": placement}
 
 
+#: Test images per category a ``--smoke-test`` scores (unless ``limit`` says otherwise).
+SMOKE_LIMIT = 4
+
+
 def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite: bool = False,
-          progress: Progress = _quiet, bars: bool = True) -> dict[str, Any]:
+          progress: Progress = _quiet, bars: bool = True, smoke_test: bool = False) -> dict[str, Any]:
     """Everything for a config on the current (or a local) Ray: train → fit → score → metrics → report.
 
-    Idempotent: finished trainings, fitted states and (category, variant) partitions are skipped.
-    Returns paths, per-category scoring summaries, per-stage placement (tasks, nodes, GPUs, GPU
-    busy fraction) and ``tables`` (the metrics DataFrame) for the caller to show.
+    The default config's textures are written first when missing (``write_embedded_data``).
+    ``smoke_test``: the config was loaded with ``--smoke-test``'s budget; the sweep then scores
+    ``SMOKE_LIMIT`` test images (unless ``limit``) of the first category (unless the config
+    lists its categories). Idempotent: finished trainings, fitted states and (category, variant)
+    partitions are skipped. Returns paths, per-category scoring summaries, per-stage placement
+    (tasks, nodes, GPUs, GPU busy fraction) and ``tables`` (the metrics DataFrame) for the
+    caller to show.
     """
     from raydiff.runs import output_lock
 
     start = time.perf_counter()
+    check_output_persistent(cfg)  # before anything is written into a folder that would vanish
+    write_embedded_data(cfg, progress)
+    if smoke_test:
+        limit = limit or SMOKE_LIMIT
+        if not cfg.dataset.categories:
+            cfg = replace(cfg, dataset=replace(cfg.dataset, categories=tuple(categories_of(scan_config(cfg))[:1])))
     manifest = prepare(cfg)
     with output_lock(cfg):
         return _locked_sweep(cfg, manifest, start, limit, report, overwrite, progress, bars)
@@ -491,18 +576,12 @@ def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int 
 
     categories = categories_of(manifest)
     folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress)
-    started = init_ray(cfg, progress)
-    try:
+    with ray_session(cfg, progress):
         nodes = check_storage(cfg)
         progress(f"[storage] run folder {folder} visible from {nodes} node(s)")
         t0 = time.perf_counter()
         chains = run_sweep_chains(cfg, manifest, categories, limit=limit, progress=progress, bars=bars)
         t1 = time.perf_counter()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     metrics, by_defect, _ = evaluate(cfg, categories)
     result: dict[str, Any] = {
         "run_dir": str(folder),
@@ -529,46 +608,3 @@ def describe_stages(stages: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"{stage:>5}: {s['tasks']} tasks on {s['nodes']} node(s), {s['gpus']} GPU(s), "
                      f"{s['seconds']:.0f} s wall, GPUs busy {busy}")
     return lines
-
-
-def smoke_overrides() -> dict[str, Any]:
-    """A tiny budget that checks the whole set-up in a minute or two on CPU."""
-    return {
-        "models.preset": "tiny",
-        "models.train_steps": 20,
-        "models.checkpoint_every": 10,
-        "models.batch_size": 4,
-        "models.latent.vae_train_steps": 10,
-        "dataset.image_size": 32,
-    }
-
-
-def sweep_from_args(
-    config: Path,
-    categories: str | None = None,
-    dataset_root: str | None = None,
-    output: str | None = None,
-    smoke_test: bool = False,
-    overwrite: bool = False,
-    sets: list[str] | None = None,
-    progress: Progress = _quiet,
-) -> dict[str, Any]:
-    """What ``jobs/sweep.py`` calls: parse overrides (``sets``: ``KEY=VALUE`` strings, applied
-    last), run the sweep."""
-    from raydiff.config import load_config, parse_overrides
-
-    overrides: dict[str, Any] = smoke_overrides() if smoke_test else {}
-    if categories:
-        overrides["dataset.categories"] = [c.strip() for c in categories.split(",") if c.strip()]
-    if dataset_root:
-        overrides["dataset.root"] = str(Path(dataset_root).resolve())
-    if output:
-        overrides["output.root"] = output
-    overrides.update(parse_overrides(sets or ()))
-    cfg = load_config(config, overrides)
-    if smoke_test and not cfg.dataset.categories:
-        first = categories_of(scan_config(cfg))[:1]
-        from dataclasses import replace
-
-        cfg = replace(cfg, dataset=replace(cfg.dataset, categories=tuple(first)))
-    return sweep(cfg, limit=4 if smoke_test else None, overwrite=overwrite, progress=progress)

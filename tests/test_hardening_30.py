@@ -32,6 +32,7 @@ from raydiff.runs import (
     pixel_table,
     scan_images,
     scan_pixels,
+    staging_dir,
     write_part,
     write_run_metadata,
 )
@@ -318,7 +319,7 @@ def test_disk_full_while_writing_a_part_leaves_nothing_and_a_rerun_completes(tmp
         with pytest.raises(OutputError, match="No space left") as err:
             write_part(final, "a1", 0, image_table(_batch("kl"), "kl"))
     assert str(final.parent) in str(err.value)
-    assert not final.exists() and not list(final.parent.glob(".staging-*/*"))
+    assert not final.exists() and not list(staging_dir(final, "a1").glob("*"))
     write_part(final, "a2", 0, image_table(_batch("kl"), "kl"))
     commit_staged(final, "a2", ["part-000000.parquet"], 2, {})
     assert pq.read_table(final / "part-000000.parquet").num_rows == 2

@@ -66,11 +66,14 @@ class VariantResult:
 
     maps: np.ndarray
     scores: np.ndarray
-    #: UNet forward passes per image spent by this variant's family (shared passes count once,
-    #: for the family that asked first).
+    #: UNet forward passes per image this variant's family needs, as ``raydiff plan`` counts
+    #: them: its own passes plus those of another family's it reuses (``pass_of``).
     forwards_per_image: float
     #: Wall seconds per image for this variant's family in this batch.
     seconds_per_image: float
+    #: The family whose UNet pass this one rides on (the batch cache counts a pass for the family
+    #: that asked first); None when it made its own.
+    pass_of: str | None = None
 
 
 def raw_components(
@@ -114,14 +117,18 @@ def score_batch(
     for vid in variants:
         family = ctx.cfg.variants.family(vid, ctx.category)
         params = ctx.cfg.variants.params(vid, ctx.category)
-        stats = ctx.fitted.stats_for(family) if ctx.fitted is not None else None
-        final = ctx.fitted.final.get(vid) if ctx.fitted is not None else None
+        # border_rings: per-ring statistics and the final per-ring rescaling, or one global
+        # (mean, std) per component and no final rescaling (docs/methods.md, Normalisation).
+        rings = params.border_rings
+        stats = ctx.fitted.stats_for(family, rings) if ctx.fitted is not None else None
+        final = ctx.fitted.final.get(vid) if ctx.fitted is not None and rings else None
         combined = method_module(ctx.cfg, vid).combine(vid, comps[family], stats, params)
         maps, scores = finish(combined, params, final)
         results[vid] = VariantResult(
             maps=maps.float().cpu().numpy(),
             scores=scores.float().cpu().numpy(),
-            forwards_per_image=float(cache.forwards[family]),
+            forwards_per_image=float(cache.forwards[family] + cache.shared_forwards[family]),
             seconds_per_image=seconds[family] / batch,
+            pass_of=cache.rides_on.get(family),
         )
     return results

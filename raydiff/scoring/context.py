@@ -103,6 +103,11 @@ class BatchCache:
         self.forwards: Counter[str] = Counter()
         #: UNet backward passes per image (trend's input gradients), by family.
         self.backwards: Counter[str] = Counter()
+        #: Forward passes per image a family used that another family made first (memo hits),
+        #: and the family whose pass it first rode on.
+        self.shared_forwards: Counter[str] = Counter()
+        self.rides_on: dict[str, str] = {}
+        self._passes: dict[tuple[Any, ...], tuple[str, int]] = {}
         #: Noise draws for the whole batch, by (noise kind, shape).
         self.noise_draws: Counter[tuple[str, tuple[int, ...]]] = Counter()
         self.current: str = "shared"
@@ -111,7 +116,14 @@ class BatchCache:
 
     def memo(self, key: tuple[Any, ...], compute: Any) -> Any:
         if key not in self._memo:
+            before = self.forwards[self.current]
             self._memo[key] = compute()
+            if self.forwards[self.current] > before:  # it ran the UNet: remember who, and how often
+                self._passes[key] = (self.current, self.forwards[self.current] - before)
+        elif key in self._passes and self._passes[key][0] != self.current:
+            owner, n = self._passes[key]
+            self.shared_forwards[self.current] += n
+            self.rides_on.setdefault(self.current, owner)
         return self._memo[key]
 
     def count_forward(self, n: int = 1) -> None:

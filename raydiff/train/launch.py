@@ -135,7 +135,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
         _progress(f"[train] {category}/{kind}: starting")
         train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
-                  device=device, resume=True, on_checkpoint=report, where=where)
+                  device=device, resume=True, on_checkpoint=report, where=where,
+                  progress=lambda line: _progress(f"[train] {line}"))  # steps/total at log_every
         _progress(f"[train] {category}/{kind}: done")
 
 
