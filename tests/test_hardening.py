@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import yaml
 from click.testing import CliRunner
+from clitools import cli, one_error_line
 from datatrees import make_mvtec, make_visa, save_image, save_mask, write_visa_csv
 from PIL import Image
 
@@ -23,16 +24,6 @@ from raydiff.errors import ConfigError, DatasetError, OutputError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), env=env)
-    return result.exit_code, result.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(("error:", "Error:"))]
-    assert len(errors) == 1 and "Traceback" not in output, output
-    return errors[0]
 
 
 def small_config(tmp_path: Path, root: Path, **sections: dict) -> Path:

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from clitools import cli, one_error_line
 from datatrees import make_mvtec, make_visa, save_image, write_visa_csv
 
-from raydiff.cli import main
 from raydiff.config import config_from_dict
 from raydiff.data.manifest import scan_dataset, scan_visa
 from raydiff.data.validate import validate_dataset
@@ -38,16 +37,6 @@ from raydiff.runs import (
 )
 
 
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [ln for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith(("error:", "Error:"))]
-    assert len(errors) == 1 and "Traceback" not in output, output
-    return errors[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ class ModelSpec:
     #: ceil(train_epochs · n / batch_size) steps for its n training images (``steps_for``). A
     #: model gives one of train_steps and train_epochs (its own setting replaces a shared one of
     #: the other kind). Hashed only when set, and then train_steps (unused) is not.
-    train_epochs: int | None = field(default=None, metadata={**_range(1, 10_000_000), "id": "unless-default"})
+    train_epochs: int | None = field(default=None, metadata={**_range(1, 10_000_000), **ID_UNLESS_DEFAULT})
     batch_size: int = field(default=16, metadata=_range(1, 65536))
     lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
@@ -378,7 +378,7 @@ class DynamicConfig(PostProcessConfig):
     #: ``paper``: the UNet is first evaluated at T̂ (Alg. 1); ``reference``: at T̂ - ⌊T̂/S⌋, down to
     #: 0, as the authors' code walks it (``raydiff.scoring.dynad.ddim_timesteps``). Hashed into
     #: run ids only when not the default (configs written before it keep their ids).
-    ddim_grid: Literal["paper", "reference"] = field(default="paper", metadata={"id": "unless-default"})
+    ddim_grid: Literal["paper", "reference"] = field(default="paper", metadata=ID_UNLESS_DEFAULT)
     guidance_w: float = field(default=4.0, metadata=_range(0.0, 100.0))
     #: map = lam * l_map + (1 - lam) * f_map.
     lam: float = field(default=0.85, metadata=_range(0.0, 1.0))
@@ -404,7 +404,7 @@ class KLConfig(PostProcessConfig):
     #: ``held-out``: each KL map and the feature map standardised with held-out normal statistics;
     #: ``per-image``: the reference's (each t's KL z-scored over the image's channels and pixels,
     #: the feature map raw; ``raydiff.scoring.ran_kl``). Hashed into run ids only when set.
-    normalise: Literal["held-out", "per-image"] = field(default="held-out", metadata={"id": "unless-default"})
+    normalise: Literal["held-out", "per-image"] = field(default="held-out", metadata=ID_UNLESS_DEFAULT)
     #: map = (1 - feature_weight) * kl_map + feature_weight * feature_map (RAN: 1:1).
     feature_weight: float = field(default=0.5, metadata=_range(0.0, 1.0))
     image_score: ImageScore = "topk-mean"
@@ -428,7 +428,7 @@ class TrendConfig(PostProcessConfig):
     #: Uncertainty map: 0 = |Jᵀr| for one fixed Gaussian probe r; K > 0 = Hutchinson's estimate of
     #: diag(J) from K Rademacher probes (K gradient passes per level; ``raydiff.scoring.kim_trend``).
     #: Hashed into run ids only when set.
-    probes: int = field(default=0, metadata={**_range(0, 256), "id": "unless-default"})
+    probes: int = field(default=0, metadata={**_range(0, 256), **ID_UNLESS_DEFAULT})
     smoothing: Smoothing = "gaussian"
 
     def check(self, prefix: str) -> None:

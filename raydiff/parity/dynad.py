@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raydiff.features import ResNet34Features, cosine_distance, pooled_layer2
+from raydiff.features import ResNet34Features, cosine_distance, knn_features
 from raydiff.knn_prior import KNNPrior, noise_level
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs
@@ -97,14 +97,6 @@ def reference_config(image_size: int) -> Any:
     return types.SimpleNamespace(model=model, data=types.SimpleNamespace(image_size=image_size))
 
 
-def _to_imagenet(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] (B,1|3,H,W) → ImageNet-normalised (B,3,H,W), as the reference's transform (a grey
-    image broadcasts against the three channel means, as raydiff's φ expands it)."""
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return ((x + 1) / 2 - mean) / std
-
-
 def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     util, sample, amap, test = (ref.module(m) for m in MODULES)
     model = inputs.model("gaussian")
@@ -117,8 +109,8 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
 
     # 1. KNN prior: the same pooled layer2 features for both.
     train = inputs.train_images.float()
-    train_feats = pooled_layer2(fe(_to_imagenet(train))[1])
-    test_feats = pooled_layer2(fe(_to_imagenet(x0))[1])
+    train_feats = knn_features(inputs.features, train)  # what raydiff's fit indexes
+    test_feats = knn_features(inputs.features, x0)
     k = min(KNN_K, train_feats.shape[0] - 1)
     knn = test.KNN(config=config, k=k, num_bins=10)
     knn.fit(train_feats)
@@ -192,7 +184,7 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
                      ref_final.flatten(1).max(1).values, kind="score"))
     # raydiff's own normalisation (held-out statistics): the raw maps standardised with the
     # mean/std of the training images' maps (what `raydiff fit` computes on held-out images).
-    stats = _train_stats(inputs, model, fe, t_hat_of=ours_excl, size=size)
+    stats = _train_stats(inputs, model, t_hat_of=ours_excl, size=size)
     ours_own = smooth(dynad.combine("parity", {"l_map": dynad.latent_map(z_paper, x0, size),
                                                "f_map": dynad.feature_map(phi_x0, inputs.features(z_paper), size)},
                                     stats, types.SimpleNamespace(lam=LAMBDA)), "gaussian", 0, SIGMA)
@@ -203,11 +195,11 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     return out
 
 
-def _train_stats(inputs: ParityInputs, model: Any, fe: FeatureExtractor, t_hat_of: KNNPrior, size: int) -> dict[str, tuple[float, float]]:
+def _train_stats(inputs: ParityInputs, model: Any, t_hat_of: KNNPrior, size: int) -> dict[str, tuple[float, float]]:
     """Mean/std of the raw l_map and f_map over (up to 8 of) the training images, as raydiff's fit
     takes them over held-out normal images (one global pair: the per-ring refinement is off here)."""
     x = inputs.train_images[:8].float()
-    feats = pooled_layer2(fe(_to_imagenet(x))[1])
+    feats = knn_features(inputs.features, x)
     t_hat = torch.tensor([noise_level(int(b), T_MAX, 10) for b in t_hat_of.bin(feats)], dtype=torch.long)
     eps_fn = eps_model(model)
     z = dynad.reconstruct(lambda a, t: eps_fn(a, t), model.schedule, x, t_hat, STEPS, GUIDANCE_W)
