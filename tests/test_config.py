@@ -38,7 +38,7 @@ def test_defaults_are_valid() -> None:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MVTEC_ROOT", "VISA_ROOT", "BTAD_ROOT", "REAL_DATA_ROOT"):
+    for var in ("MVTEC_ROOT", "VISA_ROOT", "BTAD_ROOT", "REAL_DATA_ROOT", "MVTEC_AD2_ROOT"):
         monkeypatch.setenv(var, "/data/x")
     cfg = load_config(path)
     assert cfg.source == str(path.resolve())

@@ -35,7 +35,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_need_no_compat(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MVTEC_ROOT", "VISA_ROOT", "BTAD_ROOT", "REAL_DATA_ROOT"):
+    for var in ("MVTEC_ROOT", "VISA_ROOT", "BTAD_ROOT", "REAL_DATA_ROOT", "MVTEC_AD2_ROOT"):
         monkeypatch.setenv(var, "/data/x")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

@@ -4,6 +4,8 @@ keep their run id, their model ids and their loaded Config (``config``: a digest
 
 The values were computed before the loader was split and ``raydiff.config.compat`` written
 (issue 27); a change here means existing run folders and checkpoints would no longer be found.
+Every ``config`` digest was re-pinned when ``features.resnet34_weights`` became ``features.weights``
+(issue 29 item 6; the field is hashed into ids under its earlier name, so no id moved for it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, Any], bool]] = {
     "textures": ("configs/textures.yaml", {"dataset.root": "/x"}, False),
     "mvtec": ("configs/mvtec.yaml", {}, False),
     "mvtec-papers": ("configs/mvtec-papers.yaml", {}, False),
+    "mvtec-ad2": ("configs/mvtec-ad2.yaml", {}, False),
     "visa": ("configs/visa.yaml", {}, False),
     "visa-papers": ("configs/visa-papers.yaml", {}, False),
     "btad": ("configs/btad.yaml", {}, False),
@@ -79,7 +82,7 @@ DICT_CASES: dict[str, tuple[dict[str, Any], bool]] = {
 
 EXPECTED: dict[str, dict[str, Any]] = {
     'textures': {
-        "run": '87645a4f836b', "config": 'e5f116bc8bc0',
+        "run": '87645a4f836b', "config": '4b161e5ae318',
         "models": {
             'pixel/bottle': 'ce4092bc98c7',
             'pixel-simplex/bottle': '3ae57b8fb8a0',
@@ -88,7 +91,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'mvtec': {
-        "run": '8381faf17e83', "config": 'e03f6f206ca7',
+        # Run id re-pinned for issue 29 item 6: with domain adaptation on, the adapted φ now serves
+        # DynAD's instances only (the kl variant's feature term keeps the base φ), so scores differ.
+        "run": '42c9e7807ea6', "config": '5b2a5dd33208',
         "models": {
             'pixel/bottle': 'ad4c998cc030',
             'pixel/cable': '96531486eae6',
@@ -98,11 +103,26 @@ EXPECTED: dict[str, dict[str, Any]] = {
             'pixel-gmm/cable': 'ae1ed09ad985',
         },
     },
+    'mvtec-ad2': {
+        # Added for issue 31 (MVTec AD 2's layout and config).
+        "run": '9a26402f8df9', "config": 'c89b2050064b',
+        "models": {
+            'pixel/can': '8d6d560465df',
+            'pixel/fabric': '8d6d560465df',
+            'pixel-simplex/can': 'cac2d8f79c3c',
+            'pixel-simplex/fabric': 'cac2d8f79c3c',
+            'pixel-gmm/can': '230d50d9f2cf',
+            'pixel-gmm/fabric': '230d50d9f2cf',
+        },
+    },
     'mvtec-papers': {
         # Re-pinned for issue 29 (the papers' settings change what these configs train and score, on
         # purpose): holdout_fraction 0 (every model id), train_epochs (Fučka, DynAD), border_rings and
-        # clip_x0 off and Kashihara's t0 = 4 / 9 (the run id).
-        "run": 'c07fc76535f2', "config": '10b7ea0d9545',
+        # clip_x0 off and Kashihara's t0 = 4 / 9 (the run id). Item 6: the DA ablation rows (DynAD
+        # Table 6), the ablation rows on dynad's ddim_grid, the adapted φ DynAD's only (the run id).
+        # Item 5: RAN's model as its train.sh (preset guided, batch 2, 10k steps, lr annealed
+        # linearly, EMA 0.997, no gradient clipping; the init unset here): the ran model ids.
+        "run": 'cd98fbf5b574', "config": '5f1dcc0c604f',
         "models": {
             'fucka-gaussian/bottle': 'f55782e93536',
             'fucka-gaussian/cable': 'f55782e93536',
@@ -114,12 +134,13 @@ EXPECTED: dict[str, dict[str, Any]] = {
             'kashihara/cable': '89b76e3c3ee6',
             'dynad/bottle': '637e5a8a020f',
             'dynad/cable': '637e5a8a020f',
-            'ran/bottle': 'bec86d10affd',
-            'ran/cable': 'bec86d10affd',
+            'ran/bottle': '5d6adb4bc204',
+            'ran/cable': '5d6adb4bc204',
         },
     },
     'visa': {
-        "run": '04bcd8847470', "config": '367da1b5c5b5',
+        # Run id re-pinned for issue 29 item 6 (as mvtec: the adapted φ is DynAD's only).
+        "run": '087ed6ce9cd0', "config": 'c789a0dd5d52',
         "models": {
             'pixel/candle': 'a2691494b3d6',
             'pixel/capsules': 'a2691494b3d6',
@@ -133,14 +154,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     'visa-papers': {
         # Re-pinned for issue 29: holdout_fraction 0, train_epochs 300, border_rings off.
-        "run": '663038094b9d', "config": '5d08335ecfc6',
+        # Item 6: the DA ablation rows (DynAD Table 6), the adapted φ DynAD's only (the run id).
+        "run": '37ca62da029a', "config": 'b571e8f43bc5',
         "models": {
             'dynad/candle': '45259b982396',
             'dynad/capsules': '45259b982396',
         },
     },
     'btad': {
-        "run": '3840e258bd53', "config": '1cd22b031a1f',
+        "run": '3840e258bd53', "config": '336e1dd3c7a0',
         "models": {
             'pixel/01': '6a5e2ba0a051',
             'pixel/02': '6a5e2ba0a051',
@@ -154,14 +176,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     'btad-papers': {
         # Re-pinned for issue 29: holdout_fraction 0, train_epochs 300, border_rings off.
-        "run": '3eece043fa06', "config": '19f5b3a3c06d',
+        # Item 6: the DA ablation rows (DynAD Table 6), the adapted φ DynAD's only (the run id).
+        "run": '8ed27e5ad12d', "config": '252a519d68c1',
         "models": {
             'dynad/01': 'd3d873fe92f8',
             'dynad/02': 'd3d873fe92f8',
         },
     },
     'real-smoke': {
-        "run": 'bf24522e3cbd', "config": '693828b551da',
+        "run": 'bf24522e3cbd', "config": '817f073bb78c',
         "models": {
             'pixel/bottle': '1c07907e4d48',
             'pixel-simplex/bottle': 'b719b054a44a',
@@ -170,7 +193,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'fixture-named-v1': {
-        "run": '624384ea9cb8', "config": '987c7b433c15',
+        "run": '624384ea9cb8', "config": 'cb2f706998d2',
         "models": {
             'pixel/bottle': '9b8993cf4165',
             'pixel-simplex/bottle': 'e98d8d25d5d6',
@@ -179,7 +202,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'fixture-kinds-form': {
-        "run": '624384ea9cb8', "config": '9fccca5e74c1',
+        "run": '624384ea9cb8', "config": '4cf031e89871',
         "models": {
             'pixel/bottle': '9b8993cf4165',
             'pixel-simplex/bottle': 'e98d8d25d5d6',
@@ -188,7 +211,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'fixture-floors-v2': {
-        "run": '9e4c6b3387cf', "config": 'd1a5914bbb2f',
+        "run": '9e4c6b3387cf', "config": 'c03a5f11a888',
         "models": {
             'pixel/bottle': '8fff913e2ac5',
             'pixel-simplex/bottle': '0f522e9dc810',
@@ -197,7 +220,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'textures-set-latent-flat': {
-        "run": 'd80eff998946', "config": '2bbcd34b8453',
+        "run": 'd80eff998946', "config": '7e5c573efb67',
         "models": {
             'pixel/bottle': '5bfb7b79573d',
             'pixel-simplex/bottle': 'a4de980ea535',
@@ -206,7 +229,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'textures-set-kinds': {
-        "run": '199daeb3e88e', "config": 'bd97c1f5fe40',
+        "run": '199daeb3e88e', "config": '9a9d5b878997',
         "models": {
             'pixel/bottle': 'ce4092bc98c7',
         },
@@ -214,7 +237,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     'real-smoke-set-latent': {
         # configs/real-smoke.yaml is in the named form now: this --set reaches the latent model's VAE
         # only, not the (unused, unhashed) VAE settings of the pixel models: the ids stay.
-        "run": '72aa3080ba40', "config": 'fdc5d6f02f4b',
+        "run": '72aa3080ba40', "config": '5bdfa27192f9',
         "models": {
             'pixel/bottle': '1c07907e4d48',
             'pixel-simplex/bottle': 'b719b054a44a',
@@ -223,7 +246,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'defaults': {
-        "run": '5fc44f0f434c', "config": 'b9c0dc4198e7',
+        "run": '5fc44f0f434c', "config": '405e3ba253d4',
         "models": {
             'pixel/bottle': '9f3a6b7f8187',
             'pixel-simplex/bottle': '0d467d389029',
@@ -232,7 +255,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'kinds-latent-spelling': {
-        "run": 'd20437d96724', "config": 'b11e98cc80e4',
+        "run": 'd20437d96724', "config": 'c7d628c366f6',
         "models": {
             'pixel/brick': '7b47f044047a',
             'pixel-simplex/brick': 'ad7211716be7',
@@ -241,7 +264,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'flat-vae-shared': {
-        "run": '7cb23879c072', "config": '850ff04efc5d',
+        "run": '7cb23879c072', "config": '92811bae616c',
         "models": {
             'pixel/bottle': '38ef9e3d9803',
             'pixel-simplex/bottle': '175e08e7fed9',
@@ -250,21 +273,21 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'flat-vae-named': {
-        "run": '62e1fe7c09a0', "config": '82fb9bf2d888',
+        "run": '62e1fe7c09a0', "config": '13fb598b18e0',
         "models": {
             'px/bottle': '11caa299fbe0',
             'lat/bottle': '28c6af7356cb',
         },
     },
     'fixed-variants': {
-        "run": 'eff08bbbf72b', "config": 'cdf2439f0566',
+        "run": 'eff08bbbf72b', "config": '923daf224d25',
         "models": {
             'pixel/bottle': '9f3a6b7f8187',
             'pixel-gmm/bottle': 'f53014427516',
         },
     },
     'fixed-variants-enabled-only': {
-        "run": '5fc44f0f434c', "config": '452fe743742c',
+        "run": '5fc44f0f434c', "config": 'd14791cad95c',
         "models": {
             'pixel/bottle': '9f3a6b7f8187',
             'pixel-simplex/bottle': '0d467d389029',
@@ -273,7 +296,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'fixed-variants-kl': {
-        "run": '15b93ecd6b6c', "config": '47b91643ebc6',
+        "run": '15b93ecd6b6c', "config": '160823413b9f',
         "models": {
             'pixel/bottle': '9f3a6b7f8187',
             'pixel-simplex/bottle': '0d467d389029',
@@ -282,7 +305,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'stored-renamed': {
-        "run": '47fa15d7200a', "config": 'b0cb195d5461',
+        "run": '47fa15d7200a', "config": '4e02c59a7f50',
         "models": {
             'pixel/candle': '1b0383aeb2b6',
             'pixel-simplex/candle': '2aa1457602a4',
@@ -291,7 +314,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'textures-section': {
-        "run": '513d3e21f73e', "config": '611d6293ac2e',
+        "run": '513d3e21f73e', "config": '31c3daeff49c',
         "models": {
             'pixel/bottle': '562dbc465634',
             'pixel-simplex/bottle': '167b7512e59a',
@@ -300,7 +323,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'textures-section-added': {
-        "run": '95f5f577a664', "config": '06db2c62907d',
+        "run": '95f5f577a664', "config": '7639a24a30e5',
         "models": {
             'pixel/bottle': 'c04000766d63',
             'pixel-simplex/bottle': 'd622b9bf331e',
@@ -309,7 +332,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         },
     },
     'per-category': {
-        "run": 'bca191bf0b3c', "config": '98d2627538f4',
+        "run": 'bca191bf0b3c', "config": '45a6ffbc60c3',
         "models": {
             'pixel/carpet': '9f3a6b7f8187',
             'pixel/grid': '9f3a6b7f8187',
@@ -327,9 +350,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"MVTEC_ROOT": "/data/mvtec", "VISA_ROOT": "/data/visa", "BTAD_ROOT": "/data/btad",
-                        "REAL_DATA_ROOT": "/data/real"}.items():
+                        "REAL_DATA_ROOT": "/data/real", "MVTEC_AD2_ROOT": "/data/mvtec_ad_2"}.items():
         monkeypatch.setenv(name, value)
-    for name in ("RAYDIFF_TEXTURES", "RESNET34_WEIGHTS", "RAYDIFF_OUT", "SD_VAE_PATH"):
+    for name in ("RAYDIFF_TEXTURES", "RESNET34_WEIGHTS", "RAYDIFF_OUT", "SD_VAE_PATH", "GUIDED_DIFFUSION_256_COND"):
         monkeypatch.delenv(name, raising=False)
 
 

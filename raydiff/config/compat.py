@@ -17,6 +17,8 @@ earlier form                                 named form                         
 ``models.NAME.vae_lr: ...`` (flat)           ``models.NAME.vae.vae_lr``                   0.3.0
 ``variants: {static_gaussian: {...}, ...}``  one instance per built-in variant with its   0.3.0
 (one key per built-in variant)               method and model, and ``enabled``
+``features.resnet34_weights``                ``features.weights`` (the file of            0.3.0
+                                             ``features.arch``, resnet34 by default)
 ``dataset.kind`` / ``dataset.fit``           ``dataset.layout`` / ``dataset.resize``      stored
                                              (in a stored config only; in a file or       configs
                                              ``--set`` an error naming the new key)       only
@@ -39,6 +41,9 @@ REMOVED_IN = "0.3.0"
 #: Keys that were renamed: old dotted key → new one. A stored run or model config is read under
 #: the new names; a file or ``--set`` that uses an old one is an error naming the new one.
 RENAMED: dict[str, str] = {"dataset.kind": "dataset.layout", "dataset.fit": "dataset.resize"}
+#: Keys spelled otherwise before, still read in a file, a ``--set`` and a stored config (with a
+#: FutureWarning): old dotted key → new one. Giving both is an error.
+ALIASES: dict[str, str] = {"features.resnet34_weights": "features.weights"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +138,19 @@ def _apply_kinds(models: dict[str, Any], kinds: Any, at: Callable[[str], str], d
     return {**shared, **{name: models.get(name) or {} for name in kinds}}
 
 
+def _apply_alias(data: dict[str, Any], old: str, new: str, at: Callable[[str], str], done: list[Rewrite]) -> None:
+    """``old`` (section.leaf, in either spelling of ``-``/``_``) renamed to ``new`` in place."""
+    (section, leaf), (_, new_leaf) = old.split("."), new.split(".")
+    node = data.get(section)
+    if not isinstance(node, Mapping) or not any(_field(k) == leaf for k in node):
+        return
+    if any(_field(k) == new_leaf for k in node):
+        raise ConfigError(at(old), f"both '{old}' and '{new}' are set; '{old}' is the earlier spelling of '{new}'.",
+                          f"keep only '{new}'.")
+    data[section] = {(new_leaf if _field(k) == leaf else k): v for k, v in node.items()}
+    done.append(Rewrite(old, new))
+
+
 def is_fixed_variants(variants: Mapping[str, Any]) -> bool:
     """The earlier form: some key is one of ``LegacyVariants``' sections (besides ``enabled``),
     every key is one, and none names a method, model, per-category override or published key."""
@@ -180,6 +198,8 @@ def upgrade(data: Mapping[str, Any], stored: bool = False,
             node = out.get(section)
             if isinstance(node, Mapping) and leaf in node and new_leaf not in node:
                 out[section] = {(new_leaf if k == leaf else k): v for k, v in node.items()}
+    for old, new in ALIASES.items():
+        _apply_alias(out, old, new, at, done)
     if isinstance(out.get("models"), Mapping):
         out["models"] = _upgrade_models(out["models"], at, done)
     if isinstance(out.get("variants"), Mapping) and is_fixed_variants(out["variants"]):

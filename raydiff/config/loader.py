@@ -29,6 +29,7 @@ from raydiff.config.identity import (
     dump_config,
     model_id,
     run_id,
+    with_content_digests,
 )
 from raydiff.config.schema import DEFAULT_CONFIG, TEXTURES_ENV, Config
 from raydiff.config.sections import build_models, build_variants, check_groups, check_overrides
@@ -84,7 +85,7 @@ def _from_named(data: Mapping[str, Any], where: Where, source: str | None) -> Co
     variants = build_variants(variants_data, models, cfg.groups, cfg.dataset.categories, where)
     cfg = dataclasses.replace(cfg, models=models, variants=variants, source=source)
     check(cfg, "", where)
-    return cfg
+    return with_content_digests(cfg, where)  # φ's weights and pretrained VAEs: ids hash their content
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,8 @@ def load_config_explained(
             in_file = any(".".join(c.split(".")[:i]) in loaded.from_file
                           for c in candidates(normal) for i in range(len(c.split(".")), 0, -1))
             origin = f"file {file}" if in_file else "default"
+            if not in_file and value is not None and key.endswith("sha256"):  # with_content_digests
+                origin = "read from the file when loaded"
         rows.append({"key": key, "value": value, "origin": origin})
     return loaded.cfg, rows
 

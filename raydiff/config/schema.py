@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 
 NoiseKind = Literal["gaussian", "simplex", "gmm"]
 #: Dataset folder layouts (``raydiff.data.manifest.SCANNERS`` has one scanner each).
-DatasetLayout = Literal["mvtec", "visa", "btad", "generic"]
+DatasetLayout = Literal["mvtec", "visa", "btad", "generic", "mvtec-ad2"]
 DATASET_LAYOUTS: tuple[str, ...] = get_args(DatasetLayout)
 Smoothing = Literal["none", "mean", "gaussian"]
 ImageScore = Literal["max", "avgpool-max", "topk-mean", "mean"]
@@ -45,6 +45,8 @@ Arch = Literal["pixel", "latent"]
 ModelVariance = Literal["learned", "fixed-small", "fixed-large"]
 #: The scoring methods (``METHOD_TABLE``; a variant instance names one).
 Method = Literal["static", "no-diffusion", "dynamic", "kl", "trend"]
+#: φ's architectures (``features.arch``; ``raydiff.features.ARCHS`` holds their blocks and widths).
+PhiArch = Literal["resnet34", "wide_resnet50_2", "wide_resnet101_2"]
 
 
 def _range(lo: float | None = None, hi: float | None = None, **more: Any) -> dict[str, Any]:
@@ -105,7 +107,9 @@ class DatasetConfig:
     #: Fraction of train/good held out of training, for normalisation statistics. 0: nothing is
     #: held out (``holdout_min`` does not apply): every model trains on all of train/good, as the
     #: papers do, DynAD's KNN index holds all of it, and the statistics are measured on the
-    #: training images themselves (optimistic: docs/methods.md, Normalisation).
+    #: training images themselves (optimistic: docs/methods.md, Normalisation). A layout with its
+    #: own held-out set (``mvtec-ad2``: validation/good) holds out that set instead, whatever the
+    #: fraction > 0 (``raydiff.data.splits.assign_holdout``).
     holdout_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5))
     #: At least this many held-out normal images per category (when there are enough and
     #: ``holdout_fraction`` > 0).
@@ -177,7 +181,18 @@ class LatentConfig:
     """The ``latent`` model kind: an AutoencoderKL plus a UNet on its latents."""
 
     #: A local diffusers AutoencoderKL folder (e.g. a Stable Diffusion VAE); none = train one.
+    #: Hashed into model ids by its content (``vae_sha256``), not its path.
     vae_path: str | None = None
+    #: The folder's sha256 (``raydiff.io.folder_sha256``: every file's, by relative path), read
+    #: when the config is loaded and written into the run's config.yaml (which then loads without
+    #: the folder). Hashed into model ids instead of the path: moving the folder keeps the models,
+    #: editing it trains new ones. You need not write it; given, a folder that does not match is
+    #: refused.
+    vae_sha256: str | None = field(default=None, metadata=ID_UNLESS_DEFAULT)
+    #: The digest the folder is known to have (as ``raydiff config`` shows ``vae_sha256`` for the
+    #: published VAE): a folder that does not match is an error, and only then do the metrics'
+    #: ``vae`` column and meta.json call it ``pretrained-verified``. Not hashed (it equals ``vae_sha256``).
+    vae_expected_sha256: str | None = field(default=None, metadata=ID_UNLESS_DEFAULT)
     vae_train_steps: int = field(default=2000, metadata=_range(0, 10_000_000))
     vae_lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
     vae_kl_weight: float = field(default=1e-6, metadata=_range(0.0, 1.0))
@@ -186,6 +201,78 @@ class LatentConfig:
     vae_downsample: int = field(default=2, metadata=_range(0, 5))
     #: Latent scale factor; none = 1/std of the training latents (SD's VAE uses 0.18215).
     scale: float | None = None
+
+    def check(self, prefix: str) -> None:
+        _check_digests(self, prefix, "vae_path", ("vae_sha256", "vae_expected_sha256"))
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_digests(obj: Any, prefix: str, path_key: str, keys: tuple[str, ...]) -> None:
+    """Each of ``keys`` a sha256 digest; given only with the file ``path_key`` that it describes."""
+    for key in keys:
+        value = getattr(obj, key)
+        if value is None:
+            continue
+        if not _SHA256.fullmatch(value):
+            raise Invalid((f"{prefix}.{key}",), f"'{prefix}.{key}' = {value!r} is not a sha256 digest "
+                          "(64 lower-case hex digits).", "give `sha256sum FILE`'s digest (a folder's: what "
+                          "`raydiff config` shows once it is set), or leave it out.")
+        if getattr(obj, path_key) is None and key != keys[-1]:
+            raise Invalid((f"{prefix}.{key}", f"{prefix}.{path_key}"), f"'{prefix}.{key}' is set but "
+                          f"'{prefix}.{path_key}' is not: it is the digest of that file.",
+                          f"set {prefix}.{path_key}, or remove {prefix}.{key}.")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """A pixel model's initial weights: a pretrained UNet checkpoint instead of a random init
+    (RAN fine-tunes OpenAI's 256x256 class-conditional guided-diffusion model; docs/methods.md, kl).
+
+    Loaded strictly into the model's preset (``raydiff.models.guided``: every tensor of the file
+    fills one parameter of the UNet and vice versa, shapes equal), except a class-conditional
+    file's label embedding with ``class_embedding: reset``.
+    """
+
+    #: The file: safetensors, or a weights-only torch state dict (.pt/.pth/.bin). ``${VAR}`` and
+    #: ``~`` are expanded, a relative path is taken from the config's folder; null (or an unset
+    #: ``${VAR:-}``) = train from scratch. Not hashed: its ``sha256`` is.
+    checkpoint: str | None = field(default=None, metadata=ID_OMIT)
+    #: The file's sha256 (64 hex digits). Left out, it is read from the file when the config is
+    #: loaded (and stored with the run's config, which then loads without the file); given,
+    #: training refuses a file that does not match it.
+    sha256: str | None = None
+    #: The file's key layout: guided-diffusion's ``UNetModel`` (openai/guided-diffusion unet.py).
+    layout: Literal["guided-diffusion"] = "guided-diffusion"
+    #: A class-conditional file's label embedding: ``reset`` drops it and trains a fresh one of
+    #: ``classes`` rows, N(0, 1) as torch initialises it (RAN: train_util.py pops
+    #: ``label_emb.weight`` and loads the rest; script_util.py NUM_CLASSES = 15); ``keep`` loads it.
+    class_embedding: Literal["reset", "keep"] = "reset"
+    classes: int = field(default=15, metadata=_range(1, 100_000))
+    #: The label every training and scoring pass of a class-conditional model conditions on.
+    class_label: int = field(default=0, metadata=_range(0, 100_000))
+    #: What the paper initialises from, in words: with ``checkpoint`` unset, ``raydiff plan`` and
+    #: the model's meta.json say it trains from scratch, which is not this. Not hashed.
+    expected: str | None = field(default=None, metadata=ID_OMIT)
+
+    def check(self, prefix: str) -> None:
+        if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
+            raise Invalid((f"{prefix}.sha256",), f"'{prefix}.sha256' = {self.sha256!r} is not a sha256 digest "
+                          "(64 lower-case hex digits).", "give `sha256sum FILE`'s digest, or leave it out "
+                          "(it is then read from the file).")
+        if self.class_embedding == "reset" and self.class_label >= self.classes:
+            raise Invalid((f"{prefix}.class_label", f"{prefix}.classes"), f"'{prefix}.class_label' = "
+                          f"{self.class_label} is not a row of a {self.classes}-row label embedding.",
+                          "use a label in 0 .. classes - 1.")
+
+    def describe(self) -> str:
+        """One line: where the weights start from (``raydiff plan``, meta.json)."""
+        if self.checkpoint is None:
+            return ("from scratch" + (f" (not the paper's: it starts from {self.expected}; set init.checkpoint)"
+                                      if self.expected else ""))
+        sha = f", sha256 {self.sha256[:12]}" if self.sha256 else ""
+        return f"{self.layout} checkpoint {self.checkpoint}{sha}, class embedding {self.class_embedding}, label {self.class_label}"
 
 
 @dataclass(frozen=True)
@@ -205,7 +292,8 @@ class ModelSpec:
     #: ``learned`` changes the network (2C output channels) and its loss; ``fixed-small`` and
     #: ``fixed-large`` train the same ε-only network and differ only when sampling.
     variance: ModelVariance = "fixed-small"
-    preset: Literal["tiny", "ddad", "anoddpm", "dynad"] = "ddad"
+    #: ``raydiff.models.presets``; ``guided``: OpenAI guided-diffusion's 256x256 UNet (pixel models).
+    preset: Literal["tiny", "ddad", "anoddpm", "dynad", "guided"] = "ddad"
     #: Overrides the preset's base width.
     base_channels: int | None = field(default=None, metadata=_range(4, 1024))
     #: Padding of the UNet's (and the trained VAE's) convolutions: ``zeros`` (diffusers' default,
@@ -226,6 +314,9 @@ class ModelSpec:
     train_epochs: int | None = field(default=None, metadata={**_range(1, 10_000_000), **ID_UNLESS_DEFAULT})
     batch_size: int = field(default=16, metadata=_range(1, 65536))
     lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+    #: ``constant``: ``lr`` at every step; ``linear``: lr·(1 - k/N) at step k of the category's N
+    #: steps, down to 0 (guided-diffusion's ``--lr_anneal_steps``, RAN's train.sh).
+    lr_schedule: Literal["constant", "linear"] = field(default="constant", metadata=ID_UNLESS_DEFAULT)
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
     grad_clip: float = field(default=1.0, metadata=_range(0.0, None))
@@ -242,6 +333,8 @@ class ModelSpec:
     gmm: GMMConfig = GMMConfig()
     #: The VAE of a ``latent`` model (written ``latent:`` in configs of the ``models.kinds`` form).
     vae: LatentConfig = LatentConfig()
+    #: Initial weights of a pixel model (default: random, from scratch).
+    init: InitConfig = field(default=InitConfig(), metadata=ID_UNLESS_DEFAULT)
 
     def augment_for(self, category: str) -> AugmentConfig:
         return self.augment_per_category.get(category, self.augment)
@@ -257,6 +350,16 @@ class ModelSpec:
         if self.beta_start >= self.beta_end:
             raise Invalid((f"{prefix}.beta_start", f"{prefix}.beta_end"),
                           f"'{prefix}.beta_start' must be < '{prefix}.beta_end'.", "swap them.")
+        if self.is_latent and (self.preset == "guided" or self.init.checkpoint is not None):
+            key = f"{prefix}.preset" if self.preset == "guided" else f"{prefix}.init.checkpoint"
+            raise Invalid((key, f"{prefix}.arch"), f"'{key}' is a pixel UNet's (guided-diffusion's), but "
+                          f"'{prefix}' is a latent model.", "use it with arch: pixel, or another preset / no init.")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of training step ``step`` (0-based) of ``total_steps``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * max(0.0, 1.0 - step / max(1, total_steps))
 
     @property
     def learned_variance(self) -> bool:
@@ -374,6 +477,10 @@ class DynamicConfig(PostProcessConfig):
     fixed_level: int = field(default=0, metadata=_range(0, 100_000))
     #: ``noiseless``: z_T̂ = √ᾱ z0 (DynAD); ``noised``: plus √(1-ᾱ) ε, the usual start (DynAD Table 6).
     start: Literal["noiseless", "noised"] = "noiseless"
+    #: Use the domain-adapted φ (DynAD §4.3; for its KNN prior and f_map) when
+    #: ``features.domain_adaptation_epochs`` > 0; false: the unadapted φ and a KNN prior over it
+    #: (DynAD Table 6's "DA" column). Hashed into run ids only when off.
+    domain_adaptation: bool = field(default=True, metadata=ID_UNLESS_DEFAULT)
     ddim_steps: int = field(default=10, metadata=_range(1, 10_000))
     #: ``paper``: the UNet is first evaluated at T̂ (Alg. 1); ``reference``: at T̂ - ⌊T̂/S⌋, down to
     #: 0, as the authors' code walks it (``raydiff.scoring.dynad.ddim_timesteps``). Hashed into
@@ -454,8 +561,8 @@ class MethodSpec:
     timesteps: Callable[[Any], list[int]]
     #: Model architectures it can score with.
     archs: tuple[str, ...] = ("pixel",)
-    #: It uses the feature extractor φ (ResNet-34): its scores depend on ``features.resnet34_weights``
-    #: (the ``feature_weights`` column of the metrics says imagenet or random).
+    #: It uses the feature extractor φ: its scores depend on ``features.arch`` and ``features.weights``
+    #: (the ``feature_weights`` column of the metrics says which: ``raydiff.report_tables.weights_label``).
     uses_features: bool = False
     #: Parameters read only by ``combine`` (besides ``POSTPROCESS_PARAMS``): instances of one
     #: model that differ only in these share one ``components`` call per batch (one family).
@@ -642,13 +749,33 @@ class VariantsConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """The ResNet-34 feature extractor φ (DynAD's KNN prior and feature maps, RAN's feature term)."""
+    """The feature extractor φ (DynAD's KNN prior and feature maps, RAN's feature term; each
+    consumer gets its own instance, so DynAD's domain adaptation never reaches RAN's: raydiff.features)."""
 
-    #: A local torchvision/timm ResNet-34 state dict (.pth/.safetensors); none = random init.
-    resnet34_weights: str | None = None
-    #: Epochs of DynAD domain adaptation of φ on normal images (0 = off).
+    #: torchvision ResNet of φ (``raydiff.features.ARCHS``): resnet34 (DynAD), wide_resnet101_2 or
+    #: wide_resnet50_2 (DDAD). Hashed into run ids only when not resnet34.
+    arch: PhiArch = field(default="resnet34", metadata=ID_UNLESS_DEFAULT)
+    #: A local torchvision/timm state dict of ``arch`` (.pth/.pt/.safetensors); none = random init.
+    #: Spelled ``resnet34_weights`` before (still read, with a FutureWarning: config.compat); hashed
+    #: under that name, so ids stay.
+    weights: str | None = field(default=None, metadata={"id_name": "resnet34_weights"})
+    #: The file's sha256, read when the config is loaded and written into the run's config.yaml
+    #: (which then loads without the file). Hashed into run ids instead of the path: moving the
+    #: file keeps the run, editing it makes a new one. You need not write it; given, φ refuses a
+    #: file that does not match it.
+    weights_sha256: str | None = field(default=None, metadata=ID_UNLESS_DEFAULT)
+    #: The published sha256 of the weights (e.g. of torchvision's ImageNet file; applies when
+    #: ``weights`` is set): a file that does not match is an error, and only then do the metrics
+    #: say ``feature_weights = imagenet-verified:<file>@<sha12>`` (else ``file:<file>@<sha12>``).
+    #: Not hashed (it equals ``weights_sha256``).
+    expected_sha256: str | None = field(default=None, metadata=ID_UNLESS_DEFAULT)
+    #: Epochs of DynAD domain adaptation of DynAD's φ on normal images (0 = off); a dynamic
+    #: instance with ``domain_adaptation: false`` keeps the unadapted φ (DynAD Table 6).
     domain_adaptation_epochs: int = field(default=0, metadata=_range(0, 100))
     domain_adaptation_lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+
+    def check(self, prefix: str) -> None:
+        _check_digests(self, prefix, "weights", ("weights_sha256", "expected_sha256"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,6 +850,33 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking (``raydiff.tracking``; docs/usage.md, "Tracking"): each model's loss
+    curve, config, versions and placement, and each (category, variant)'s metrics and cost, sent
+    to MLflow or TensorBoard. Not part of any id: it changes no weight and no score."""
+
+    #: ``none``, ``mlflow`` (needs ``pip install 'raydiff[tracking]'``) or ``tensorboard``.
+    backend: Literal["none", "mlflow", "tensorboard"] = "none"
+    #: MLflow's tracking URI (``http://host:5000``, ``sqlite:///…/mlflow.db``) or TensorBoard's log
+    #: folder. null = under the output root: ``sqlite:///OUT/mlflow/mlflow.db`` (artefacts in
+    #: ``OUT/mlflow/artifacts``), ``OUT/tensorboard``.
+    uri: str | None = None
+    #: The MLflow experiment (null: the dataset's name).
+    experiment: str | None = None
+    #: Keep Ray Tune's automatic CSV / JSON / TensorBoard loggers (``OUT/ray_results``): one
+    #: point per checkpoint report and, in a packed run, every model on the same series; off.
+    tune_loggers: bool = False
+
+    def check(self, prefix: str) -> None:
+        if self.backend == "none" and self.uri is not None:
+            raise Invalid((f"{prefix}.uri", f"{prefix}.backend"), f"'{prefix}.uri' is set but '{prefix}.backend' "
+                          "is none: nothing would be logged there.", "set tracking.backend: mlflow or tensorboard.")
+        if self.backend == "tensorboard" and self.uri is not None and "://" in self.uri:
+            raise Invalid((f"{prefix}.uri",), f"'{prefix}.uri' is {self.uri!r}, a URI; TensorBoard's event files "
+                          "are written to a local or mounted folder.", "give a folder path (or null: OUT/tensorboard).")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Resources. Only used where work is distributed (training launch, fitting, scoring pipeline).
 
@@ -789,6 +943,8 @@ class Config:
     ray: RayConfig = RayConfig()
     scoring: ScoringConfig = ScoringConfig()
     train: TrainConfig = TrainConfig()
+    #: MLflow / TensorBoard logging (no id: an added section that leaves every pin alone at its default).
+    tracking: TrackingConfig = field(default=TrackingConfig(), metadata=ID_UNLESS_DEFAULT)
     #: The embedded benchmark's generator settings (read by ``raydiff demo`` only).
     textures: TexturesConfig = TexturesConfig()
     #: Category groups for per-category overrides, e.g. ``{textures: [carpet, grid, ...]}``.
@@ -844,15 +1000,11 @@ def is_loopback(host: str) -> bool:
 
 
 def _config_dir() -> Path:
-    """The shipped configs: the checkout's ``configs/``, else where a non-editable install put
-    them (``<prefix>/share/raydiff/configs``, see pyproject.toml's data-files)."""
-    import site
-    import sys
+    """The shipped configs: the package ``raydiff.configs`` (the repository's ``configs/``
+    folder, mapped into the package by pyproject.toml), wherever it is installed."""
+    from importlib.resources import files
 
-    checkout = Path(__file__).resolve().parents[2] / "configs"
-    candidates = [checkout, Path(sys.prefix) / "share" / "raydiff" / "configs",
-                  Path(site.getuserbase()) / "share" / "raydiff" / "configs"]
-    return next((c for c in candidates if (c / "textures.yaml").is_file()), checkout)
+    return Path(str(files("raydiff.configs")))
 
 
 #: The folder of the configs that ship with raydiff (``configs/`` of the repository).

@@ -51,8 +51,27 @@ def build_models(data: Any, where: Where) -> ModelsConfig:
         mine = _own_budget(own)
         base = {k: v for k, v in shared.items() if not (mine and _budget_key(k) not in (None, mine))}
         merged = merge(merge(base, BUILTIN_MODELS.get(name, {})), own)
-        specs[name] = build(ModelSpec, merged, f"models.{name}", where)
+        specs[name] = _init_digest(build(ModelSpec, merged, f"models.{name}", where), name, where)
     return ModelsConfig(specs=specs)
+
+
+def _init_digest(spec: ModelSpec, name: str, where: Where) -> ModelSpec:
+    """A pretrained init's sha256, read from the file unless the config gives it: the model id
+    hashes the file's content, not its path (``raydiff.config.identity``)."""
+    from pathlib import Path
+
+    from raydiff.io import file_sha256
+
+    init = spec.init
+    if init.checkpoint is None or init.sha256 is not None:
+        return spec
+    if not Path(init.checkpoint).is_file():
+        raise ConfigError(
+            blame(where, f"models.{name}.init.checkpoint", "models.init.checkpoint"),
+            f"models.{name}.init.checkpoint: {init.checkpoint} is not a file.",
+            "point it at the pretrained UNet's state dict (.safetensors or .pt), or unset it (null, or an unset "
+            "${VAR:-}) to train from scratch.")
+    return dataclasses.replace(spec, init=dataclasses.replace(init, sha256=file_sha256(init.checkpoint)))
 
 
 _BUDGET_KEYS = ("train_steps", "train_epochs")

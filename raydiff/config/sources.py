@@ -119,8 +119,9 @@ def expand_path(value: str, base: Path | None = None) -> Path:
 #: config file's folder (inputs) or left relative to the working directory (the output root).
 _PATH_KEYS: tuple[tuple[str, bool], ...] = (
     ("dataset.root", True),
-    ("features.resnet34_weights", True),
+    ("features.weights", True),
     ("models.vae.vae_path", True),
+    ("models.init.checkpoint", True),
     ("output.root", False),
 )
 
@@ -129,8 +130,9 @@ def expand_paths(data: dict[str, Any], base: Path, origins: dict[str, str], file
     """Expand ``${VAR}`` and ``~`` in the path keys of named-form ``data``; a key that used a
     variable records it as its origin (its errors then name the variable, not only the file)."""
     models = data.get("models")
-    named = [f"models.{k}.vae.vae_path" for k, v in (models.items() if isinstance(models, dict) else ())
-             if isinstance(v, dict) and isinstance(v.get("vae"), dict)]
+    named = [f"models.{k}.{section}.{leaf}" for k, v in (models.items() if isinstance(models, dict) else ())
+             for section, leaf in (("vae", "vae_path"), ("init", "checkpoint"))
+             if isinstance(v, dict) and isinstance(v.get(section), dict)]
     for dotted, from_config in (*_PATH_KEYS, *((k, True) for k in named)):
         *parents, leaf = dotted.split(".")
         node: Any = data
