@@ -1,21 +1,33 @@
-"""φ: the ResNet-34 feature extractor of DynAD (KNN prior, feature map) and RAN's feature term.
+"""φ: the ResNet feature extractor of DynAD (KNN prior, feature map) and RAN's feature term.
 
 Written in plain torch with **torchvision's parameter and buffer names and shapes** (``conv1``,
 ``bn1``, ``layer1.0.conv1`` … ``layer2.0.downsample.0/1`` … ``fc``), so the standard
-torchvision / timm ``resnet34`` state-dict files load with a strict key check — without importing
-torchvision or timm. (On CPU-only machines PyPI's torchvision wheel is a CUDA build whose import
-fails on ``torchvision::nms``, and timm imports torchvision; the state-dict format is the stable
-interface, the Python package is not needed.)
+torchvision / timm state-dict files of every architecture in :data:`ARCHS` load with a strict key
+and shape check — without importing torchvision or timm. (On CPU-only machines PyPI's torchvision
+wheel is a CUDA build whose import fails on ``torchvision::nms``, and timm imports torchvision;
+the state-dict format is the stable interface, the Python package is not needed.)
+
+Architectures (``features.arch``; :data:`ARCHS` is the one table of their blocks and widths):
+``resnet34`` (DynAD appendix 7.1 and its code's ``fe_backbone: resnet34``), ``wide_resnet101_2``
+(DDAD's ``feature_extractor`` in its config.yaml, its default) and ``wide_resnet50_2`` (DDAD's
+alternative). RAN's feature head predicts EfficientNet-b4 features (VandyLu/anomaly_diff
+gaussian_diffusion.py ``FeatureExtractor('efficientnet')``); that network is not built here.
 
 Conventions (DynAD appendix 7.1; reference JustinTebbe/Dynamic-noise-AD:test.py):
 - input x (B,C,H,W) float in [-1, 1], C ∈ {1, 3}; mapped to [0, 1], grey repeated to 3 channels,
-  ImageNet mean/std normalisation — all inside :meth:`ResNet34Features.forward`;
-- output ``{"layer2": (B,128,H/8,W/8), "layer3": (B,256,H/16,W/16)}`` (layer4 and fc exist only so
-  that the state dict is complete; they are never evaluated);
+  ImageNet mean/std normalisation — all inside :meth:`ResNetFeatures.forward`;
+- output ``{"layer2": (B,C2,H/8,W/8), "layer3": (B,C3,H/16,W/16)}`` with (C2, C3) = (128, 256)
+  for resnet34 and (512, 1024) for the wide nets (:attr:`ArchSpec.channels`); layer4 and fc exist
+  only so that the state dict is complete, they are never evaluated;
 - batch norm always uses its running statistics (also under ``.train()``): a feature never
   depends on the other images of its batch.
 
-Without ImageNet weights (tag ``none``) φ is a seeded torchvision-style random init whose batch
+One φ per consumer (:data:`PHI_BASE`, :data:`PHI_ADAPTED`): RAN's feature term always uses the
+base φ (the file's weights, or the calibrated random init); DynAD's instances use the
+domain-adapted copy when adaptation is on for them, so adapting DynAD's φ never changes RAN's
+scores (``raydiff.scoring.dynad.phi_key``; docs/methods.md, φ).
+
+Without a weights file (tag ``none``) φ is a seeded torchvision-style random init whose batch
 norms should be calibrated on the normal training images (:func:`calibrate_batchnorm`). Domain
 adaptation (DynAD section 4.3, eq. 11) is :func:`domain_adapt`; its docstring says how it follows
 DynAD and DDAD.
@@ -25,7 +37,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,20 +47,68 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydiff.config import FeaturesConfig
+from raydiff.config.identity import PHI_KEYS, checked_sha256
 from raydiff.errors import CheckpointError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: Blocks per stage and stage widths of ResNet-34 (He et al. 2016, Table 1).
-BLOCKS: tuple[int, int, int, int] = (3, 4, 6, 3)
-WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+#: ``planes`` of the four stages (He et al. 2016, Table 1); a stage outputs planes · expansion channels.
+PLANES: tuple[int, int, int, int] = (64, 128, 256, 512)
 #: The feature maps φ returns (DynAD: blocks 2 and 3 for the map, block 2 for the KNN prior).
 FEATURE_LAYERS: tuple[str, str] = ("layer2", "layer3")
 #: KNN-prior features: layer2 average-pooled to this size, then flattened (reference test.py).
 KNN_POOL: int = 16
-KNN_DIM: int = WIDTHS[1] * KNN_POOL * KNN_POOL
 
 WEIGHT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
+
+#: The φ instances of a category (``CategoryContext.phi``): the base φ (RAN's feature term; DynAD's
+#: instances without domain adaptation) and DynAD's domain-adapted copy of it.
+PHI_BASE = "base"
+PHI_ADAPTED = "adapted"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One φ architecture as torchvision builds it: ``ResNet(block, blocks, width_per_group=...)``."""
+
+    #: ``basic``: two 3×3 convs (expansion 1); ``bottleneck``: 1×1, 3×3, 1×1 (expansion 4).
+    block: Literal["basic", "bottleneck"]
+    #: Blocks in each of the four stages.
+    blocks: tuple[int, int, int, int]
+    #: A bottleneck's inner width is planes · width_per_group / 64 (64: ResNet-50; 128: the wide nets).
+    width_per_group: int = 64
+
+    @property
+    def expansion(self) -> int:
+        return 1 if self.block == "basic" else 4
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Channels of the returned maps: {"layer2": C2, "layer3": C3}."""
+        return {"layer2": PLANES[1] * self.expansion, "layer3": PLANES[2] * self.expansion}
+
+    @property
+    def knn_dim(self) -> int:
+        """Length of a KNN-prior feature (:func:`pooled_layer2`): C2 · 16 · 16."""
+        return self.channels["layer2"] * KNN_POOL * KNN_POOL
+
+
+#: ``features.arch`` → its architecture (torchvision.models.resnet: resnet34 = BasicBlock [3, 4, 6, 3];
+#: wide_resnet50_2 / wide_resnet101_2 = Bottleneck [3, 4, 6, 3] / [3, 4, 23, 3], width_per_group 128).
+#: The config's ``PhiArch`` lists the same names (tests/test_phi_arch.py checks both agree).
+ARCHS: dict[str, ArchSpec] = {
+    "resnet34": ArchSpec("basic", (3, 4, 6, 3)),
+    "wide_resnet50_2": ArchSpec("bottleneck", (3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": ArchSpec("bottleneck", (3, 4, 23, 3), width_per_group=128),
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The :class:`ArchSpec` of ``arch``; ValueError naming the valid ones otherwise."""
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise ValueError(f"unknown φ architecture {arch!r}; use one of {', '.join(ARCHS)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,21 +120,28 @@ def _conv3x3(inplanes: int, planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(inplanes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+def _conv1x1(inplanes: int, planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False)
+
+
+def _downsample(inplanes: int, out: int, stride: int) -> nn.Sequential | None:
+    """torchvision's shortcut projection (1×1 conv + BN) where the stride or the width changes."""
+    if stride == 1 and inplanes == out:
+        return None
+    return nn.Sequential(_conv1x1(inplanes, out, stride), nn.BatchNorm2d(out))
+
+
 class BasicBlock(nn.Module):
     """torchvision's ``BasicBlock``: two 3×3 convs + identity (or 1×1-conv ``downsample``) shortcut."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, width_per_group: int = 64) -> None:
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
+        self.downsample = _downsample(inplanes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -81,37 +150,72 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def _stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    layers = [BasicBlock(inplanes, planes, stride)]
-    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
+class Bottleneck(nn.Module):
+    """torchvision's ``Bottleneck`` (v1.5: the stride on the 3×3 conv): 1×1 → 3×3 → 1×1 to
+    planes·4 channels, + identity (or ``downsample``) shortcut; inner width planes·width_per_group/64."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, width_per_group: int = 64) -> None:
+        super().__init__()
+        width = planes * width_per_group // 64
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(inplanes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
 
 
-class ResNet34Features(nn.Module):
-    """ResNet-34 with torchvision's state-dict layout, returning the layer2 and layer3 maps.
+def _stage(spec: ArchSpec, inplanes: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+    """One stage (``layerN``) of ``blocks`` blocks, the first with ``stride``; → (stage, its output channels)."""
+    block = BasicBlock if spec.block == "basic" else Bottleneck
+    out = planes * spec.expansion
+    layers = [block(inplanes, planes, stride, spec.width_per_group)]
+    layers += [block(out, planes, 1, spec.width_per_group) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers), out
 
-    ``forward(x)``: x (B,C,H,W) float in [-1, 1], C ∈ {1, 3} → ``{"layer2": (B,128,⌈H/8⌉,⌈W/8⌉),
-    "layer3": (B,256,⌈H/16⌉,⌈W/16⌉)}`` float32 (same dtype/device as the weights). Deterministic:
-    batch norm always runs on its running statistics.
+
+class ResNetFeatures(nn.Module):
+    """A torchvision ResNet (``arch``, a key of :data:`ARCHS`) with its state-dict layout,
+    returning the layer2 and layer3 maps.
+
+    ``forward(x)``: x (B,C,H,W) float in [-1, 1], C ∈ {1, 3} → ``{"layer2": (B,C2,⌈H/8⌉,⌈W/8⌉),
+    "layer3": (B,C3,⌈H/16⌉,⌈W/16⌉)}`` float32 (same dtype/device as the weights), (C2, C3) =
+    ``self.channels``. Deterministic: batch norm always runs on its running statistics.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, arch: str = "resnet34") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, WIDTHS[0], kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        spec = arch_spec(arch)
+        self.arch = arch
+        self.channels = spec.channels
+        self.knn_dim = spec.knn_dim
+        self.conv1 = nn.Conv2d(3, PLANES[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(PLANES[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = _stage(WIDTHS[0], WIDTHS[0], BLOCKS[0], stride=1)
-        self.layer2 = _stage(WIDTHS[0], WIDTHS[1], BLOCKS[1], stride=2)
-        self.layer3 = _stage(WIDTHS[1], WIDTHS[2], BLOCKS[2], stride=2)
-        self.layer4 = _stage(WIDTHS[2], WIDTHS[3], BLOCKS[3], stride=2)  # unused; keeps the state dict whole
-        self.fc = nn.Linear(WIDTHS[3], 1000)  # unused; keeps the state dict whole
+        inplanes = PLANES[0]
+        self.layer1, inplanes = _stage(spec, inplanes, PLANES[0], spec.blocks[0], stride=1)
+        self.layer2, inplanes = _stage(spec, inplanes, PLANES[1], spec.blocks[1], stride=2)
+        self.layer3, inplanes = _stage(spec, inplanes, PLANES[2], spec.blocks[2], stride=2)
+        self.layer4, inplanes = _stage(spec, inplanes, PLANES[3], spec.blocks[3], stride=2)  # unused; keeps the state dict whole
+        self.fc = nn.Linear(inplanes, 1000)  # unused; keeps the state dict whole
         # Not in the state dict (persistent=False): the files hold weights only.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    def train(self, mode: bool = True) -> ResNet34Features:
+    def train(self, mode: bool = True) -> ResNetFeatures:
         """Switch train mode but keep every BatchNorm on its running statistics (see module doc)."""
         super().train(mode)
         for m in self.modules():
@@ -134,7 +238,7 @@ class ResNet34Features(nn.Module):
         return {"layer2": l2, "layer3": self.layer3(l2)}
 
 
-def init_random(model: ResNet34Features, seed: int) -> ResNet34Features:
+def init_random(model: ResNetFeatures, seed: int) -> ResNetFeatures:
     """torchvision's initialisation, drawn from a generator seeded with ``seed`` (global RNG untouched).
 
     Convs: Kaiming normal (fan_out, ReLU); BN: weight 1, bias 0, running mean 0 / var 1;
@@ -159,10 +263,10 @@ def init_random(model: ResNet34Features, seed: int) -> ResNet34Features:
 # --------------------------------------------------------------------------------------------
 
 
-def expected_state_shapes() -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of :class:`ResNet34Features` → shape (built on the meta device, free)."""
+def expected_state_shapes(arch: str = "resnet34") -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of :class:`ResNetFeatures` (``arch``) → shape (built on the meta device, free)."""
     with torch.device("meta"):
-        model = ResNet34Features()
+        model = ResNetFeatures(arch)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -171,9 +275,9 @@ def _optional(key: str) -> bool:
     return key.startswith("fc.") or key.endswith("num_batches_tracked")
 
 
-def _read_tensors(path: Path) -> Mapping[str, object]:
+def _read_tensors(path: Path, arch: str) -> Mapping[str, object]:
     fix_format = (
-        "save `model.state_dict()` of a torchvision/timm resnet34 with torch.save (.pth/.pt) "
+        f"save `model.state_dict()` of a torchvision/timm {arch} with torch.save (.pth/.pt) "
         "or safetensors.torch.save_file (.safetensors)."
     )
     if path.suffix == ".safetensors":
@@ -201,32 +305,9 @@ def _read_tensors(path: Path) -> Mapping[str, object]:
     return obj
 
 
-def load_resnet34_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a torchvision/timm ResNet-34 state dict and check it against our layout.
-
-    ``.pth``/``.pt``: ``torch.load(weights_only=True)``, a bare state dict or one wrapped as
-    ``{"state_dict": ...}`` / ``{"model": ...}``; ``.safetensors``: ``safetensors.torch.load_file``.
-    ``module.`` prefixes (DataParallel) are stripped; ``fc.*`` and ``num_batches_tracked`` may be
-    absent. Returns CPU tensors (floating ones as float32). Raises :class:`CheckpointError` naming
-    the file, the missing / unexpected / wrongly shaped keys and the fix.
-    """
-    path = Path(path)
-    fix_config = "set features.resnet34_weights to a torchvision/timm resnet34 state dict, or to null for random init."
-    if not path.is_file():
-        raise CheckpointError(path, "ResNet-34 weights file not found.", fix_config)
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise CheckpointError(
-            path, f"unknown weights format {path.suffix!r} (expected one of {WEIGHT_SUFFIXES}).", fix_config
-        )
-    raw = _read_tensors(path)
-    state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(path, f"entry {key!r} is a {type(value).__name__}, not a tensor.", fix_config)
-        key = str(key).removeprefix("module.")
-        state[key] = value.float() if value.is_floating_point() else value
-
-    expected = expected_state_shapes()
+def _mismatch(state: Mapping[str, torch.Tensor], arch: str) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrongly shaped) keys of ``state`` against ``arch``'s layout."""
+    expected = expected_state_shapes(arch)
     missing = sorted(k for k in expected if k not in state and not _optional(k))
     unexpected = sorted(k for k in state if k not in expected)
     wrong = sorted(
@@ -234,39 +315,83 @@ def load_resnet34_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         for k in expected
         if k in state and tuple(state[k].shape) != expected[k]
     )
+    return missing, unexpected, wrong
+
+
+def load_weights(path: str | Path, arch: str = "resnet34") -> dict[str, torch.Tensor]:
+    """Read a torchvision/timm state dict of ``arch`` (a key of :data:`ARCHS`) and check it
+    strictly against our layout: every key and every shape.
+
+    ``.pth``/``.pt``: ``torch.load(weights_only=True)``, a bare state dict or one wrapped as
+    ``{"state_dict": ...}`` / ``{"model": ...}``; ``.safetensors``: ``safetensors.torch.load_file``.
+    ``module.`` prefixes (DataParallel) are stripped; ``fc.*`` and ``num_batches_tracked`` may be
+    absent. Returns CPU tensors (floating ones as float32). Raises :class:`CheckpointError` naming
+    the file, the architecture asked for, the missing / unexpected / wrongly shaped keys, the
+    architecture the file does fit (when it is one of :data:`ARCHS`) and the fix.
+    """
+    arch_spec(arch)
+    path = Path(path)
+    fix_config = (f"set features.weights to a torchvision/timm {arch} state dict (features.arch: {arch}), "
+                  "or to null for a random init.")
+    if not path.is_file():
+        raise CheckpointError(path, f"{arch} weights file not found.", fix_config)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise CheckpointError(
+            path, f"unknown weights format {path.suffix!r} (expected one of {WEIGHT_SUFFIXES}).", fix_config
+        )
+    raw = _read_tensors(path, arch)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(path, f"entry {key!r} is a {type(value).__name__}, not a tensor.", fix_config)
+        key = str(key).removeprefix("module.")
+        state[key] = value.float() if value.is_floating_point() else value
+
+    missing, unexpected, wrong = _mismatch(state, arch)
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
             if keys:
                 more = f" … (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
-        raise CheckpointError(
-            path,
-            "not a ResNet-34 state dict in torchvision/timm layout (" + "; ".join(parts) + ").",
-            "use the resnet34 weights of torchvision (resnet34-*.pth) or timm (resnet34 model.safetensors); "
-            "other architectures (resnet18/50, wide resnets) do not fit.",
-        )
+        fits = next((a for a in ARCHS if a != arch and not any(_mismatch(state, a))), None)
+        problem = f"not a {arch} state dict in torchvision/timm layout (" + "; ".join(parts) + ")."
+        if fits:
+            problem += f" It is a {fits} state dict."
+            fix = f"set features.arch: {fits} to use this file, or point features.weights at {arch} weights."
+        else:
+            fix = (f"use the {arch} weights of torchvision ({arch}-*.pth) or timm ({arch} model.safetensors), "
+                   f"or set features.arch to the file's architecture (one of {', '.join(ARCHS)}).")
+        raise CheckpointError(path, problem, fix)
     return state
 
 
 def build_features(
     features_cfg: FeaturesConfig, seed: int = 0, device: torch.device | str = "cpu"
-) -> tuple[ResNet34Features, str]:
-    """φ for the run: ImageNet weights from the configured local file, else a seeded random init.
+) -> tuple[ResNetFeatures, str]:
+    """The base φ of the run (``features.arch``): ImageNet weights from the configured local file
+    (``features.weights``), else a seeded random init.
 
     Returns ``(module, tag)``: the module in eval mode with ``requires_grad`` off, on ``device``;
-    tag ``"imagenet:<file name>"`` or ``"none"`` (docs/methods.md, dynamic: the run records that φ
-    is random). A random φ should then get :func:`calibrate_batchnorm` on the training images (and
-    optionally :func:`domain_adapt`) before use.
+    tag ``"sha256:<the file's digest>"`` or ``"none"`` (random: docs/methods.md, dynamic). The tag
+    names the bytes only: what they are (ImageNet or not) is the report's label, checked against
+    ``features.expected_sha256`` (``raydiff.report_tables.weights_label``). The file is refused
+    (ConfigError) when its digest differs from ``features.expected_sha256`` or from the
+    ``features.weights_sha256`` recorded when the config was loaded. A random φ should then get
+    :func:`calibrate_batchnorm` on the training images (and, for DynAD's copy, optionally
+    :func:`domain_adapt`) before use.
     """
-    model = ResNet34Features()
-    if features_cfg.resnet34_weights:
-        path = Path(features_cfg.resnet34_weights)
-        state = load_resnet34_state_dict(path)
+    model = ResNetFeatures(features_cfg.arch)
+    if features_cfg.weights:
+        path = Path(features_cfg.weights)
+        sha = None
+        if path.is_file():  # (a missing file: load_weights says so)
+            sha = checked_sha256(str(path), False, PHI_KEYS, features_cfg.weights_sha256, features_cfg.expected_sha256)
+        state = load_weights(path, features_cfg.arch)
         init_random(model, seed)  # fills fc when the file has no classifier
         result = model.load_state_dict(state, strict=False)
         assert not result.unexpected_keys and all(_optional(k) for k in result.missing_keys), result
-        tag = f"imagenet:{path.name}"
+        tag = f"sha256:{sha}"
     else:
         init_random(model, seed)
         tag = "none"
@@ -303,7 +428,7 @@ def cosine_distance_map(fa: Mapping[str, torch.Tensor], fb: Mapping[str, torch.T
 
 
 def pooled_layer2(layer2: torch.Tensor) -> torch.Tensor:
-    """KNN-prior feature: layer2 (B,128,h,w) → adaptive-avg-pooled 16×16 → (B, 128·16·16) float32.
+    """KNN-prior feature: layer2 (B,C2,h,w) → adaptive-avg-pooled 16×16 → (B, C2·16·16) float32.
 
     At h < 16 (images under 128 px) adaptive pooling repeats cells (an upsampling).
     """
@@ -311,14 +436,15 @@ def pooled_layer2(layer2: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_features(features: ResNet34Features, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """:func:`pooled_layer2` of φ(images): images (N,C,H,W) in [-1, 1] → (N, 32768) float32 on CPU."""
+def knn_features(features: ResNetFeatures, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """:func:`pooled_layer2` of φ(images): images (N,C,H,W) in [-1, 1] → (N, ``features.knn_dim``)
+    float32 on CPU (32768 for resnet34, 131072 for the wide nets)."""
     device = next(features.parameters()).device
     out = [
         pooled_layer2(features(images[i : i + batch_size].to(device))["layer2"]).cpu()
         for i in range(0, images.shape[0], batch_size)
     ]
-    return torch.cat(out) if out else torch.empty(0, KNN_DIM)
+    return torch.cat(out) if out else torch.empty(0, features.knn_dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +453,7 @@ def knn_features(features: ResNet34Features, images: torch.Tensor, batch_size: i
 
 
 @torch.no_grad()
-def calibrate_batchnorm(features: ResNet34Features, images: torch.Tensor, batch_size: int = 32) -> ResNet34Features:
+def calibrate_batchnorm(features: ResNetFeatures, images: torch.Tensor, batch_size: int = 32) -> ResNetFeatures:
     """A copy of φ whose BatchNorm running statistics are measured on ``images`` (N,C,H,W) in [-1, 1].
 
     For the random-init φ (weights ``none``): torchvision's init leaves every BN at mean 0 / var 1,
@@ -377,7 +503,7 @@ def adaptation_loss(
 
 
 def domain_adapt(
-    features: ResNet34Features,
+    features: ResNetFeatures,
     images: torch.Tensor,
     reconstruct: Callable[[torch.Tensor], torch.Tensor],
     epochs: int,
@@ -386,7 +512,7 @@ def domain_adapt(
     seed: int,
     anchor: float = 0.1,
     losses: list[float] | None = None,
-) -> ResNet34Features:
+) -> ResNetFeatures:
     """Fine-tune a copy of φ so that reconstructions of normal images look like their originals.
 
     images (N,C,H,W) in [-1, 1] (normal training images); ``reconstruct(x) -> x̂`` same shape and

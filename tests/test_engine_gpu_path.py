@@ -341,7 +341,7 @@ def test_bench_reads_mvtec_yaml_without_its_dataset_and_honours_the_batch(monkey
     repo = Path(__file__).resolve().parents[1]
     cfg = bench_config(repo / "configs" / "mvtec.yaml", {"dataset.image_size": 16, "models.preset": "tiny"})
     ref = load_config(repo / "configs" / "mvtec.yaml", {"dataset.root": "/anywhere"})
-    assert cfg.variants == ref.variants and cfg.features.resnet34_weights is None
+    assert cfg.variants == ref.variants and cfg.features.weights is None
     said: list[str] = []
     res = bench_scoring(cfg, "cpu", batch=3, n_images=2, variants=["kl"], peak_tflops=1.0, say=said.append)
     assert res["batch"] == 3 and res["n_images"] == 3 and "not capped" in said[0]

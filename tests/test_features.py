@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from safetensors.torch import save_file
 from raydiff.config import FeaturesConfig
 from raydiff.errors import CheckpointError
 from raydiff.features import (
-    ResNet34Features,
+    ResNetFeatures,
     adaptation_loss,
     build_features,
     calibrate_batchnorm,
@@ -18,7 +20,7 @@ from raydiff.features import (
     domain_adapt,
     init_random,
     knn_features,
-    load_resnet34_state_dict,
+    load_weights,
 )
 
 
@@ -59,7 +61,7 @@ def torchvision_resnet34_layout() -> list[tuple[str, tuple[int, ...]]]:
 
 
 @pytest.fixture(scope="module")
-def model() -> ResNet34Features:
+def model() -> ResNetFeatures:
     m, tag = build_features(FeaturesConfig(), seed=3)
     assert tag == "none"
     return m
@@ -68,7 +70,7 @@ def model() -> ResNet34Features:
 @pytest.fixture(scope="module")
 def other_state() -> dict[str, torch.Tensor]:
     """A state dict different from ``model`` (another seed, non-trivial BN statistics)."""
-    m = init_random(ResNet34Features(), seed=11)
+    m = init_random(ResNetFeatures(), seed=11)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, buf in m.named_buffers():
@@ -88,14 +90,14 @@ def _images(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def test_state_dict_layout_is_torchvisions(model: ResNet34Features) -> None:
+def test_state_dict_layout_is_torchvisions(model: ResNetFeatures) -> None:
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert ours == torchvision_resnet34_layout()  # same names, shapes and order
     assert sum(p.numel() for p in model.parameters()) == TORCHVISION_RESNET34_PARAMS
 
 
-def _same_outputs(a: ResNet34Features, state: dict[str, torch.Tensor]) -> None:
-    ref = ResNet34Features()
+def _same_outputs(a: ResNetFeatures, state: dict[str, torch.Tensor]) -> None:
+    ref = ResNetFeatures()
     ref.load_state_dict(state, strict=True)
     x = _images(2, 3, 64)
     with torch.no_grad():
@@ -107,8 +109,8 @@ def _same_outputs(a: ResNet34Features, state: dict[str, torch.Tensor]) -> None:
 def test_pth_round_trip(tmp_path, other_state) -> None:
     path = tmp_path / "resnet34-test.pth"
     torch.save(other_state, path)
-    m, tag = build_features(FeaturesConfig(resnet34_weights=str(path)))
-    assert tag == "imagenet:resnet34-test.pth"
+    m, tag = build_features(FeaturesConfig(weights=str(path)))
+    assert tag == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"  # the bytes, never a claim from the name
     assert not m.training and not any(p.requires_grad for p in m.parameters())
     for k, v in m.state_dict().items():
         torch.testing.assert_close(v, other_state[k], rtol=0, atol=0)
@@ -121,24 +123,24 @@ def test_wrapped_prefixed_and_classifierless_pth(tmp_path, other_state) -> None:
     trimmed = {f"module.{k}": v for k, v in other_state.items() if not k.startswith("fc.") and "num_batches" not in k}
     path = tmp_path / "wrapped.pt"
     torch.save({"state_dict": trimmed, "epoch": 3}, path)
-    state = load_resnet34_state_dict(path)
+    state = load_weights(path)
     assert set(state) == {k.removeprefix("module.") for k in trimmed}
-    m, _ = build_features(FeaturesConfig(resnet34_weights=str(path)))
+    m, _ = build_features(FeaturesConfig(weights=str(path)))
     _same_outputs(m, {**other_state, "fc.weight": m.fc.weight, "fc.bias": m.fc.bias})
 
 
 def test_safetensors_round_trip(tmp_path, other_state) -> None:
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in other_state.items()}, str(path))
-    m, tag = build_features(FeaturesConfig(resnet34_weights=str(path)))
-    assert tag == "imagenet:model.safetensors"
+    m, tag = build_features(FeaturesConfig(weights=str(path)))
+    assert tag == f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     _same_outputs(m, other_state)
 
 
 def test_half_precision_file_is_read_as_float32(tmp_path, other_state) -> None:
     path = tmp_path / "half.safetensors"
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in other_state.items()}, str(path))
-    state = load_resnet34_state_dict(path)
+    state = load_weights(path)
     assert state["conv1.weight"].dtype == torch.float32
     torch.testing.assert_close(state["conv1.weight"], other_state["conv1.weight"].half().float(), rtol=0, atol=0)
 
@@ -154,7 +156,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, other_state) -> None:
     path = tmp_path / "bad.pth"
     torch.save(bad, path)
     with pytest.raises(CheckpointError) as err:
-        build_features(FeaturesConfig(resnet34_weights=str(path)))
+        build_features(FeaturesConfig(weights=str(path)))
     msg = _message(err)
     assert str(path) in msg and "Fix:" in msg
     assert "1 missing keys: layer3.0.conv1.weight" in msg
@@ -168,14 +170,14 @@ def test_wrong_shapes_are_named(tmp_path, other_state) -> None:
     save_file({k: v.contiguous() for k, v in bad.items()}, str(path))
     expect = r"layer2\.0\.conv1\.weight \(64, 64, 3, 3\) \(expected \(128, 64, 3, 3\)\)"
     with pytest.raises(CheckpointError, match=expect):
-        load_resnet34_state_dict(path)
+        load_weights(path)
 
 
 def test_foreign_architecture_lists_first_keys_only(tmp_path) -> None:
     path = tmp_path / "other.pth"
     torch.save({f"blocks.{i}.weight": torch.zeros(3) for i in range(9)}, path)
     with pytest.raises(CheckpointError) as err:
-        load_resnet34_state_dict(path)
+        load_weights(path)
     msg = _message(err)
     assert "missing keys: bn1.bias" in msg and "9 unexpected keys" in msg and "more)" in msg
 
@@ -194,7 +196,7 @@ def test_unreadable_files(tmp_path, name: str, content: bytes | None, needle: st
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=needle) as err:
-        load_resnet34_state_dict(path)
+        load_weights(path)
     assert name in _message(err) and "Fix:" in _message(err)
 
 
@@ -202,7 +204,7 @@ def test_pickled_module_is_refused(tmp_path) -> None:
     path = tmp_path / "whole.pth"
     torch.save(torch.nn.Linear(2, 2), path)  # a module, not a state dict
     with pytest.raises(CheckpointError, match="weights_only"):
-        load_resnet34_state_dict(path)
+        load_weights(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def test_pickled_module_is_refused(tmp_path) -> None:
 
 @pytest.mark.parametrize("size", [64, 256])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_output_shapes(model: ResNet34Features, size: int, channels: int) -> None:
+def test_output_shapes(model: ResNetFeatures, size: int, channels: int) -> None:
     with torch.no_grad():
         out = model(_images(2, channels, size))
     assert set(out) == {"layer2", "layer3"}
@@ -220,14 +222,14 @@ def test_output_shapes(model: ResNet34Features, size: int, channels: int) -> Non
     assert out["layer3"].shape == (2, 256, size // 16, size // 16)
 
 
-def test_grey_equals_repeated_rgb(model: ResNet34Features) -> None:
+def test_grey_equals_repeated_rgb(model: ResNetFeatures) -> None:
     grey = _images(2, 1, 64)
     with torch.no_grad():
         a, b = model(grey), model(grey.repeat(1, 3, 1, 1))
     torch.testing.assert_close(a["layer3"], b["layer3"], rtol=0, atol=0)
 
 
-def test_imagenet_normalisation(model: ResNet34Features) -> None:
+def test_imagenet_normalisation(model: ResNetFeatures) -> None:
     x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3)
     got = model.normalise(x)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -237,7 +239,7 @@ def test_imagenet_normalisation(model: ResNet34Features) -> None:
         model(torch.zeros(1, 2, 64, 64))
 
 
-def test_deterministic_and_batch_independent(model: ResNet34Features) -> None:
+def test_deterministic_and_batch_independent(model: ResNetFeatures) -> None:
     x = _images(4, 3, 64, seed=1)
     with torch.no_grad():
         first = model(x)["layer3"]
@@ -261,7 +263,7 @@ def test_deterministic_and_batch_independent(model: ResNet34Features) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_cosine_distance_map_closed_forms(model: ResNet34Features) -> None:
+def test_cosine_distance_map_closed_forms(model: ResNetFeatures) -> None:
     with torch.no_grad():
         fa = model(_images(2, 3, 64))
     zero = cosine_distance_map(fa, fa, 64)
@@ -272,7 +274,7 @@ def test_cosine_distance_map_closed_forms(model: ResNet34Features) -> None:
     torch.testing.assert_close(opposite, torch.full_like(opposite, 4.0), rtol=0, atol=1e-5)
 
 
-def test_cosine_distance_map_against_manual(model: ResNet34Features) -> None:
+def test_cosine_distance_map_against_manual(model: ResNetFeatures) -> None:
     g = torch.Generator().manual_seed(2)
     fa = {"layer2": torch.randn(1, 4, 2, 2, generator=g)}
     fb = {"layer2": torch.randn(1, 4, 2, 2, generator=g)}
@@ -287,7 +289,7 @@ def test_cosine_distance_map_against_manual(model: ResNet34Features) -> None:
     torch.testing.assert_close(up, F.interpolate(manual[None, None], size=(8, 8), mode="bilinear")[:, 0])
 
 
-def test_knn_features(model: ResNet34Features) -> None:
+def test_knn_features(model: ResNetFeatures) -> None:
     x = _images(2, 3, 256, seed=4)
     feats = knn_features(model, x, batch_size=1)
     assert feats.shape == (2, 128 * 16 * 16) and feats.dtype == torch.float32 and feats.device.type == "cpu"
@@ -303,11 +305,11 @@ def test_knn_features(model: ResNet34Features) -> None:
 
 
 @pytest.fixture(scope="module")
-def calibrated(model: ResNet34Features) -> ResNet34Features:
+def calibrated(model: ResNetFeatures) -> ResNetFeatures:
     return calibrate_batchnorm(model, _images(16, 3, 32, seed=9), batch_size=8)
 
 
-def test_calibrate_batchnorm_measures_statistics(model: ResNet34Features) -> None:
+def test_calibrate_batchnorm_measures_statistics(model: ResNetFeatures) -> None:
     x = _images(6, 3, 64, seed=8)
     cal = calibrate_batchnorm(model, x, batch_size=6)  # one batch: running stats = batch moments
     with torch.no_grad():
@@ -331,12 +333,12 @@ def _blur_reconstruct(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
 
 
-def _eval_loss(adapted: ResNet34Features, frozen: ResNet34Features, x: torch.Tensor, anchor: float) -> float:
+def _eval_loss(adapted: ResNetFeatures, frozen: ResNetFeatures, x: torch.Tensor, anchor: float) -> float:
     with torch.no_grad():
         return float(adaptation_loss(frozen(x), adapted(_blur_reconstruct(x)), adapted(x), anchor))
 
 
-def test_domain_adapt_reduces_its_loss(calibrated: ResNet34Features) -> None:
+def test_domain_adapt_reduces_its_loss(calibrated: ResNetFeatures) -> None:
     x = _images(8, 3, 32, seed=6)
     before = {k: v.clone() for k, v in calibrated.state_dict().items()}
     losses: list[float] = []
@@ -352,7 +354,7 @@ def test_domain_adapt_reduces_its_loss(calibrated: ResNet34Features) -> None:
     assert torch.equal(adapted.layer2[0].bn1.running_mean, calibrated.layer2[0].bn1.running_mean)
 
 
-def test_domain_adapt_is_seeded(calibrated: ResNet34Features) -> None:
+def test_domain_adapt_is_seeded(calibrated: ResNetFeatures) -> None:
     x = _images(4, 1, 32, seed=7)
     a = domain_adapt(calibrated, x, _blur_reconstruct, epochs=1, lr=1e-4, batch_size=2, seed=1)
     b = domain_adapt(calibrated, x, _blur_reconstruct, epochs=1, lr=1e-4, batch_size=2, seed=1)

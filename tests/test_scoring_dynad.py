@@ -331,7 +331,9 @@ def _files(folder: Path) -> list[str]:
 
 @pytest.mark.parametrize("adapt_epochs", [0, 1])
 def test_fit_category_statistics_and_round_trip(small: SimpleNamespace, tmp_path: Path, adapt_epochs: int) -> None:
-    from raydiff.features import build_features, knn_features
+    import copy
+
+    from raydiff.features import PHI_ADAPTED, build_features, knn_features
     from raydiff.scoring import raw_components
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import FittedState, fit_category
@@ -341,7 +343,10 @@ def test_fit_category_statistics_and_round_trip(small: SimpleNamespace, tmp_path
     fitted = fit_category(cfg, "c", small.models, small.train[:6], holdout, hids, ["dynamic", "dynamic-pixel"],
                           batch_size=2)
     assert fitted.features_weights == "none" and fitted.info["weights"] == "none"
-    assert fitted.knn is not None and fitted.knn.n_train == 6 and fitted.knn.exclude_self
+    # One KNN prior per φ the dynamic variants use: the adapted one when adaptation is on.
+    knn = fitted.knn_adapted if adapt_epochs else fitted.knn
+    assert knn is not None and knn.n_train == 6 and knn.exclude_self
+    assert (fitted.knn is None) == bool(adapt_epochs) and (fitted.adapted_state is None) == (not adapt_epochs)
     # Random φ: BatchNorm statistics measured on the training images, always; plus adaptation if asked.
     assert fitted.features_state is not None and fitted.info["batchnorm_calibrated_on"] == 6
 
@@ -353,7 +358,12 @@ def test_fit_category_statistics_and_round_trip(small: SimpleNamespace, tmp_path
     base, _ = build_features(cfg.features, seed=cfg.seed)
     assert any(not torch.equal(a, b) for a, b in zip(features.state_dict().values(), base.state_dict().values(), strict=True))
     ctx = CategoryContext(cfg=cfg, category="c", models=small.models, features=features,
-                          fitted=FittedState(knn=fitted.knn))
+                          fitted=FittedState(knn=fitted.knn, knn_adapted=fitted.knn_adapted))
+    phi = features
+    if adapt_epochs:
+        phi = copy.deepcopy(features)
+        phi.load_state_dict(fitted.adapted_state)
+        ctx.phis[PHI_ADAPTED] = phi
     comps = raw_components(ctx, holdout, hids, ["dynamic", "dynamic-pixel"])[0]
     for fam in ("dynamic", "dynamic-pixel"):
         for name in ("l_map", "f_map"):
@@ -372,14 +382,15 @@ def test_fit_category_statistics_and_round_trip(small: SimpleNamespace, tmp_path
     loaded = FittedState.load(tmp_path / "fitted")
     assert loaded.stats == fitted.stats
     assert loaded.features_weights == "none" and loaded.info["weights"] == "none"
-    np.testing.assert_array_equal(loaded.knn.edges, fitted.knn.edges)
-    queries = knn_features(features, small.test).numpy()
-    np.testing.assert_array_equal(loaded.knn.level(queries), fitted.knn.level(queries))
-    np.testing.assert_allclose(loaded.knn.mean_distance(queries), fitted.knn.mean_distance(queries), rtol=1e-6)
-    if adapt_epochs:
-        assert loaded.features_state is not None and set(loaded.features_state) == set(fitted.features_state)
-        for k, v in fitted.features_state.items():
-            assert torch.equal(loaded.features_state[k], v)
+    loaded_knn = loaded.knn_adapted if adapt_epochs else loaded.knn
+    np.testing.assert_array_equal(loaded_knn.edges, knn.edges)
+    queries = knn_features(phi, small.test).numpy()
+    np.testing.assert_array_equal(loaded_knn.level(queries), knn.level(queries))
+    np.testing.assert_allclose(loaded_knn.mean_distance(queries), knn.mean_distance(queries), rtol=1e-6)
+    for saved, state in ((loaded.features_state, fitted.features_state), (loaded.adapted_state, fitted.adapted_state)):
+        assert (saved is None) == (state is None)
+        if state is not None:
+            assert set(saved) == set(state) and all(torch.equal(saved[k], v) for k, v in state.items())
 
 
 def test_fit_category_needs_holdout_images(small: SimpleNamespace) -> None:

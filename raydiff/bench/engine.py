@@ -39,7 +39,7 @@ from raydiff.config.schema import ScoringConfig
 
 #: Overrides that let a config be read without its dataset (the bench never opens it) and with
 #: the random-init φ the benchmark documents.
-NO_DATASET: dict[str, Any] = {"dataset.root": "bench-never-reads-the-dataset", "features.resnet34_weights": None}
+NO_DATASET: dict[str, Any] = {"dataset.root": "bench-never-reads-the-dataset", "features.weights": None}
 
 
 def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
@@ -110,16 +110,27 @@ def fit_random_prior(cfg: Config, features: Any, variants: Sequence[str], channe
 def bench_context(
     cfg: Config, device: torch.device, channels: int, variants: Sequence[str], scoring: ScoringConfig
 ) -> Any:
-    """A scoring context on random models with the engine settings ``scoring``."""
-    from raydiff.features import build_features
+    """A scoring context on random models with the engine settings ``scoring``. DynAD's
+    domain-adapted φ, where its instances use one, is a copy of the random φ (adapting it would
+    change its weights, not what scoring costs) with its own KNN prior, as in a fitted run."""
+    import copy
+
+    from raydiff.features import PHI_ADAPTED, build_features
     from raydiff.scoring.context import engine_context
-    from raydiff.scoring.fit import FittedState
+    from raydiff.scoring.fit import FittedState, phi_keys
 
     kinds = sorted({cfg.variants.model(v) for v in variants})
     models = random_models(cfg, channels, device, kinds)
     features, _ = build_features(cfg.features, seed=cfg.seed, device=device)
     knn = fit_random_prior(cfg, features, variants, channels, torch.Generator().manual_seed(cfg.seed + 1))
-    return engine_context(cfg, "bench", models, features, FittedState(knn=knn), device, scoring=scoring)
+    adapted = copy.deepcopy(features) if PHI_ADAPTED in phi_keys(cfg, variants) else None
+    knn_adapted = (fit_random_prior(cfg, adapted, variants, channels, torch.Generator().manual_seed(cfg.seed + 1))
+                   if adapted is not None else None)
+    ctx = engine_context(cfg, "bench", models, features, FittedState(knn=knn, knn_adapted=knn_adapted), device,
+                         scoring=scoring)
+    if adapted is not None:
+        ctx.phis[PHI_ADAPTED] = adapted
+    return ctx
 
 
 def _sync(device: torch.device) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raydiff.features import ResNet34Features, cosine_distance, knn_features
+from raydiff.features import ResNetFeatures, cosine_distance, knn_features
 from raydiff.knn_prior import KNNPrior, noise_level
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs
@@ -60,7 +60,7 @@ SIGMA = 4.0  # anomaly_map.py: sigma = 4, kernel 2·int(4σ + 0.5) + 1
 class FeatureExtractor(torch.nn.Module):
     """raydiff's φ in the reference's interface: ImageNet-normalised (B,3,H,W) → [layer1, layer2, layer3]."""
 
-    def __init__(self, phi: ResNet34Features) -> None:
+    def __init__(self, phi: ResNetFeatures) -> None:
         super().__init__()
         self.phi = phi
 

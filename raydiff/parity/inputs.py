@@ -25,7 +25,7 @@ import torch
 from raydiff.config import Config
 from raydiff.data.images import dataset_channels, load_mask
 from raydiff.errors import ConfigError
-from raydiff.features import ResNet34Features, build_features, calibrate_batchnorm
+from raydiff.features import ResNetFeatures, build_features, calibrate_batchnorm
 from raydiff.models.checkpoint import DiffusionModel, load_model, random_models
 from raydiff.train.loop import train_one
 from raydiff.workflow import load_images, prepare
@@ -50,8 +50,8 @@ class ParityInputs:
     image_ids: list[str]
     train_images: torch.Tensor
     models: dict[str, DiffusionModel]
-    features: ResNet34Features
-    #: φ's weights: ``imagenet:<file>`` or ``none`` (seeded random init, calibrated).
+    features: ResNetFeatures
+    #: φ's weights: ``sha256:<the file's digest>`` or ``none`` (seeded random init, calibrated).
     features_tag: str
     seed: int
 

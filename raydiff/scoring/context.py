@@ -29,6 +29,8 @@ import torch
 from raydiff import diffusion as D
 from raydiff.config import Config
 from raydiff.config.schema import Precision, ScoringConfig
+from raydiff.errors import CheckpointError
+from raydiff.features import PHI_BASE
 from raydiff.noise import sample_noise
 from raydiff.seeding import derive_seed
 
@@ -51,7 +53,8 @@ class CategoryContext:
     category: str
     #: Model kind → DiffusionModel (raydiff.models.checkpoint.load_model).
     models: dict[str, Any]
-    #: ResNet-34 feature extractor φ (raydiff.features), eval mode, on ``device``.
+    #: The base feature extractor φ (raydiff.features: the file's weights or the calibrated random
+    #: init), eval mode, on ``device``: RAN's feature term and DynAD's unadapted instances.
     features: Any
     #: Fitted state (raydiff.scoring.fit.FittedState) or None while fitting.
     fitted: Any = None
@@ -64,6 +67,18 @@ class CategoryContext:
     #: Model kind → the callable that runs its UNet (a ``torch.compile``-d one; absent:
     #: ``models[kind].unet``).
     unets: dict[str, Any] = field(default_factory=dict)
+    #: Further φ instances by key (``raydiff.features.PHI_ADAPTED``: DynAD's domain-adapted copy),
+    #: each its own module, so adapting one never changes another consumer's φ.
+    phis: dict[str, Any] = field(default_factory=dict)
+
+    def phi(self, key: str) -> Any:
+        """The φ instance ``key`` (``PHI_BASE``: ``features``); CheckpointError when it was not fitted."""
+        if key == PHI_BASE:
+            return self.features
+        if key not in self.phis:
+            raise CheckpointError(f"category {self.category}", f"no '{key}' feature extractor φ was fitted.",
+                                  "run `raydiff fit` for this config and category again.")
+        return self.phis[key]
 
 
 def engine_context(
@@ -258,11 +273,11 @@ class BatchCache:
             self._memo[key] = out
         return self._memo[key], grad
 
-    def features_x0(self) -> dict[str, torch.Tensor]:
-        """φ(x0): ResNet-34 layer2/layer3 features of the input images (computed once)."""
+    def features_x0(self, phi: str = PHI_BASE) -> dict[str, torch.Tensor]:
+        """φ(x0): layer2/layer3 features of the input images by φ instance ``phi`` (computed once each)."""
 
         def compute() -> dict[str, torch.Tensor]:
             with torch.no_grad():  # fp32, outside any autocast: see the module docstring
-                return self.ctx.features(self.x0)
+                return self.ctx.phi(phi)(self.x0)
 
-        return self.memo(("phi_x0",), compute)
+        return self.memo(("phi_x0", phi), compute)

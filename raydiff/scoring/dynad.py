@@ -7,7 +7,7 @@ Per image (Alg. 1 and 2 of the paper; reference JustinTebbe/Dynamic-noise-AD:tes
 
 1. T̂ from the KNN prior (Alg. 2): b = bin of the mean L1 distance of φ_layer2(x0) pooled 16×16
    to its K nearest training images; T̂ = round10(max(b, 2) / |B| · T_max)
-   (``ctx.fitted.knn`` + ``raydiff.knn_prior.noise_level``). Each image has its own T̂.
+   (``ctx.fitted.knn_for(phi)`` + ``raydiff.knn_prior.noise_level``). Each image has its own T̂.
 2. z0 = s·E(x0) (posterior mean, no sampling; the reference samples) or z0 = x0 in pixel space.
 3. Noiseless start (Alg. 1 line 4, DynAD Table 6): z_T̂ = √ᾱ_T̂ · z0, no random term.
 4. Deterministic DDIM (eq. 7, σ = 0) with DDAD guidance (eq. 8-9):
@@ -35,10 +35,17 @@ but evaluates the UNet first at T̂ - T̂/10 (``seq = range(0, T̂, T̂ // 10)``
 evaluation at 0): its schedule is ours shifted down by one stride. ``ddim_grid: reference``
 (params) walks the reference's grid instead (``raydiff parity`` measures both; docs/parity.md).
 
+φ (:func:`phi_key`): DynAD's own instance — the domain-adapted copy (section 4.3, eq. 11) when
+``features.domain_adaptation_epochs`` > 0 and the instance's ``domain_adaptation`` is on, else the
+base φ; the KNN prior of step 1 is fitted over the same φ (the paper: "domain adapted features for
+both DIC and the construction of the feature anomaly map"). RAN's feature term never sees the
+adapted copy. ``domain_adaptation: false`` beside the default gives DynAD Table 6's DA ablation in
+one run (one KNN prior per φ in the fitted state).
+
 Forward passes per image: S = ``ddim_steps`` UNet passes (fewer only when T̂ < S). Besides the
 UNet: the latent variant runs the VAE encoder and decoder once each; both variants run φ once on
-x̂0 (φ(x0) is shared with every variant through the batch cache, and the KNN level reuses its
-layer2 output, so the KNN prior costs no extra φ pass).
+x̂0 (φ(x0) is shared with every variant of the same φ through the batch cache, and the KNN level
+reuses its layer2 output, so the KNN prior costs no extra φ pass).
 """
 
 from __future__ import annotations
@@ -49,12 +56,19 @@ from typing import Any
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import DynamicConfig
+from raydiff.config import DynamicConfig, FeaturesConfig
 from raydiff.errors import CheckpointError
+from raydiff.features import PHI_ADAPTED, PHI_BASE
 from raydiff.scoring.postprocess import normalise, upsample
 
-#: The ResNet-34 blocks compared in f_map (DynAD appendix 7.1: blocks 2 and 3).
+#: The ResNet blocks compared in f_map (DynAD appendix 7.1: blocks 2 and 3).
 FEATURE_LAYERS: tuple[str, ...] = ("layer2", "layer3")
+
+
+def phi_key(features: FeaturesConfig, params: DynamicConfig) -> str:
+    """The φ instance a dynamic instance uses (its KNN prior and f_map): ``PHI_ADAPTED`` when
+    ``features.domain_adaptation_epochs`` > 0 and ``params.domain_adaptation``, else ``PHI_BASE``."""
+    return PHI_ADAPTED if features.domain_adaptation_epochs > 0 and params.domain_adaptation else PHI_BASE
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,8 +185,9 @@ def feature_map(phi_x0: Mapping[str, torch.Tensor], phi_hat: Mapping[str, torch.
 # --------------------------------------------------------------------------------------------
 
 
-def knn_bins(cache: Any) -> torch.Tensor:
-    """KNN-prior bin per image (B,) long, from layer2 of the shared φ(x0) (no extra φ pass).
+def knn_bins(cache: Any, phi: str = PHI_BASE) -> torch.Tensor:
+    """KNN-prior bin per image (B,) long, from layer2 of the shared φ(x0) of φ instance ``phi``
+    against the KNN prior fitted over that φ (no extra φ pass).
 
     ``pooled_layer2`` is what ``raydiff.features.knn_features`` computes for the training images.
     """
@@ -180,17 +195,18 @@ def knn_bins(cache: Any) -> torch.Tensor:
 
     def compute() -> torch.Tensor:
         fitted = cache.ctx.fitted
-        if fitted is None or fitted.knn is None:
+        knn = None if fitted is None else fitted.knn_for(phi)
+        if knn is None:
             raise CheckpointError(
                 f"category {cache.ctx.category}",
-                "the dynamic variants need the fitted KNN prior, which is missing.",
+                f"the dynamic variants need the KNN prior fitted over the {phi} φ, which is missing.",
                 "run `raydiff fit` for this config and category before scoring.",
             )
-        feats = pooled_layer2(cache.features_x0()["layer2"])
-        bins = fitted.knn.level(feats.float().cpu().numpy())
+        feats = pooled_layer2(cache.features_x0(phi)["layer2"])
+        bins = knn.level(feats.float().cpu().numpy())
         return torch.as_tensor(bins, dtype=torch.long)
 
-    return cache.memo(("dynad", "knn_bin"), compute)
+    return cache.memo(("dynad", "knn_bin", phi), compute)
 
 
 def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
@@ -200,7 +216,7 @@ def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
 
     if params.fixed_level:
         return torch.full((cache.batch,), params.fixed_level, dtype=torch.long)
-    bins = knn_bins(cache)
+    bins = knn_bins(cache, phi_key(cache.ctx.cfg.features, params))
     levels = [int(noise_level(int(b), params.t_max, params.bins)) for b in bins.tolist()]
     return torch.tensor(levels, dtype=torch.long)  # on the CPU: ``reconstruct`` reads its max
 
@@ -230,8 +246,9 @@ def components(cache: Any, variant_id: str, params: DynamicConfig) -> dict[str, 
         z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w, noise,
                             grid=params.ddim_grid)
         x_hat = model.decode(z_hat).float() if latent else z_hat
-        phi_hat = cache.ctx.features(x_hat)
-        phi_x0 = cache.features_x0()
+        phi = phi_key(cache.ctx.cfg.features, params)
+        phi_hat = cache.ctx.phi(phi)(x_hat)
+        phi_x0 = cache.features_x0(phi)
         return {
             "l_map": latent_map(z_hat, z0, size),
             "f_map": feature_map(phi_x0, phi_hat, size),

@@ -1,7 +1,9 @@
 """The per-category "fit" step, run once after training and saved beside the scores.
 
-- DynAD's KNN prior over φ features of all training images (raydiff.knn_prior).
-- Optional DynAD domain adaptation of φ (weights saved as safetensors).
+- DynAD's KNN prior over φ features of all training images (raydiff.knn_prior), one per φ
+  instance the dynamic variants use (the base φ, DynAD's domain-adapted copy).
+- Optional DynAD domain adaptation of DynAD's own copy of φ (weights saved as safetensors); the
+  base φ, which RAN's feature term uses, is never adapted.
 - Normalisation statistics: mean and standard deviation of every raw component map of every
   variant over all pixels of the held-out normal training images. Scoring standardises with
   them instead of the reference code's test-set min-max, so a score is a function of its image
@@ -17,6 +19,7 @@ CUDA by default; channels_last; torch.compile) through ``scoring.context.engine_
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +35,9 @@ from raydiff.io import atomic_dir, is_complete
 STATS_FILE = "stats.json"
 KNN_DIR = "knn"
 FEATURES_FILE = "features.safetensors"
+#: DynAD's domain-adapted φ and the KNN prior over it (``raydiff.features.PHI_ADAPTED``).
+KNN_ADAPTED_DIR = "knn-adapted"
+ADAPTED_FILE = "features-adapted.safetensors"
 
 
 @dataclass
@@ -47,13 +53,25 @@ class FittedState:
     #: before the image score. Variants with ``border_rings: false`` have none.
     #: Empty in fitted states written before it existed (then maps are used as they come).
     final: dict[str, Any] = field(default_factory=dict)
-    #: raydiff.knn_prior.KNNPrior, or None when no variant needs it.
+    #: raydiff.knn_prior.KNNPrior over the base φ, or None when no dynamic variant uses that φ.
     knn: Any = None
-    #: "imagenet:<file>" or "none" (docs/methods.md, dynamic: recorded when φ is random).
+    #: ``raydiff.features.build_features``'s tag: "sha256:<the weights file's digest>" or "none"
+    #: (random φ); ``info["weights_file"]`` names the file. (Earlier states: "imagenet:<file>".)
     features_weights: str = "none"
-    #: Domain-adapted φ state dict (None when adaptation is off).
+    #: The base φ's state dict when it is not the file's (the random init with its BatchNorm
+    #: statistics calibrated); None: rebuilt from ``features.weights``.
     features_state: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The KNN prior over DynAD's domain-adapted φ (None when no dynamic variant adapts).
+    knn_adapted: Any = None
+    #: DynAD's domain-adapted φ state dict (None when adaptation is off or no variant uses it).
+    adapted_state: dict[str, torch.Tensor] | None = None
+
+    def knn_for(self, phi: str) -> Any:
+        """The KNN prior fitted over φ instance ``phi`` (``raydiff.features.PHI_BASE`` / ``PHI_ADAPTED``)."""
+        from raydiff.features import PHI_ADAPTED
+
+        return self.knn_adapted if phi == PHI_ADAPTED else self.knn
 
     def stats_for(self, family: str, rings: bool = True) -> dict[str, Any] | None:
         """The component statistics of variant family ``family`` (``cfg.variants.family``): per
@@ -73,10 +91,12 @@ class FittedState:
                 "info": self.info,
             }
             (tmp / STATS_FILE).write_text(json.dumps(doc, indent=2))
-            if self.knn is not None:
-                self.knn.save(tmp / KNN_DIR)
-            if self.features_state is not None:
-                save_file({k: v.contiguous().cpu() for k, v in self.features_state.items()}, str(tmp / FEATURES_FILE))
+            for knn, name in ((self.knn, KNN_DIR), (self.knn_adapted, KNN_ADAPTED_DIR)):
+                if knn is not None:
+                    knn.save(tmp / name)
+            for state, name in ((self.features_state, FEATURES_FILE), (self.adapted_state, ADAPTED_FILE)):
+                if state is not None:
+                    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / name))
 
     @classmethod
     def load(cls, folder: Path) -> FittedState:
@@ -94,13 +114,15 @@ class FittedState:
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(folder / STATS_FILE, f"unreadable ({err}).", "delete the folder and run `raydiff fit`.") from None
         stats = {f: {c: _stats_from_json(v) for c, v in comps.items()} for f, comps in doc["stats"].items()}
-        knn = KNNPrior.load(folder / KNN_DIR) if (folder / KNN_DIR).exists() else None
-        state = load_file(str(folder / FEATURES_FILE)) if (folder / FEATURES_FILE).exists() else None
+        knn, knn_adapted = (KNNPrior.load(folder / d) if (folder / d).exists() else None
+                            for d in (KNN_DIR, KNN_ADAPTED_DIR))
+        state, adapted = (load_file(str(folder / f)) if (folder / f).exists() else None
+                          for f in (FEATURES_FILE, ADAPTED_FILE))
         final = {v: _stats_from_json(st) for v, st in doc.get("final", {}).items()}
         global_stats = {f: {c: _stats_from_json(v) for c, v in comps.items()}
                         for f, comps in doc.get("global_stats", {}).items()}
         return cls(stats=stats, global_stats=global_stats, final=final, knn=knn, features_weights=doc["features_weights"], features_state=state,
-                   info=doc.get("info", {}))
+                   info=doc.get("info", {}), knn_adapted=knn_adapted, adapted_state=adapted)
 
 
 def _stats_from_json(v: Any) -> Any:
@@ -251,6 +273,16 @@ def dynamic_variants(cfg: Any, variants: Sequence[str]) -> list[str]:
     return [v for v in variants if cfg.variants.instance(v).method == "dynamic"]
 
 
+def phi_keys(cfg: Any, variants: Sequence[str], category: str | None = None) -> list[str]:
+    """The φ instances the dynamic variants of ``variants`` use in ``category`` (``dynad.phi_key``),
+    base first: one KNN prior each."""
+    from raydiff.features import PHI_ADAPTED, PHI_BASE
+    from raydiff.scoring.dynad import phi_key
+
+    used = {phi_key(cfg.features, cfg.variants.params(v, category)) for v in dynamic_variants(cfg, variants)}
+    return [k for k in (PHI_BASE, PHI_ADAPTED) if k in used]
+
+
 def dynamic_params(cfg: Any, variants: Sequence[str], category: str | None = None) -> Any:
     """The DynamicConfig that sets the shared KNN prior (k, bins) and the adaptation levels:
     the first dynamic variant's (the loader checks that every dynamic variant agrees on
@@ -270,18 +302,20 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int,
     the levels of the k-th call are drawn from a generator seeded with (seed, k), so a fit is
     reproducible.
 
-    Uses the model of the first enabled dynamic variant on a pixel model when there is one
-    (DynAD's reference uses the latent one; a pixel model is the cheaper choice here and is
-    the one most variants share), else the first dynamic variant's model, else the first
-    loaded model; the levels and guidance are that variant's (or the dynamic defaults), with
-    ``category``'s ``per_category`` overrides, as the KNN prior of the same fit reads them.
+    Uses the model of the first enabled dynamic variant that adapts (``domain_adaptation`` on) on
+    a pixel model when there is one (DynAD's reference uses the latent one; a pixel model is the
+    cheaper choice here and is the one most variants share), else the first adapting dynamic
+    variant's model, else the first loaded model; the levels and guidance are that variant's (or
+    the dynamic defaults), with ``category``'s ``per_category`` overrides, as the KNN prior of the
+    same fit reads them.
     """
     from raydiff.errors import ConfigError
     from raydiff.knn_prior import noise_level
     from raydiff.scoring.dynad import reconstruct
     from raydiff.seeding import derive_seed, generator
 
-    dynamic = [v for v in dynamic_variants(cfg, cfg.variants.enabled) if cfg.variants.model(v) in models]
+    dynamic = [v for v in dynamic_variants(cfg, cfg.variants.enabled) if cfg.variants.model(v) in models
+               and cfg.variants.params(v, category).domain_adaptation]
     on_pixels = [v for v in dynamic if not cfg.model_spec(cfg.variants.model(v)).is_latent]
     chosen = (on_pixels or dynamic or [None])[0]
     kind = cfg.variants.model(chosen) if chosen else next(iter(models), None)
@@ -330,19 +364,22 @@ def fit_category(
     training images (KNN prior, adaptation) and its held-out normal images (statistics). With
     ``dataset.holdout_fraction: 0`` the caller passes the training images again as the hold-out
     (optimistic statistics: docs/methods.md, Normalisation).
-    1. φ = ResNet-34 (``features.resnet34_weights`` or random; recorded as ``weights``).
-    2. ``features.domain_adaptation_epochs`` > 0: fine-tune φ on the training images (DynAD eq. 11)
-       against reconstructions from :func:`adaptation_reconstructor`.
-    3. If a dynamic variant is enabled: the KNN prior over φ_layer2 pooled 16×16 of every training
-       image (L1, K = knn_k, ``bins`` equal-width bins over the mean KNN distances, each training
-       image's own entry excluded from its neighbours).
+    1. The base φ = ``features.arch`` (``features.weights`` or random with its BatchNorm
+       calibrated on the training images; recorded as ``weights``): RAN's feature term and the
+       dynamic variants with ``domain_adaptation: false``.
+    2. ``features.domain_adaptation_epochs`` > 0 and a dynamic variant adapts: DynAD's own copy of
+       φ fine-tuned on the training images (DynAD eq. 11) against reconstructions from
+       :func:`adaptation_reconstructor`; the base φ is left as it is.
+    3. For each φ the dynamic variants use (:func:`phi_keys`): the KNN prior over its layer2
+       pooled 16×16 of every training image (L1, K = knn_k, ``bins`` equal-width bins over the
+       mean KNN distances, each training image's own entry excluded from its neighbours).
     4. Mean/std of every raw component map over the held-out pixels of each edge-distance ring
        (scoring with the KNN but no statistics yet, exactly as the test images will be).
     5. Per ring, the mean and the 99th percentile of each variant's final (normalised, combined,
        smoothed) map over the held-out images (``final_map_stats``).
     """
     from raydiff.errors import DatasetError
-    from raydiff.features import build_features, knn_features
+    from raydiff.features import PHI_ADAPTED, PHI_BASE, build_features, knn_features
     from raydiff.knn_prior import KNNPrior
     from raydiff.scoring.context import engine_context
 
@@ -360,7 +397,11 @@ def fit_category(
     features, weights = build_features(cfg.features, seed=cfg.seed, device=device)
     info: dict[str, Any] = {
         "category": category,
+        "arch": cfg.features.arch,
         "weights": weights,
+        # The file φ's weights came from, by name and content (the tag holds the digest only).
+        "weights_file": None if weights == "none" else {"name": Path(cfg.features.weights).name,
+                                                         "sha256": weights.removeprefix("sha256:")},
         "features_init_seed": cfg.seed,
         "variants": variants,
         "train_images": int(train_images.shape[0]),
@@ -375,33 +416,42 @@ def fit_category(
         features = calibrate_batchnorm(features, train_images, batch_size)
         features_state = {k: v.detach().cpu().clone() for k, v in features.state_dict().items()}
         info["batchnorm_calibrated_on"] = int(train_images.shape[0])
-    if cfg.features.domain_adaptation_epochs > 0:
+    keys = phi_keys(cfg, variants, category)
+    phis = {PHI_BASE: features}
+    if PHI_ADAPTED in keys:  # DynAD's own copy; ``features`` (the base φ) stays as it is
         from raydiff.features import domain_adapt
         from raydiff.seeding import derive_seed
 
         seed = derive_seed(cfg.seed, "domain-adaptation", category)
         kind, recon = adaptation_reconstructor(cfg, models, seed, category)
         losses: list[float] = []
-        features = domain_adapt(
+        phis[PHI_ADAPTED] = domain_adapt(
             features, train_images.to(device, torch.float32), recon, epochs=cfg.features.domain_adaptation_epochs,
             lr=cfg.features.domain_adaptation_lr, batch_size=batch_size, seed=seed, losses=losses,
         )
-        features_state = {k: v.detach().cpu().clone() for k, v in features.state_dict().items()}
         info["domain_adaptation"] = {"epochs": cfg.features.domain_adaptation_epochs, "model_kind": kind,
                                      "steps": len(losses), "first_loss": losses[0] if losses else None,
                                      "last_loss": losses[-1] if losses else None}
 
-    knn = None
-    if dynamic_variants(cfg, variants):
-        params = dynamic_params(cfg, variants, category)
-        feats = knn_features(features, train_images, batch_size)  # = dynad's pooled_layer2 of φ(x0)
-        knn = KNNPrior.fit(feats.numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
-        info["knn"] = {"k": params.knn_k, "bins": params.bins, "exclude_self": True, "train_vectors": int(feats.shape[0])}
+    knns: dict[str, Any] = {}
+    params = dynamic_params(cfg, variants, category)
+    for key in keys:
+        feats = knn_features(phis[key], train_images, batch_size)  # = dynad's pooled_layer2 of φ(x0)
+        knns[key] = KNNPrior.fit(feats.numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
+    if keys:
+        info["knn"] = {"k": params.knn_k, "bins": params.bins, "exclude_self": True,
+                       "train_vectors": int(train_images.shape[0]), "phi": keys}
 
-    fitted = FittedState(knn=knn, features_weights=weights, features_state=features_state, info=info)
+    adapted = phis.get(PHI_ADAPTED)
+    fitted = FittedState(knn=knns.get(PHI_BASE), knn_adapted=knns.get(PHI_ADAPTED), features_weights=weights,
+                         features_state=features_state, info=info,
+                         adapted_state=None if adapted is None else
+                         {k: v.detach().cpu().clone() for k, v in adapted.state_dict().items()})
     # The statistics are measured with the engine settings scoring will use (cfg.scoring:
     # precision, channels_last, compile), so test maps are standardised like for like.
     ctx = engine_context(cfg, category, models, features, fitted, device)
+    if adapted is not None:
+        ctx.phis[PHI_ADAPTED] = adapted
     fitted.stats, fitted.global_stats = component_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
     fitted.final = final_map_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
     info["final_standardisation"] = ("per ring (0, 1, 2, 3+ px from the edge) of each variant's final map; none for "
@@ -413,16 +463,18 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     """Everything a scoring actor needs for one category (called once per actor and category).
 
     Models of the kinds the enabled variants use (``raydiff.paths.model_dir`` + EMA weights),
-    the fitted state (``raydiff.paths.fitted_dir``) and φ (with the adapted weights when the fit
-    step adapted it). Raises CheckpointError with the command that fixes a missing piece.
+    the fitted state (``raydiff.paths.fitted_dir``), the base φ and, when the fit step adapted
+    one, DynAD's adapted φ as a separate module (``ctx.phis``). Raises CheckpointError with the
+    command that fixes a missing piece.
     """
-    from raydiff.features import build_features
+    from raydiff.features import PHI_ADAPTED, build_features
     from raydiff.models.checkpoint import expected_meta, load_model
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring.context import engine_context
 
     device = torch.device(device)
-    models = {name: load_model(model_dir(cfg, category, name), device, expect=expected_meta(cfg, name, category))
+    models = {name: load_model(model_dir(cfg, category, name), device, expect=expected_meta(cfg, name, category),
+                               vae_path=cfg.models.spec(name).vae.vae_path)
               for name in cfg.models_needed()}
     folder = fitted_dir(cfg, category)
     fix = f"run `raydiff fit` with this config for category {category} (after `raydiff train`)."
@@ -434,14 +486,26 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
                        if not cfg.variants.params(v, category).border_rings} - set(fitted.global_stats))
     if missing:
         raise CheckpointError(folder, f"no normalisation statistics for {', '.join(missing)}.", fix)
-    if fitted.knn is None and dynamic_variants(cfg, cfg.variants.enabled):
-        raise CheckpointError(folder, "no KNN prior, which the dynamic variants need.", fix)
+    keys = phi_keys(cfg, cfg.variants.enabled, category)
+    for key in keys:
+        if fitted.knn_for(key) is None:
+            raise CheckpointError(folder, f"no KNN prior over the {key} φ, which the dynamic variants need.", fix)
+    if PHI_ADAPTED in keys and fitted.adapted_state is None:
+        raise CheckpointError(folder, "no domain-adapted φ, which the dynamic variants with domain_adaptation need.", fix)
     features, weights = build_features(cfg.features, seed=cfg.seed)
     if weights != fitted.features_weights:
         raise CheckpointError(
-            folder, f"fitted with ResNet-34 weights '{fitted.features_weights}', but the config gives '{weights}'.", fix
+            folder, f"fitted with φ weights '{fitted.features_weights}', but the config gives '{weights}'.", fix
         )
     if fitted.features_state is not None:
         features.load_state_dict(fitted.features_state, strict=True)
+    adapted = None
+    if fitted.adapted_state is not None:
+        adapted = copy.deepcopy(features)
+        adapted.load_state_dict(fitted.adapted_state, strict=True)
+        adapted = adapted.to(device).eval().requires_grad_(False)
     features = features.to(device).eval().requires_grad_(False)
-    return engine_context(cfg, category, models, features, fitted, device)
+    ctx = engine_context(cfg, category, models, features, fitted, device)
+    if adapted is not None:
+        ctx.phis[PHI_ADAPTED] = adapted
+    return ctx

@@ -12,9 +12,11 @@ For each t in ``params.timesteps``:
    σ²_θ (iDDPM eq. 15; β̃_t for a model without one), all tables of the chain being scored on.
    Component ``kl_t{t}`` (B,H,W) ≥ 0, higher = the model explains the pixel worse.
 3. Feature-level score: f_t = mean_j upsample(mean_c (φ_j(x0) - φ_j(x̂0(x_t)))²) over the
-   ResNet-34 blocks j ∈ {layer2, layer3}, x̂0 clipped to [-1, 1]. RAN trains an extra head that
-   predicts EfficientNet features; ours compares φ of the one-step reconstruction instead (a
-   documented simplification). Component ``feature`` = mean_t f_t (B,H,W) ≥ 0.
+   ResNet blocks j ∈ {layer2, layer3} (``features.arch``), x̂0 clipped to [-1, 1]. RAN trains an
+   extra head that predicts EfficientNet-b4 features; ours compares φ of the one-step
+   reconstruction instead (a documented simplification). φ is the base instance (:data:`PHI`):
+   DynAD's domain adaptation never changes this term. Component ``feature`` = mean_t f_t
+   (B,H,W) ≥ 0.
 
 Two chains, three switches (``KLConfig``; the defaults are ours, the reference's in brackets):
 
@@ -67,11 +69,14 @@ import torch
 
 from raydiff import diffusion as D
 from raydiff.config import KLConfig
+from raydiff.features import PHI_BASE
 from raydiff.scoring.postprocess import normalise, upsample
 from raydiff.scoring.sampling import respaced_on_device
 
-#: The ResNet-34 blocks of the feature-level score.
+#: The ResNet blocks of the feature-level score.
 FEATURE_LAYERS: tuple[str, ...] = ("layer2", "layer3")
+#: RAN's φ instance: the base one, never domain-adapted (that is DynAD's own copy; issue 29).
+PHI = PHI_BASE
 FEATURE = "feature"
 
 
@@ -214,7 +219,7 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
     x0 = cache.x0  # type: ignore[attr-defined]
     size = x0.shape[-1]
     chain, model_step = scoring_chain(model.schedule, params, x0.device)
-    phi_x0 = cache.features_x0()  # type: ignore[attr-defined]
+    phi_x0 = cache.features_x0(PHI)  # type: ignore[attr-defined]
     out: dict[str, torch.Tensor] = {}
     feature_sum = torch.zeros(x0.shape[0], size, size, device=x0.device)
     fixed_large = cache.reverse_variance(kind, "model") == "fixed-large"  # type: ignore[attr-defined]
@@ -232,7 +237,7 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
         # 3. φ of the clipped one-step reconstruction (ᾱ of the chain at t = ᾱ_k).
         x0_hat = D.predict_x0(chain, level["x_t"], tt, level["eps"]).clamp(-1.0, 1.0)  # DDPM eq. 15
         with torch.no_grad():
-            phi_rec = cache.ctx.features(x0_hat)  # type: ignore[attr-defined]
+            phi_rec = cache.ctx.phi(PHI)(x0_hat)  # type: ignore[attr-defined]
         feature_sum += feature_mse_map(phi_x0, phi_rec, size)
     out[FEATURE] = feature_sum / len(params.timesteps)
     return out
