@@ -57,8 +57,9 @@ _COUNT_SIZE = 32
 
 
 def _tiny(cfg: Any) -> Any:
-    """``cfg`` with tiny models, no weight files and Gaussian noise (the pass counts depend on
-    none of them; simplex noise is slow to draw on a CPU): for counting passes."""
+    """``cfg`` with tiny models, no weight files, a resnet34 φ without domain adaptation and Gaussian
+    noise (the pass counts depend on none of them; simplex noise is slow to draw on a CPU): for
+    counting passes."""
     from raydiff.config import ModelsConfig
 
     specs = {name: dataclasses.replace(spec, preset="tiny", base_channels=8, noise="gaussian",
@@ -66,7 +67,7 @@ def _tiny(cfg: Any) -> Any:
              for name, spec in cfg.models.specs.items()}
     return dataclasses.replace(
         cfg, dataset=dataclasses.replace(cfg.dataset, image_size=_COUNT_SIZE), models=ModelsConfig(specs=specs),
-        features=dataclasses.replace(cfg.features, resnet34_weights=None),
+        features=dataclasses.replace(cfg.features, weights=None, arch="resnet34", domain_adaptation_epochs=0),
     )
 
 
@@ -221,7 +222,10 @@ def build_plan(
             # train_steps: the one step count, or None when the budget is in epochs (then per category).
             "train_steps": spec.train_steps if spec.train_epochs is None else None, "train_epochs": spec.train_epochs,
             "train_steps_by_category": steps,
-            "batch_size": spec.batch_size, "lr": spec.lr, "weight_decay": spec.weight_decay,
+            "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
+            "weight_decay": spec.weight_decay,
+            # Where the weights start: "from scratch" (saying so when the paper's init is not given) or the checkpoint.
+            "init": spec.init.describe(),
             "ema_decay": spec.ema_decay, "base_channels": spec.base_channels,
             "used_by": [v for v in variants if cfg.variants.model(v) == name],
             # Over the plan's categories (each its own model, of its own step count).

@@ -261,6 +261,26 @@ def load_unet(folder: Path, name: str = UNET_EMA, device: torch.device | str = "
     return unet.to(device)
 
 
+def fold_class_label(unet: UNet2DModel, label: int) -> UNet2DModel:
+    """A class-conditional UNet that always gets ``label``, as an unconditional one (in place).
+
+    UNet2DModel adds ``class_embedding(label)`` to the time embedding ``linear_2(...)``'s output;
+    with one label per model that is a constant added to ``linear_2``'s bias, so the row is
+    folded into it and the embedding removed: every scoring path then calls ``unet(x, t)``
+    (compiled or not) and gets the conditional output (equal up to float rounding).
+    """
+    emb = unet.class_embedding
+    if emb is None:
+        return unet
+    if not isinstance(emb, torch.nn.Embedding) or not 0 <= label < emb.num_embeddings:
+        raise ValueError(f"cannot fold label {label} into a class embedding {emb}")
+    with torch.no_grad():
+        unet.time_embedding.linear_2.bias.add_(emb.weight[label].to(unet.time_embedding.linear_2.bias.dtype))
+    unet.class_embedding = None
+    unet.register_to_config(num_class_embeds=None)
+    return unet
+
+
 def check_finite(state: Mapping[str, Tensor], path: Path) -> None:
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
@@ -323,13 +343,14 @@ def check_meta(folder: Path, meta: Mapping[str, Any], expect: Mapping[str, Any])
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu", require_complete: bool = True,
-               expect: Mapping[str, Any] | None = None) -> DiffusionModel:
+               expect: Mapping[str, Any] | None = None, vae_path: str | None = None) -> DiffusionModel:
     """The EMA model of a checkpoint folder, in eval mode on ``device``.
 
     Raises :class:`CheckpointError` (folder + file + fix) for a missing folder, an unfinished
     run (no success marker, unless ``require_complete=False``), missing files, NaN/inf weights
     or weights that do not match the saved architecture. ``expect`` (``expected_meta``): what
-    meta.json must record for the config at hand.
+    meta.json must record for the config at hand. ``vae_path``: where the pretrained VAE of a
+    latent model is now (the config's ``vae_path``; default: where meta.json says it was).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -346,6 +367,12 @@ def load_model(folder: Path, device: torch.device | str = "cpu", require_complet
     if expect is not None:
         check_meta(folder, meta, expect)
     unet = load_unet(folder, UNET_EMA, device).eval().requires_grad_(False)
+    if unet.class_embedding is not None:  # a class-conditional pretrained init: trained on one label
+        label = (meta.get("init") or {}).get("class_label")
+        if not isinstance(label, int):
+            raise CheckpointError(folder / META, "the UNet is class-conditional, but init.class_label is not recorded.",
+                                  _RETRAIN)
+        fold_class_label(unet, label)
     sample_channels = int(meta.get("latent_channels") or meta["channels"])
     expect_out = sample_channels * (2 if meta["learned_variance"] else 1)
     if unet.config.in_channels != sample_channels or unet.config.out_channels != expect_out:
@@ -361,7 +388,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu", require_complet
     # "arch" is recorded since models are named; earlier checkpoints were named by kind.
     latent = meta.get("arch", "latent" if meta["kind"] == "latent" else "pixel") == "latent"
     if latent:
-        vae = load_vae_for_checkpoint(folder, meta, device)
+        vae = load_vae_for_checkpoint(folder, meta, device, vae_path)
     scale = meta.get("latent_scale")
     if latent and (scale is None or not math.isfinite(scale) or scale <= 0):
         raise CheckpointError(folder / META, f"latent_scale is {scale!r}; expected a positive number.", _RETRAIN)
@@ -400,16 +427,28 @@ def load_training_state(folder: Path, device: torch.device | str = "cpu") -> Tra
     return TrainingState(step=int(state["step"]), unet=unet, ema_unet=ema, optimizer_state=opt_state, meta=read_meta(folder))
 
 
-def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.device | str) -> AutoencoderKL:
-    """The VAE a ``latent`` checkpoint was trained with: its own ``vae/`` folder, or the pretrained path."""
+def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.device | str,
+                            vae_path: str | None = None) -> AutoencoderKL:
+    """The VAE a ``latent`` checkpoint was trained with: its own ``vae/`` folder, or the pretrained
+    folder (at ``vae_path`` when given, else where meta.json says it was), which must have the
+    content meta.json records (``vae.sha256``: a moved folder is found, an edited one refused)."""
     folder = Path(folder)
     source = (meta.get("vae") or {}).get("source", "trained")
     if source == "pretrained":
-        path = Path(meta["vae"]["path"])
+        from raydiff.io import folder_sha256
+
+        path = Path(vae_path or meta["vae"]["path"])
         if not (path / "config.json").is_file():
             raise CheckpointError(
                 folder / "meta.json", f"the pretrained VAE it was trained with ({path}) is not there any more.",
-                "restore that folder, or delete this checkpoint folder and re-train with `raydiff train`.",
+                "restore that folder, or point the model's vae.vae_path at where it is now.",
+            )
+        recorded = meta["vae"].get("sha256")
+        if recorded is not None and (actual := folder_sha256(path)) != recorded:
+            raise CheckpointError(
+                folder / "meta.json", f"was trained with the VAE folder of sha256 {recorded}, but {path} has {actual}.",
+                "restore the VAE it was trained with, or delete this checkpoint folder and re-train with "
+                "`raydiff train`.",
             )
         return L.load_pretrained_vae(path, device)
     sub = folder / VAE

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from raydiff.config import LatentConfig
 from raydiff.errors import ConfigError
 from raydiff.models.presets import apply_padding
 
@@ -86,7 +88,32 @@ def load_pretrained_vae(path: str | Path, device: torch.device | str = "cpu") ->
     return vae.to(device).eval().requires_grad_(False)
 
 
-def _match_channels(x: Tensor, vae_channels: int) -> Tensor:
+#: What a pretrained folder's config.json says it is (diffusers' own keys; words, not checked).
+VAE_IDENTITY_KEYS: tuple[str, ...] = ("_class_name", "_diffusers_version", "_name_or_path")
+
+
+def pretrained_vae_info(lc: LatentConfig, name: str) -> dict[str, Any]:
+    """``meta.json``'s ``vae`` for a model on the pretrained folder ``lc.vae_path`` (``name``: the
+    model, for error messages): where it was (``path``), what it is by content (``folder``, its
+    name; ``sha256``, ``raydiff.io.folder_sha256``, checked against ``vae_expected_sha256`` and
+    the recorded ``vae_sha256``: ConfigError on a mismatch), the expected digest it matched (or
+    null), and what its config.json says it is (:data:`VAE_IDENTITY_KEYS` present there)."""
+    import json
+
+    from raydiff.config.identity import checked_sha256, vae_keys
+
+    path = Path(lc.vae_path or "")
+    sha = checked_sha256(str(path), True, vae_keys(name), lc.vae_sha256, lc.vae_expected_sha256)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}  # load_pretrained_vae says what is wrong with the folder
+    return {"source": "pretrained", "path": str(path.resolve()), "folder": path.name, "sha256": sha,
+            "expected_sha256": lc.vae_expected_sha256,
+            "config": {k: config[k] for k in VAE_IDENTITY_KEYS if isinstance(config, dict) and k in config}}
+
+
+def match_channels(x: Tensor, vae_channels: int) -> Tensor:
     if x.shape[1] == vae_channels:
         return x
     if x.shape[1] == 1:
@@ -96,7 +123,7 @@ def _match_channels(x: Tensor, vae_channels: int) -> Tensor:
 
 def encode(vae: AutoencoderKL, x: Tensor, scale: float) -> Tensor:
     """Images (B,C,H,W) in [-1,1] → scale · posterior mean (B, latent_channels, H/f, W/f)."""
-    x = _match_channels(x, vae.config.in_channels).to(vae.dtype)
+    x = match_channels(x, vae.config.in_channels).to(vae.dtype)
     return vae.encode(x).latent_dist.mean * scale
 
 

@@ -27,6 +27,7 @@ tiny      16     (1, 2, 4), 1 block      bottom level (size/4)       0.72 M (any
 ddad      64     (1, 1, 2, 2, 4, 4)      levels 3-5 (32/16/8 @256)   31.4 M (20.2 M at 64 px)
 anoddpm   128    (1, 1, 2, 2, 4, 4)      levels 3-5 (32/16/8 @256)   125.4 M
 dynad     192    (1, 2, 2, 4, 4)         32/16/8/4 px (absolute)     267.2 M (at 32 or 64 px)
+guided    256    (1, 1, 2, 2, 4, 4)      levels 3-5, fixed depth     552.8 M (+1.0 M per 1000 classes)
 ========  =====  ======================  ==========================  ======================
 
 Counts for C = 3 in / 6 out (ε and v); checked in tests/test_models.py and (dynad)
@@ -37,6 +38,15 @@ with res blocks, guided-diffusion's ``resblock_updown``, where diffusers uses a 
 ``UNet2DModel`` takes one head width for all blocks, and the head count changes no parameter).
 ``tiny`` trains at ~25 images/s at 64 px on one CPU core (batch 16); see raydiff/bench/train.py.
 The middle block always has self-attention (diffusers' default, as guided-diffusion).
+
+``guided`` is OpenAI guided-diffusion's 256×256 ImageNet UNet (``256x256_diffusion.pt``: num_channels
+256, 2 res blocks, attention at 32/16/8 px of 256 = levels 3-5, 64-channel heads, scale-shift
+norm, ``resblock_updown``), the network RAN fine-tunes: it resamples with res blocks
+(``ResnetDownsampleBlock2D`` / ``ResnetUpsampleBlock2D``, ``downsample_type="resnet"``), its middle
+attention has its GroupNorm (diffusers drops it with scale-shift unless ``attn_norm_num_groups`` is
+given; the other presets keep diffusers' behaviour, their ids depend on it), and its depth and
+attention levels are fixed (a checkpoint's layout is by level, whatever the input size), so its
+weights load into it at any input size divisible by 32 (``raydiff.models.guided``).
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from diffusers import UNet2DModel
 
 from raydiff.errors import ConfigError
 
-Preset = Literal["tiny", "ddad", "anoddpm", "dynad"]
+Preset = Literal["tiny", "ddad", "anoddpm", "dynad", "guided"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,16 @@ class UNetPreset:
     #: and each resolution must be a level at the input size (guided-diffusion
     #: ``attention_resolutions``).
     attention_px: tuple[int, ...] | None = None
+    #: ``conv``: strided-conv / nearest+conv resamplers (diffusers' default); ``resnet``: res blocks
+    #: that pool / upsample (guided-diffusion ``resblock_updown``).
+    resample: Literal["conv", "resnet"] = "conv"
+    #: Keep every level at any input size (a pretrained layout): no level is dropped.
+    fixed_depth: bool = False
+    #: GroupNorm before the middle block's attention (guided-diffusion has one).
+    mid_attention_norm: bool = False
+    #: GroupNorm groups (None: 32, fewer when the base is under 64 so that a group has ≥ 2
+    #: channels); a pretrained layout fixes it (guided-diffusion's ``normalization``: 32).
+    norm_groups: int | None = None
 
 
 PRESETS: dict[str, UNetPreset] = {
@@ -76,6 +96,8 @@ PRESETS: dict[str, UNetPreset] = {
     "ddad": UNetPreset(64, (1, 1, 2, 2, 4, 4), 2, attention_levels=(3, 4, 5)),
     "anoddpm": UNetPreset(128, (1, 1, 2, 2, 4, 4), 2, attention_levels=(3, 4, 5)),
     "dynad": UNetPreset(192, (1, 2, 2, 4, 4), 2, attention_px=(32, 16, 8, 4)),
+    "guided": UNetPreset(256, (1, 1, 2, 2, 4, 4), 2, attention_levels=(3, 4, 5), resample="resnet",
+                         fixed_depth=True, mid_attention_norm=True, norm_groups=32),
 }
 MIN_BOTTOM_PX = 4
 
@@ -89,7 +111,7 @@ def unet_levels(preset: str, image_size: int) -> int:
     """
     spec = PRESETS[preset]
     levels = len(spec.mults)
-    while spec.attention_px is None and levels > 1 and (image_size >> (levels - 1)) < MIN_BOTTOM_PX:
+    while spec.attention_px is None and not spec.fixed_depth and levels > 1 and (image_size >> (levels - 1)) < MIN_BOTTOM_PX:
         levels -= 1
     if image_size % (1 << (levels - 1)) != 0:
         raise ConfigError(
@@ -185,13 +207,15 @@ def check_model_sizes(cfg: Any) -> None:
 
 def build_unet(
     preset: Preset, in_channels: int, out_channels: int, image_size: int, base_channels: int | None = None,
-    padding: Padding = "zeros",
+    padding: Padding = "zeros", num_class_embeds: int | None = None,
 ) -> UNet2DModel:
     """A freshly initialised ``UNet2DModel`` of the preset for (B, in_channels, size, size) inputs.
 
     Output: (B, out_channels, size, size) — ε (and v when out_channels = 2·in_channels).
     Deterministic given the global torch seed (call under ``torch.manual_seed``). ``padding``:
     the convolutions' padding mode (``apply_padding``; the config's ``models.padding``).
+    ``num_class_embeds``: a class-label embedding of that many rows added to the time embedding
+    (a class-conditional pretrained init; the forward pass then needs ``class_labels``).
     """
     if preset not in PRESETS:
         raise ConfigError("models.preset", f"unknown preset {preset!r}.", f"use one of {', '.join(PRESETS)}.")
@@ -200,9 +224,22 @@ def build_unet(
     levels = unet_levels(preset, image_size)
     channels = tuple(base * m for m in spec.mults[:levels])
     attn = set(attention_levels(preset, image_size))
-    down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(levels))
-    up = tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(levels)))
-    groups = math.gcd(32, max(1, base // 2))  # 32 groups as guided-diffusion; ≥ 2 channels per group
+    plain_down, plain_up = (("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if spec.resample == "resnet"
+                            else ("DownBlock2D", "UpBlock2D"))
+    down = tuple("AttnDownBlock2D" if i in attn else plain_down for i in range(levels))
+    up = tuple("AttnUpBlock2D" if i in attn else plain_up for i in reversed(range(levels)))
+    groups = spec.norm_groups or math.gcd(32, max(1, base // 2))  # 32 groups as guided-diffusion; ≥ 2 channels per group
+    if base % groups:
+        raise ConfigError("models.base_channels", f"{base} channels do not split into the {preset} preset's {groups} "
+                          "GroupNorm groups.", f"use a multiple of {groups}.")
+    # Only what differs from diffusers' defaults is passed: the earlier presets' configs stay as they were.
+    extra: dict[str, Any] = {}
+    if spec.resample != "conv":
+        extra.update(downsample_type=spec.resample, upsample_type=spec.resample)
+    if spec.mid_attention_norm:
+        extra["attn_norm_num_groups"] = groups
+    if num_class_embeds is not None:
+        extra["num_class_embeds"] = num_class_embeds
     attn_channels = [channels[i] for i in attn] or [channels[-1]]
     head_dim = math.gcd(64, *attn_channels, channels[-1])
     unet = UNet2DModel(
@@ -217,6 +254,7 @@ def build_unet(
         attention_head_dim=head_dim,
         resnet_time_scale_shift="scale_shift",
         add_attention=True,
+        **extra,
     )
     return apply_padding(unet, padding)
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from raydiff.errors import ConfigError
-from raydiff.parity import anoddpm, ddad, dynad, ran
+from raydiff.parity import anoddpm, ddad, dynad, ran, ran_init
 from raydiff.parity.compare import StageDiff, diff
 from raydiff.parity.inputs import ParityInputs
 from raydiff.parity.refs import Reference, load_reference
@@ -30,6 +30,7 @@ CHECKS: dict[str, ModuleType] = {
     "ddad-guided": ddad,
     "dynad": dynad,
     "ran-kl": ran,
+    "ran-init": ran_init,
     "anoddpm": anoddpm,
 }
 

@@ -28,6 +28,11 @@ Determinism: every random draw of step k (batch indices, augmentation, t, noise)
 generators seeded with derive_seed(run seed, dataset, category, kind, k), so a run resumed from
 a checkpoint continues exactly as if it had never stopped. EMA (decay d) uses diffusers'
 EMAModel warm-up min(d, (1 + k)/(10 + k)).
+
+Learning rate: AdamW at ``models.lr``, or (``lr_schedule: linear``) lr·(1 - k/N) at step k of the
+category's N steps (guided-diffusion's ``_anneal_lr``; loss.csv logs each step's rate). Initial
+weights: random, or a pretrained checkpoint (``models.NAME.init``, ``raydiff.models.guided``); the
+EMA starts from the same weights.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from raydiff.config import AugmentConfig, Config, config_to_dict, model_id
 from raydiff.errors import CheckpointError, DatasetError
 from raydiff.io import is_complete, write_marker
 from raydiff.models import checkpoint as ckpt
+from raydiff.models.latent import match_channels
 from raydiff.models.presets import build_unet, describe_unet
 from raydiff.paths import model_dir
 from raydiff.placement import utc_now
@@ -157,22 +163,23 @@ class LossLog:
 
     def __init__(self, rows: list[dict[str, float]], lr: float) -> None:
         self.rows, self.lr = rows, lr
-        self._pending: list[tuple[int, float, Tensor, Tensor]] = []
+        self._pending: list[tuple[int, float, Tensor, Tensor, float]] = []
 
-    def add(self, step: int, seconds: float, loss: Tensor, vlb: Tensor) -> None:
-        self._pending.append((step, seconds, loss.detach(), vlb.detach()))
+    def add(self, step: int, seconds: float, loss: Tensor, vlb: Tensor, lr: float | None = None) -> None:
+        """Step ``step``'s losses; ``lr``: the learning rate it used (default: the constructor's)."""
+        self._pending.append((step, seconds, loss.detach(), vlb.detach(), self.lr if lr is None else lr))
 
     def flush(self, where: str, folder: Path) -> None:
         if not self._pending:
             return
         values = torch.stack([torch.stack([p[2].float(), p[3].float()]) for p in self._pending]).cpu().tolist()
-        for (step, seconds, _, _), (loss, vlb) in zip(self._pending, values, strict=True):
+        for (step, seconds, _, _, lr), (loss, vlb) in zip(self._pending, values, strict=True):
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"{where}: loss is {loss} at step {step - 1}; lower models.lr or models.grad_clip "
                     f"(the last good checkpoint in {folder} is kept)."
                 )
-            self.rows.append({"step": step, "loss": loss, "loss_vlb": vlb, "lr": self.lr, "seconds": seconds})
+            self.rows.append({"step": step, "loss": loss, "loss_vlb": vlb, "lr": lr, "seconds": seconds})
         self._pending.clear()
 
 
@@ -332,8 +339,20 @@ def train_one(
     # ---- networks, optimizer, resumed state ----
     torch.manual_seed(seed)
     tc = cfg.train
-    unet = build_unet(mc.preset, sample_channels, sample_channels * (2 if learned_variance else 1), sample_size,
-                      mc.base_channels, mc.padding).to(dev)
+    out_channels = sample_channels * (2 if learned_variance else 1)
+    if mc.init.checkpoint is not None:  # a pretrained start (RAN); a resumed run overwrites it below
+        from raydiff.models.guided import init_unet
+
+        say(f"{category}/{kind}: initialising from {mc.init.checkpoint}")
+        unet, meta["init"] = init_unet(mc, sample_channels, out_channels, sample_size, kind)
+        unet = unet.to(dev)
+    else:
+        unet = build_unet(mc.preset, sample_channels, out_channels, sample_size, mc.base_channels, mc.padding).to(dev)
+        meta["init"] = {"source": "scratch", "describe": mc.init.describe()}
+    # A class-conditional init: every pass conditions on the one label (scoring folds it in:
+    # raydiff.models.checkpoint.fold_class_label).
+    labels = (torch.full((mc.batch_size,), mc.init.class_label, dtype=torch.long, device=dev)
+              if unet.class_embedding is not None else None)
     if tc.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -368,7 +387,8 @@ def train_one(
         metrics = {
             "step": float(step_now), "loss": float(np.mean([r["loss"] for r in window])) if window else math.nan,
             "loss_vlb": float(np.mean([r["loss_vlb"] for r in window])) if window else math.nan,
-            "lr": mc.lr, "seconds": rows[-1]["seconds"] if rows else 0.0, "finished": float(final),
+            "lr": rows[-1]["lr"] if rows else mc.lr, "seconds": rows[-1]["seconds"] if rows else 0.0,
+            "finished": float(final),
         }
         if on_checkpoint is not None:
             on_checkpoint(folder, step_now, metrics)
@@ -387,23 +407,28 @@ def train_one(
         if vae is not None:
             with torch.no_grad(), torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16,
                                                  enabled=autocast_dtype is not None):
-                x0 = vae.encode(x0.to(vae.dtype)).latent_dist.mean.float() * scale
+                # A grayscale dataset into an RGB (pretrained) VAE: channels repeated, as scoring encodes.
+                x_vae = match_channels(x0, vae.config.in_channels).to(vae.dtype)
+                x0 = vae.encode(x_vae).latent_dist.mean.float() * scale
         t = torch.randint(0, schedule.timesteps, (batch,), generator=g, device=dev)
         noise_seeds = [derive_seed(seed, "noise", step, i) for i in range(batch)]
         noise = sample_training_noise(noise_kind, tuple(x0.shape), noise_seeds, mc, dev).to(dev, torch.float32)
         x_t = D.q_sample(schedule, x0, t, noise)
         x_in = x_t.contiguous(memory_format=torch.channels_last) if tc.channels_last else x_t
         with torch.autocast(dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            out = unet(x_in, t).sample
+            out = unet(x_in, t, class_labels=labels).sample
         loss, _simple, vlb = diffusion_loss(schedule, out, x0, x_t, t, noise, learned_variance, mc.vlb_weight, mc.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if mc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), mc.grad_clip)
+        lr = mc.lr_at(step, total_steps)  # models.lr_schedule: constant, or linear to 0 over the steps
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
         ema_update(ema, unet, ema_decay_at(step, mc.ema_decay), foreach=tc.foreach_ema)
         step += 1
-        log.add(step, round(time.perf_counter() - t0, 4), loss, vlb)
+        log.add(step, round(time.perf_counter() - t0, 4), loss, vlb, lr)
         logged = step % tc.log_every == 0
         if logged:
             log.flush(f"{category}/{kind}", folder)
@@ -432,9 +457,9 @@ def _prepare_vae(
     mc = cfg.models.spec(kind)
     lc = mc.vae
     if lc.vae_path:
+        info: dict[str, Any] = L.pretrained_vae_info(lc, kind)  # by content, checked before it is read
         vae = L.load_pretrained_vae(lc.vae_path, dev)
         scale = lc.scale or float(getattr(vae.config, "scaling_factor", 0.0) or 0.0) or None
-        info: dict[str, Any] = {"source": "pretrained", "path": str(Path(lc.vae_path).resolve())}
         to_save = None
     elif start_state is not None:
         vae = ckpt.load_vae_for_checkpoint(folder, start_state.meta, dev)
