@@ -11,23 +11,27 @@ Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`
   its Train run waits for its worker's resources, so the autoscaler sees the whole demand. The
   Tune trial itself asks for no CPU (it only waits). With ``ray.device: cpu`` the worker computes
   on the CPU over the gloo backend even when it holds a (simulated) GPU.
-- Checkpoints: every ``models.checkpoint_every`` steps the worker writes the checkpoint folder
-  (``raydiff.paths.model_dir``) and reports it with ``ray.train.report(metrics,
-  checkpoint=Checkpoint.from_directory(folder))``: the loss appears in Ray's results/dashboard
-  and Ray keeps a copy under ``OUT/ray_results``. Reports are that sparse because each costs
-  about 2 s on a small CPU.
+- Checkpoints are written once: every ``models.checkpoint_every`` steps the worker writes the
+  model folder (``raydiff.paths.model_dir``, swapped in atomically) and reports only metrics,
+  ``ray.train.report(metrics)`` (no ``checkpoint=``: Ray would upload a second copy of every
+  checkpoint to ``OUT/ray_results``, and the model folder is what every later stage reads).
+  The loss appears in Ray's results and dashboard; reports are as sparse as checkpoints.
 - Failures: ``FailureConfig(max_failures=ray.max_failures)`` restarts the worker, which resumes
-  from ``ray.train.get_checkpoint()`` (or the folder, whichever is further along); the step counter
-  continues. Train runs are named after (model id, dataset, category, kind), so a relaunched
-  sweep also finds Ray's checkpoint of a half-finished run.
+  from the model folder's latest checkpoint (``train_one(resume=True)``); the step counter
+  continues. A relaunched sweep does the same, as does a packed run (each finished model has
+  its success marker, a partial one its latest checkpoint).
+- Tracking (``tracking`` section, ``raydiff.tracking``): the worker logs each model's loss
+  curve after every checkpoint and its config, versions and placement when it finishes, one
+  MLflow run / TensorBoard folder per (category, model). Ray Tune's automatic loggers
+  (``OUT/ray_results``: one point per report, a packed run's models on one series) are off
+  unless ``tracking.tune_loggers``.
 - Finished folders (success marker) are skipped before anything is submitted.
 - Packing (``ray.training_runs: N``): the pending trainings, in category order, are cut into at
   most N contiguous runs of similar cost (FLOPs counted by ``raydiff.models.flops``); each run
   trains its models one after another in the same worker, so a category's models finish together
   and its fit and scoring can start while other categories still train. Each Train run starts a
   trial actor, a controller, a placement-group cleaner and a worker process (~25 CPU-seconds on a
-  small CPU), which dominates a dozen tiny CPU trainings. A packed run resumes from the model folders themselves (each
-  finished model has its success marker, a partial one its latest checkpoint).
+  small CPU), which dominates a dozen tiny CPU trainings.
 
 Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a cluster)::
 
@@ -37,11 +41,13 @@ Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import logging
+import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ from raydiff.io import atomic_write_text, is_complete
 from raydiff.paths import model_dir, output_root
 from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device
 from raydiff.runs import require_visible
+from raydiff.tracking import Tracker, model_params, model_ref, open_tracker, resolved_uri
 
 # torch / diffusers are imported inside the worker only: the Tune trial and the Train controller
 # processes unpickle this module and should start fast.
@@ -63,9 +70,13 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 1 << 20}
 
 
 def absolute_output(cfg: Config) -> Config:
-    """The config with an absolute output root (Ray workers do not share the driver's cwd)."""
+    """The config with an absolute output root and tracking URI (Ray workers do not share the
+    driver's cwd)."""
     root = output_root(cfg).resolve()
-    return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(root)))
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(root)))
+    if cfg.tracking.backend != "none":
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, uri=resolved_uri(cfg)))
+    return cfg
 
 
 def storage_path(cfg: Config) -> Path:
@@ -82,21 +93,29 @@ def run_name(cfg: Config, category: str, kind: str) -> str:
     return f"train-{model_id(cfg, kind, category)}-{cfg.dataset.dataset_name}-{category}-{kind}"
 
 
-def _restore_from_ray(ray_dir: Path, folder: Path) -> None:
-    """Copy Ray's checkpoint into ``folder`` when it is further along than what is there."""
-    from raydiff.models import checkpoint as ckpt
+def track_model(tracker: Tracker, cfg: Config, category: str, kind: str, folder: Path, finished: bool) -> int:
+    """Send the rows of the model's ``loss.csv`` the tracker does not hold yet (and, once
+    ``finished``, its meta.json); → rows sent."""
+    from raydiff.train.loop import read_loss_csv
 
-    theirs, ours = ckpt.checkpoint_step(ray_dir), ckpt.checkpoint_step(folder)
-    if theirs is None or (ours is not None and ours >= theirs):
+    rows = read_loss_csv(folder / "loss.csv", up_to_step=sys.maxsize)
+    return tracker.log_model(model_ref(cfg, category, kind), rows, model_params(cfg, category, kind),
+                             finished=folder if finished else None)
+
+
+def track_finished(cfg: Config, tracker: Tracker | None, folders: dict[tuple[str, str], Path]) -> None:
+    """On the driver: every complete model the tracker has not seen finish (trained before
+    tracking was on, in process, or by a worker that died before it logged the end)."""
+    if tracker is None:
         return
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(ray_dir, tmp)
-    ckpt._swap_in(tmp, folder)
+    for (category, kind), folder in folders.items():
+        if is_complete(folder) and not tracker.model_finished(model_ref(cfg, category, kind)):
+            track_model(tracker, cfg, category, kind, folder, finished=True)
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The TorchTrainer worker: ``train_one`` for each of its (category, kind) jobs, with Ray
-    checkpoint reports (runs in a Ray worker)."""
+    """The TorchTrainer worker: ``train_one`` for each of its (category, kind) jobs, with a
+    metrics report to Ray and a tracking update after every checkpoint (runs in a Ray worker)."""
     import socket
 
     import ray.train
@@ -112,24 +131,19 @@ def train_worker(config: dict[str, Any]) -> None:
     require_visible(Path(config["probe"]), f"the training worker on {socket.gethostname()}")
     device = ray.train.torch.get_device() if worker_device(cfg) == "cuda" else "cpu"
     where = {"node_id": node_id(), "host": socket.gethostname(), "gpu_ids": assigned_gpus()}
+    tracker = _worker_tracker(cfg)
     for job in jobs:
         category, kind = job["category"], job["kind"]
         folder = model_dir(cfg, category, kind)
         if is_complete(folder):  # a packed run restarted after a failure: done before it
             continue
         folder.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.recover(folder)
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None and len(jobs) == 1:  # a packed run's checkpoint may be another job's
-            with checkpoint.as_directory() as d:
-                _restore_from_ray(Path(d), folder)
+        ckpt.recover(folder)  # the model folder is the only checkpoint: train_one resumes from it
 
         def report(path: Path, step: int, metrics: dict[str, float], category: str = category, kind: str = kind) -> None:
             # No "done" key: Tune ends a trial on done=True, and a packed run goes on after a model.
-            ray.train.report(
-                {**metrics, "category": category, "kind": kind},
-                checkpoint=ray.train.Checkpoint.from_directory(str(path)),
-            )
+            ray.train.report({**metrics, "category": category, "kind": kind})
+            _track(tracker, cfg, category, kind, path, finished=False)
             if hook is not None:
                 hook(path, step, metrics)
 
@@ -137,7 +151,31 @@ def train_worker(config: dict[str, Any]) -> None:
         train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
                   device=device, resume=True, on_checkpoint=report, where=where,
                   progress=lambda line: _progress(f"[train] {line}"))  # steps/total at log_every
+        _track(tracker, cfg, category, kind, folder, finished=True)
         _progress(f"[train] {category}/{kind}: done")
+    if tracker is not None:
+        tracker.close()
+
+
+def _worker_tracker(cfg: Config) -> Tracker | None:
+    """The worker's tracker, or None (tracking off, or its store unreachable from this node:
+    said once, and the driver fills the curves in from loss.csv after training)."""
+    try:
+        return open_tracker(cfg)
+    except Exception as err:  # noqa: BLE001 - tracking never fails a training
+        _progress(f"[track] cannot log from this training worker: {err}")
+        return None
+
+
+def _track(tracker: Tracker | None, cfg: Config, category: str, kind: str, folder: Path, finished: bool) -> None:
+    """``track_model``, where a failure is one progress line: a training never fails for its
+    tracking (the next checkpoint, or the driver after training, sends what is missing)."""
+    if tracker is None:
+        return
+    try:
+        track_model(tracker, cfg, category, kind, folder, finished)
+    except Exception as err:  # noqa: BLE001
+        _progress(f"[track] {category}/{kind}: logging failed ({type(err).__name__}: {err}); training goes on")
 
 
 def _progress(line: str) -> None:
@@ -178,6 +216,8 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
             name=name,
             storage_path=str(storage_path(cfg)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+            # No checkpoint is reported to Ray (the model folder is the checkpoint, written once);
+            # should one ever be, Ray keeps only the latest (it cannot be told to keep none).
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
         ),
@@ -242,15 +282,56 @@ def train_all(
     Needs ``ray.init`` first. Raises RuntimeError naming the runs that failed after their retries.
     ``on_checkpoint`` (picklable) runs in the worker after every checkpoint report.
     """
-    import ray
-    import ray.tune
-
     cfg = absolute_output(cfg)
     jobs = [(c, k) for c in categories for k in kinds]
     folders = [model_dir(cfg, c, k) for c, k in jobs]
     pending = [{"category": c, "kind": k} for (c, k), f in zip(jobs, folders, strict=True) if not is_complete(f)]
-    if not pending:
-        return folders
+    tracker = open_tracker(cfg)  # on the driver first: it creates the tracking store and experiment
+    try:
+        if pending:
+            _train_pending(cfg, categories, manifest, pending, folders, on_checkpoint, verbose)
+        track_finished(cfg, tracker, dict(zip(jobs, folders, strict=True)))
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return folders
+
+
+class _NoResultFiles(logging.Filter):
+    """Drops Tune's "Failed to fetch metrics ...: both result.json and progress.csv were not
+    found", which only says that its loggers are off (the sweep reads no metrics from Tune)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to fetch metrics")
+
+
+@contextmanager
+def tune_loggers(keep: bool) -> Iterator[None]:
+    """Ray Tune's automatic CSV / JSON / TensorBoard loggers only when ``keep``: Tune adds them
+    when a Tuner starts unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1`` (read by
+    ``ray.tune.utils.callback._create_default_callbacks`` in the driver), set here for the fit."""
+    name = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+    before = os.environ.get(name)
+    analysis, quiet = logging.getLogger("ray.tune.analysis.experiment_analysis"), _NoResultFiles()
+    if not keep:
+        os.environ[name] = "1"
+        analysis.addFilter(quiet)
+    try:
+        yield
+    finally:
+        analysis.removeFilter(quiet)
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _train_pending(cfg: Config, categories: Sequence[str], manifest: pl.DataFrame, pending: list[dict[str, str]],
+                   folders: list[Path], on_checkpoint: CheckpointHook | None, verbose: int) -> None:
+    """One Tune run over the pending trainings (``train_all``)."""
+    import ray
+    import ray.tune
+
     if not ray.is_initialized():
         raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
     atomic_write_text(storage_probe(cfg), "written by the sweep's driver; every training worker checks it sees this file\n")
@@ -268,7 +349,8 @@ def train_all(
             verbose=verbose,
         ),
     )
-    results = tuner.fit()
+    with tune_loggers(cfg.tracking.tune_loggers):
+        results = tuner.fit()
     # A trial whose actor died before its first report has no config: name it by its error alone.
     failed = [
         f"{','.join(j['category'] + '/' + j['kind'] for j in (r.config or {}).get('jobs', [])) or 'a training run'}: {r.error}"
@@ -277,4 +359,3 @@ def train_all(
     incomplete = [str(f) for f in folders if not is_complete(f)]
     if failed or incomplete:
         raise RuntimeError("training failed for " + "; ".join(failed or incomplete))
-    return folders
