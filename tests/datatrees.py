@@ -109,6 +109,37 @@ def make_generic(root: Path, categories: tuple[str, ...] = ("widget",), n_good: 
     return root
 
 
+def make_mvtec_ad2(
+    root: Path,
+    categories: tuple[str, ...] = ("can",),
+    n_train: int = 3,
+    n_val: int = 2,
+    n_private: int = 2,
+    size: tuple[int, int] = (24, 16),
+    mode: str = "RGB",
+) -> Path:
+    """MVTec AD 2's folders and file names (raydiff.data.manifest, layout ``mvtec-ad2``):
+    CAT/train/good/NNN_regular.png, CAT/validation/good/NNN_regular.png,
+    CAT/test_public/good|bad/NNN_<lighting>.png (lighting ``regular`` and ``overexposed`` /
+    ``shift_1``), CAT/test_public/ground_truth/bad/NNN_<lighting>_mask.png (0 / 255),
+    CAT/test_private/NNN_regular.png and CAT/test_private_mixed/NNN_mixed.png."""
+    for c, cat in enumerate(categories):
+        d = root / cat
+        for i in range(n_train):
+            save_image(d / "train" / "good" / f"{i:03d}_regular.png", size, mode, seed=100 * c + i)
+        for i in range(n_val):
+            save_image(d / "validation" / "good" / f"{i:03d}_regular.png", size, mode, seed=100 * c + 20 + i)
+        for j, light in enumerate(("regular", "overexposed")):
+            save_image(d / "test_public" / "good" / f"000_{light}.png", size, mode, seed=100 * c + 40 + j)
+        for j, light in enumerate(("regular", "shift_1")):
+            save_image(d / "test_public" / "bad" / f"000_{light}.png", size, mode, seed=100 * c + 50 + j)
+            save_mask(d / "test_public" / "ground_truth" / "bad" / f"000_{light}_mask.png", size)
+        for i in range(n_private):
+            save_image(d / "test_private" / f"{i:03d}_regular.png", size, mode, seed=100 * c + 60 + i)
+            save_image(d / "test_private_mixed" / f"{i:03d}_mixed.png", size, mode, seed=100 * c + 80 + i)
+    return root
+
+
 def truncate(path: Path, keep: float = 0.5) -> Path:
     """Cut a file to ``keep`` of its bytes (a download that stopped half-way)."""
     data = path.read_bytes()

@@ -4,11 +4,13 @@ Columns, in order (``MANIFEST_SCHEMA``)::
 
     dataset      str    value of config ``dataset.name`` (defaults to the layout kind)
     category     str    e.g. "bottle", "candle", "01"
-    split        str    "train" | "test" (| "holdout" after ``raydiff.data.splits.assign_holdout``)
+    split        str    "train" | "test" | "holdout" (``raydiff.data.splits.assign_holdout``, or a layout's
+                        own held-out normal images) | "test_private" | "test_private_mixed" (mvtec-ad2:
+                        unlabelled test sets; only ``raydiff export-mvtec-ad2`` reads them)
     image_path   str    absolute path of the image
-    mask_path    str?   absolute path of the ground-truth mask, null for normal images
-    label        Int8   0 normal, 1 defective
-    defect_type  str    "good" for normal images, else the defect folder / layout's name
+    mask_path    str?   absolute path of the ground-truth mask, null for normal and unlabelled images
+    label        Int8?  0 normal, 1 defective, null unknown (the unlabelled test sets)
+    defect_type  str?   "good" for normal images, else the defect folder / layout's name; null unknown
     image_id     str    path relative to the category folder, e.g. "test/crack/000.png"
 
 Rows are sorted by (category, split, image_id). The scanners are lenient about single files
@@ -47,6 +49,24 @@ Layouts (``CAT`` = one category folder under ``ROOT``):
                                            image (``<stem>_mask.png`` also accepted)
 
   Every defective image is a test image. Images: .png .jpg .jpeg .bmp .tif .tiff .webp.
+
+- ``mvtec-ad2`` (MVTec AD 2: Heckler-Kram et al., "The MVTec AD 2 Dataset: Advanced Scenarios for
+  Unsupervised Anomaly Detection", arXiv:2503.21622; the structure MVTec's own loader reads,
+  ``mvtec_ad_2_public_offline.py`` of MVTecAD2_public_code_utils, and anomalib's
+  ``src/anomalib/data/datasets/image/mvtecad2.py``)::
+
+      CAT/train/good/NNN_regular.png       normal training images               split "train"
+      CAT/validation/good/NNN_regular.png  normal images for validation         split "holdout"
+      CAT/test_public/good/NNN_<light>.png normal test images                   split "test"
+      CAT/test_public/bad/NNN_<light>.png  defective test images ("bad")        split "test"
+      CAT/test_public/ground_truth/bad/NNN_<light>_mask.png   their masks (0 / 255)
+      CAT/test_private/NNN_regular.png     no ground truth (MVTec's server)     split "test_private"
+      CAT/test_private_mixed/NNN_mixed.png no ground truth, mixed lighting      split "test_private_mixed"
+
+  ``validation/good`` is the dataset's own set of normal images kept out of training: raydiff's
+  held-out set (normalisation statistics), so ``assign_holdout`` draws nothing from train/good of
+  a category that has one. The private test sets' rows have null label, mask and defect_type;
+  training, fitting, scoring and metrics never read them (they select train / holdout / test).
 """
 
 from __future__ import annotations
@@ -80,6 +100,13 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 #: Names every folder walk ignores besides hidden ones: OS metadata and raydiff's marker.
 _IGNORED_NAMES = frozenset({"Thumbs.db", "desktop.ini", "__MACOSX", "_SUCCESS"})
+
+#: MVTec AD 2's test sets without public ground truth, scored only by MVTec's evaluation server
+#: (split = the folder name; images directly in the folder).
+AD2_PRIVATE_SPLITS: tuple[str, ...] = ("test_private", "test_private_mixed")
+#: Image-id prefix of the normal images a layout ships as its held-out set (MVTec AD 2's
+#: ``validation/good``): scanned as split "holdout", kept by ``assign_holdout``.
+GIVEN_HOLDOUT_PREFIX = "validation/"
 
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
@@ -146,6 +173,10 @@ def layout_dirs(kind: str, category_dir: Path) -> tuple[list[Path], list[Path]]:
     elif kind == "visa":
         images = [c / "Data" / "Images" / "Normal", c / "Data" / "Images" / "Anomaly"]
         masks = [c / "Data" / "Masks" / "Anomaly"]
+    elif kind == "mvtec-ad2":
+        images = [c / "train" / "good", c / "validation" / "good", c / "test_public" / "good",
+                  c / "test_public" / "bad", *(c / s for s in AD2_PRIVATE_SPLITS)]
+        masks = [c / "test_public" / "ground_truth" / "bad"]
     else:
         raise ValueError(f"unknown layout {kind!r}")
     return [d for d in images if d.is_dir()], [d for d in masks if d.is_dir()]
@@ -158,6 +189,8 @@ def expected_mask(kind: str, category_dir: Path, image_id: str) -> str:
         return str(category_dir / "ground_truth" / rel.parent.name / f"{rel.stem}_mask.png")
     if kind == "btad":
         return str(category_dir / "ground_truth" / "ko" / f"{rel.stem}.png")
+    if kind == "mvtec-ad2":
+        return str(category_dir / "test_public" / "ground_truth" / "bad" / f"{rel.stem}_mask.png")
     if kind == "generic":
         sub = Path(*rel.parts[1:-1]) if len(rel.parts) > 2 else Path()
         return str(category_dir / "masks" / sub / f"{rel.stem}.png")
@@ -170,7 +203,8 @@ def expected_mask(kind: str, category_dir: Path, image_id: str) -> str:
 
 
 def _row(
-    dataset: str, category: str, split: str, image: Path, mask: Path | None, label: int, defect: str, cat_dir: Path
+    dataset: str, category: str, split: str, image: Path, mask: Path | None, label: int | None, defect: str | None,
+    cat_dir: Path,
 ) -> dict[str, object]:
     return {
         "dataset": dataset,
@@ -252,6 +286,8 @@ def _layout_fix(kind: str) -> str:
         "generic": "use the generic layout CAT/good/, CAT/defect/[<type>/], CAT/masks/[<type>/] "
         "(see raydiff.data.manifest).",
         "visa": f"use the raw VisA layout with ROOT/{VISA_CSV} (columns {', '.join(VISA_COLUMNS)}).",
+        "mvtec-ad2": "use the MVTec AD 2 layout CAT/train/good, CAT/validation/good, CAT/test_public/good|bad, "
+        "CAT/test_public/ground_truth/bad/<stem>_mask.png, CAT/test_private/, CAT/test_private_mixed/.",
     }[kind]
 
 
@@ -297,6 +333,28 @@ def scan_btad(root: Path, categories: Sequence[str] = (), dataset_name: str | No
         for p in list_images(c / "test" / "ko"):
             cat_rows.append(_row(name, cat, "test", p, find_mask(c / "ground_truth" / "ko", p.stem), 1, "ko", c))
         _check_not_empty(cat_rows, c, "btad")
+        rows += cat_rows
+    return _frame(rows)
+
+
+def scan_mvtec_ad2(root: Path, categories: Sequence[str] = (), dataset_name: str | None = None) -> pl.DataFrame:
+    """Manifest of an MVTec AD 2 folder (module docstring): train/good → "train",
+    validation/good → "holdout", test_public → "test" (masks ``ground_truth/bad/<stem>_mask.png``),
+    test_private / test_private_mixed → their own split with null label, mask and defect_type."""
+    root = _check_root(root, "mvtec-ad2")
+    name = dataset_name or "mvtec-ad2"
+    rows: list[dict[str, object]] = []
+    for cat in _categories(root, categories, "mvtec-ad2"):
+        c = root / cat
+        cat_rows = [_row(name, cat, "train", p, None, 0, "good", c) for p in list_images(c / "train" / "good")]
+        cat_rows += [_row(name, cat, "holdout", p, None, 0, "good", c) for p in list_images(c / "validation" / "good")]
+        cat_rows += [_row(name, cat, "test", p, None, 0, "good", c) for p in list_images(c / "test_public" / "good")]
+        for p in list_images(c / "test_public" / "bad"):
+            mask = find_mask(c / "test_public" / "ground_truth" / "bad", p.stem, ("_mask",))
+            cat_rows.append(_row(name, cat, "test", p, mask, 1, "bad", c))
+        for split in AD2_PRIVATE_SPLITS:
+            cat_rows += [_row(name, cat, split, p, None, None, None, c) for p in list_images(c / split)]
+        _check_not_empty(cat_rows, c, "mvtec-ad2")
         rows += cat_rows
     return _frame(rows)
 
@@ -426,7 +484,8 @@ def scan_generic(
     return _frame(rows)
 
 
-SCANNERS = {"mvtec": scan_mvtec, "visa": scan_visa, "btad": scan_btad, "generic": scan_generic}
+SCANNERS = {"mvtec": scan_mvtec, "visa": scan_visa, "btad": scan_btad, "generic": scan_generic,
+            "mvtec-ad2": scan_mvtec_ad2}
 
 
 def scan_dataset(
@@ -451,11 +510,14 @@ def scan_dataset(
 
 def detect_layout(root: Path) -> str:
     """The layout of a dataset folder from what it holds: ``split_csv/1cls.csv`` → visa; category
-    folders with ``train/ok/`` → btad; with ``good/`` and no ``train/`` → generic; else mvtec."""
+    folders with ``test_public/`` → mvtec-ad2; with ``train/ok/`` → btad; with ``good/`` and no
+    ``train/`` → generic; else mvtec."""
     root = Path(root).expanduser()
     if (root / VISA_CSV).is_file():
         return "visa"
     cats = list_dirs(root)
+    if any((c / "test_public").is_dir() for c in cats):
+        return "mvtec-ad2"
     if any((c / "train" / "ok").is_dir() for c in cats):
         return "btad"
     if cats and all((c / "good").is_dir() and not (c / "train").is_dir() for c in cats):
@@ -471,6 +533,8 @@ def infer_kind(manifest: pl.DataFrame) -> str:
     heads = {i.split("/", 1)[0] for i in manifest["image_id"].to_list()}
     if "Data" in heads:
         return "visa"
+    if "test_public" in heads or GIVEN_HOLDOUT_PREFIX.rstrip("/") in heads:
+        return "mvtec-ad2"
     if heads and heads <= {"good", "defect"}:
         return "generic"
     if manifest.filter(pl.col("image_id").str.starts_with("train/ok/")).height:
@@ -505,6 +569,7 @@ __all__ = [
     "scan_dataset",
     "scan_generic",
     "scan_mvtec",
+    "scan_mvtec_ad2",
     "scan_visa",
     "split_good",
 ]
