@@ -287,24 +287,32 @@ def _img(name: str, alt: str) -> str:
 
 
 def provenance_html(metrics: pl.DataFrame) -> str:
-    """One line: where φ's weights and the VAE came from. A random φ or a VAE trained from scratch
-    is not the papers' setting, so their numbers are not comparable to such a run's."""
+    """One line: where φ's weights and the VAE came from (``raydiff.report_tables.weights_label``).
+    A random φ or a VAE trained from scratch is not the papers' setting, so their numbers are not
+    comparable to such a run's; an unverified weights file may not be either."""
     found = {}
-    for col in ("feature_weights", "vae"):
+    for col in ("feature_weights", "vae", "init"):
         if col in metrics.columns:
             found[col] = sorted(v for v in metrics[col].unique().to_list() if v is not None)
     said = [f"{what}: <b>{_esc(', '.join(found[col]))}</b>"
-            for col, what in (("feature_weights", "feature extractor φ (ResNet-34)"), ("vae", "VAE of the latent model"))
+            for col, what in (("feature_weights", "feature extractor φ"), ("vae", "VAE of the latent model"),
+                              ("init", "initial weights of the models that name a pretrained init"))
             if found.get(col)]
     if not said:
         return ""
     notes = []
-    if "random" in found.get("feature_weights", []):
-        notes.append("φ is randomly initialised (set <code>features.resnet34_weights</code> to ImageNet weights "
+    if "random-init" in found.get("feature_weights", []):
+        notes.append("φ is randomly initialised (set <code>features.weights</code> to ImageNet weights "
                      "for the papers' setting)")
+    if any(v.startswith("file:") for v in found.get("feature_weights", [])):
+        notes.append("φ's weights file is not verified as ImageNet weights (give its published digest as "
+                     "<code>features.expected_sha256</code>)")
     if "trained" in found.get("vae", []):
         notes.append("the VAE was trained from scratch (the papers use a pretrained one: "
                      "<code>models.latent.vae_path</code>)")
+    if "scratch" in found.get("init", []):
+        notes.append("a model whose paper fine-tunes a pretrained checkpoint was trained from scratch "
+                     "(<code>models.NAME.init.checkpoint</code> unset: <code>raydiff plan</code> names the file)")
     tail = (" Not the papers' setting: " + "; ".join(notes) + ".") if notes else ""
     return f"<p class=small>Provenance: {'; '.join(said)}.{tail}</p>"
 

@@ -5,6 +5,7 @@ over category groups (all; textures / objects for MVTec AD). Used by ``raydiff.w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -107,13 +108,52 @@ def with_border(metrics: pl.DataFrame, pixels: pl.LazyFrame) -> pl.DataFrame:
     return metrics.join(border_table(pixels), on=list(KEYS), how="left").sort(*KEYS)
 
 
-#: Where a variant's inputs came from: φ's weights (imagenet | random) for the variants that use
-#: φ, and the VAE (pretrained | trained) for those scoring with the latent model; null elsewhere.
-PROVENANCE_COLUMNS: tuple[str, ...] = ("feature_weights", "vae")
+#: Where a variant's inputs came from: φ's weights for the variants that use φ, the VAE for
+#: those scoring with the latent model (both as :func:`weights_label` says), and the initial
+#: weights (pretrained | scratch) for those whose model names an init (``models.NAME.init``: a
+#: checkpoint, or the paper's ``expected`` one); null elsewhere.
+PROVENANCE_COLUMNS: tuple[str, ...] = ("feature_weights", "vae", "init")
+
+
+def weights_label(name: str, sha256: str | None, expected: str | None, verified_as: str) -> str:
+    """What a weights file (or folder) is, as far as it can be checked: ``<verified_as>-verified:
+    <name>@<sha12>`` when its digest is the ``expected`` (published) one the config gives,
+    otherwise ``file:<name>@<sha12>``; a name alone claims nothing (a random init saved as
+    ``resnet34.pth`` reads ``file:resnet34.pth@…``). No digest known (a state written before
+    digests were recorded): ``file:<name>``."""
+    if sha256 is None:
+        return f"file:{name}"
+    kind = f"{verified_as}-verified" if expected is not None and sha256 == expected else "file"
+    return f"{kind}:{name}@{sha256[:12]}"
+
+
+def _phi_label(doc: dict[str, Any], expected: str | None) -> str | None:
+    """feature_weights of a fitted state's stats.json (``raydiff.scoring.fit``): ``random-init``
+    for tag ``none``, :func:`weights_label` of the recorded file otherwise."""
+    tag = doc.get("features_weights")
+    if tag is None:
+        return None
+    if tag == "none":
+        return "random-init"
+    file = (doc.get("info") or {}).get("weights_file") or {}
+    if tag.startswith("sha256:"):
+        return weights_label(file.get("name", "?"), tag.removeprefix("sha256:"), expected, "imagenet")
+    return weights_label(tag.split(":", 1)[-1], None, None, "imagenet")  # "imagenet:<file>": a claim by name
+
+
+def _vae_label(vae: dict[str, Any], expected: str | None) -> str | None:
+    """vae of a latent model's meta.json: ``trained`` (here, per category), or the pretrained
+    folder's :func:`weights_label`."""
+    if vae.get("source") == "trained":
+        return "trained"
+    if vae.get("source") != "pretrained":
+        return None
+    return weights_label(vae.get("folder") or Path(str(vae.get("path", "?"))).name, vae.get("sha256"), expected,
+                         "pretrained")
 
 
 def provenance(cfg: Any, category: str, model: str | None = None) -> dict[str, str | None]:
-    """{feature_weights, vae} of one category's fitted state and latent model ``model`` (None when
+    """{feature_weights, vae, init} of one category's fitted state and model ``model`` (None when
     unknown, or with no model)."""
     import json
 
@@ -121,17 +161,18 @@ def provenance(cfg: Any, category: str, model: str | None = None) -> dict[str, s
     from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring.fit import STATS_FILE
 
-    out: dict[str, str | None] = {"feature_weights": None, "vae": None}
+    out: dict[str, str | None] = {"feature_weights": None, "vae": None, "init": None}
     try:
-        weights = json.loads((fitted_dir(cfg, category) / STATS_FILE).read_text()).get("features_weights")
-        out["feature_weights"] = None if weights is None else ("random" if weights == "none" else "imagenet")
-    except (OSError, ValueError):
+        doc = json.loads((fitted_dir(cfg, category) / STATS_FILE).read_text())
+        out["feature_weights"] = _phi_label(doc, cfg.features.expected_sha256)
+    except (OSError, ValueError, AttributeError):
         pass
     if model is None:
         return out
     try:
-        source = json.loads((model_dir(cfg, category, model) / META).read_text()).get("vae", {}).get("source")
-        out["vae"] = source if source in ("pretrained", "trained") else None
+        meta = json.loads((model_dir(cfg, category, model) / META).read_text())
+        out["vae"] = _vae_label(meta.get("vae") or {}, cfg.model_spec(model).vae.vae_expected_sha256)
+        out["init"] = {"checkpoint": "pretrained", "scratch": "scratch"}.get((meta.get("init") or {}).get("source"))
     except (OSError, ValueError, AttributeError):
         pass
     return out
@@ -146,16 +187,18 @@ def with_provenance(metrics: pl.DataFrame, cfg: Any) -> pl.DataFrame:
     for cat, variant in metrics.select("category", "variant").iter_rows():
         inst = cfg.variants.instances.get(variant)
         if inst is None:
-            rows.append({"feature_weights": None, "vae": None})
+            rows.append({"feature_weights": None, "vae": None, "init": None})
             continue
-        latent = cfg.model_spec(inst.model).is_latent
-        key = (cat, inst.model if latent else "")
+        spec = cfg.model_spec(inst.model)
+        latent = spec.is_latent
+        named_init = spec.init.checkpoint is not None or spec.init.expected is not None
+        key = (cat, inst.model if latent or named_init else "")
         if key not in seen:
-            seen[key] = provenance(cfg, cat, inst.model) if latent else provenance(cfg, cat)
+            seen[key] = provenance(cfg, cat, inst.model) if key[1] else provenance(cfg, cat)
         p = seen[key]
         rows.append({"feature_weights": p["feature_weights"] if cfg.variants.method(variant).uses_features else None,
-                     "vae": p["vae"] if latent else None})
-    extra = pl.DataFrame(rows, schema={"feature_weights": pl.String, "vae": pl.String}, orient="row")
+                     "vae": p["vae"] if latent else None, "init": p["init"] if named_init else None})
+    extra = pl.DataFrame(rows, schema={c: pl.String for c in PROVENANCE_COLUMNS}, orient="row")
     return pl.concat([metrics.drop(*(c for c in PROVENANCE_COLUMNS if c in metrics.columns)), extra], how="horizontal")
 
 

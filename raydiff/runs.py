@@ -323,9 +323,14 @@ def pending_variants(cfg: Config, category: str, variants: Sequence[str], image_
 # --------------------------------------------------------------------------------------------
 
 
-def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress | None = None) -> Path:
+def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress | None = None,
+                       categories: Sequence[str] | None = None) -> Path:
     """Write config.yaml + versions.json into the run folder; refuse a folder of another config
-    (``overwrite``: delete that folder's scores first)."""
+    (``overwrite``: delete that folder's scores first).
+
+    versions.json's ``model_ids`` (model → category → id) cover ``categories`` (those the run
+    found on disk when the config discovers them; default: ``dataset.categories``) and the ones an
+    earlier run of this folder recorded (a run with fewer categories extends, never shrinks, it)."""
     from raydiff.config import config_from_dict, dump_config, model_id, run_id, yaml_load
 
     folder = run_dir(cfg)
@@ -348,12 +353,24 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(existing, dump_config(cfg))
-        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg),
-                "model_ids": {m: {c: model_id(cfg, m, c) for c in cfg.dataset.categories} for m in cfg.models_needed()}}
+        cats = list(dict.fromkeys([*cfg.dataset.categories, *(categories or ())]))
+        ids = _recorded_model_ids(folder / "versions.json")
+        for m in cfg.models_needed():
+            ids[m] = {**ids.get(m, {}), **{c: model_id(cfg, m, c) for c in cats}}
+        meta = {"versions": versions(), "seed": cfg.seed, "run_id": run_id(cfg), "model_ids": ids}
         atomic_write_text(folder / "versions.json", json.dumps(meta, indent=2))
     except OSError as err:
         raise OutputError(folder, f"cannot write the output folder ({err.strerror}).", "check free space and permissions, or pick another --output.") from None
     return folder
+
+
+def _recorded_model_ids(path: Path) -> dict[str, dict[str, str]]:
+    """versions.json's model_ids ({} when absent or unreadable)."""
+    try:
+        ids = json.loads(path.read_text()).get("model_ids")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(m): dict(c) for m, c in ids.items() if isinstance(c, dict)} if isinstance(ids, dict) else {}
 
 
 LOCK = ".raydiff.lock"
@@ -504,6 +521,18 @@ def incomplete_partitions(root: Path, variants: Sequence[str] = ()) -> list[str]
                 done[table].add(pair)
     seen |= {f"{c}/{v}" for c in categories for v in variants}
     return sorted(p for p in seen if not all(p in done[t] for t in TABLES))
+
+
+def limited_pairs(root: Path) -> dict[str, int]:
+    """``category/variant`` → N for the complete partitions scored with ``--limit N`` (their
+    markers record it): metrics of those pairs cover a subset of the test set, not the benchmark."""
+    limited: dict[str, int] = {}
+    for marker in sorted(Path(root).glob(f"images/dataset=*/category=*/variant=*/{MARKER}")):
+        limit = marker_info(marker.parent).get("limit")
+        if limit is not None:
+            folder = marker.parent
+            limited[f"{folder.parent.name.removeprefix('category=')}/{folder.name.removeprefix('variant=')}"] = int(limit)
+    return limited
 
 
 def require_complete(root: Path, variants: Sequence[str] = (), command: str = "this command") -> None:

@@ -100,7 +100,7 @@ def test_metrics_and_report_written(run: SimpleNamespace) -> None:
     for row in metrics.iter_rows(named=True):
         uses_features = cfg.variants.method(row["variant"]).uses_features
         latent = cfg.model_spec(cfg.variants.model(row["variant"])).is_latent
-        assert row["feature_weights"] == ("random" if uses_features else None), row["variant"]
+        assert row["feature_weights"] == ("random-init" if uses_features else None), row["variant"]
         assert row["vae"] == ("trained" if latent else None), row["variant"]
     assert 0 <= metrics["argmax_on_border"].min() and metrics["argmax_on_border"].max() <= 1
     assert "Provenance: feature extractor" in Path(run.result["report"]).read_text()
