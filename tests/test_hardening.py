@@ -413,7 +413,8 @@ def test_metrics_fail_naming_incomplete_pairs_unless_allowed(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_a_non_editable_install_ships_the_configs(tmp_path: Path) -> None:
-    """``pip install .`` (a wheel, not the checkout) still finds configs/textures.yaml."""
+    """``pip install .`` (a wheel, not the checkout) still finds configs/textures.yaml, inside the
+    installed package (``raydiff.configs``, read with importlib.resources)."""
     import subprocess
     import sys
 
@@ -434,6 +435,6 @@ def test_a_non_editable_install_ships_the_configs(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe, str(prefix)], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path, check=True).stdout.split()
-    assert out[0] == str(prefix / "share" / "raydiff" / "configs" / "textures.yaml") and out[1] == "True"
+    assert out[0] == str(site / "raydiff" / "configs" / "textures.yaml") and out[1] == "True"  # package data
     assert out[2].startswith(str(site))  # the installed copy, not the checkout
     shutil.rmtree(prefix)

@@ -95,3 +95,14 @@ def test_lower_bounds_cover_what_the_code_uses() -> None:
     uses_streaming = any('"streaming"' in p.read_text() for p in (REPO / "raydiff").rglob("*.py"))
     assert uses_streaming and not declared["polars"].contains("1.30.0")
     assert "accelerate" in declared  # diffusers' from_pretrained (models.latent.vae_path) warns without it
+
+
+def test_every_package_is_listed_and_configs_are_package_data() -> None:
+    tool = pyproject()["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "raydiff").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"raydiff.configs"}
+    assert tool["package-dir"] == {"raydiff.configs": "configs"}
+    assert "data-files" not in tool  # the deprecated share/ location is gone
+    shipped = {p.name for p in (REPO / "configs").glob("*.yaml")}
+    assert {"textures.yaml", "mvtec.yaml", "mvtec-papers.yaml"} <= shipped
+
