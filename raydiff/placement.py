@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from raydiff.config import Config
@@ -37,16 +38,44 @@ def gpus_for(cfg: Config, per_task: float) -> float:
     return per_task if cfg.ray.accelerator == "gpu" else 0.0
 
 
-def check_requests(cfg: Config, nodes: Iterable[Mapping[str, float]]) -> None:
+#: Where Ray's cluster launcher (``ray up``) leaves the cluster's config on the head node, which a
+#: job's driver runs on; Ray Tune reads the same file to tell a launched cluster
+#: (``ray.tune.execution.cluster_info``).
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+
+def launcher_node_types(path: Path | None = None) -> dict[str, dict[str, float]] | None:
+    """Resources per node type that the autoscaler of a launched cluster can start, from its
+    bootstrap config (``path``, default ``BOOTSTRAP_CONFIG``). None when there is no such file,
+    it cannot be read, or a node type does not declare its resources (the launcher then fills
+    them in from the cloud's instance type, which cannot be known here): nothing to check."""
+    import yaml
+
+    file = (path or BOOTSTRAP_CONFIG).expanduser()
+    try:
+        types = (yaml.safe_load(file.read_text()) or {}).get("available_node_types") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if not types or not all(isinstance(t, Mapping) and isinstance(t.get("resources"), Mapping) for t in types.values()):
+        return None
+    return {name: {k: float(v) for k, v in t["resources"].items()} for name, t in types.items()}
+
+
+def check_requests(cfg: Config, nodes: Iterable[Mapping[str, float]], node_types: Mapping[str, Mapping[str, float]] | None = None) -> None:
     """ConfigError when a per-worker request of the config exceeds every node of a cluster that
-    cannot grow (``nodes``: each alive node's total resources): Ray would retry and time out.
+    cannot grow (``nodes``: each alive node's total resources), or every node and every node
+    type its autoscaler can add (``node_types``, ``launcher_node_types``): Ray would retry and
+    time out.
 
     Checked: ``ray.cpus_per_training`` / ``gpus_per_training`` (one training worker) and
     ``ray.cpus_per_scoring_actor`` / ``gpus_per_scoring_actor`` (one scoring actor).
     """
-    nodes = list(nodes)
+    nodes = list(nodes) + list((node_types or {}).values())
     if not nodes:
         return
+    where = (f"of this Ray cluster and of the node types its autoscaler can add ({', '.join(sorted(node_types))})"
+             if node_types else "of this Ray cluster")
+    cluster = "its bootstrap config lists no larger type" if node_types else f"{len(nodes)} node(s), none can be added"
     for key, resource in (("cpus_per_training", "CPU"), ("gpus_per_training", "GPU"),
                           ("cpus_per_scoring_actor", "CPU"), ("gpus_per_scoring_actor", "GPU")):
         asked = float(getattr(cfg.ray, key))
@@ -58,8 +87,8 @@ def check_requests(cfg: Config, nodes: Iterable[Mapping[str, float]]) -> None:
                    if largest > 0 else "set ray.accelerator: cpu, or run on a cluster with GPUs")
             raise ConfigError(
                 f"ray.{key}",
-                f"ray.{key}: {asked:g}, but the largest node of this Ray cluster has {largest:g} {resource}s "
-                f"({len(nodes)} node(s), none can be added): no worker could ever start.",
+                f"ray.{key}: {asked:g}, but the largest node {where} has {largest:g} {resource}s "
+                f"({cluster}): no worker could ever start.",
                 f"{fix}, or join a larger cluster with ray.address.",
             )
 

@@ -46,11 +46,28 @@ def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None
     _check_overrides_apply(cfg, manifest)
     kind = kind or cfg.dataset.layout
     base = Path(root or cfg.dataset.root)
-    summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels)
+    summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels,
+                               image_size=cfg.dataset.image_size)
     ds = cfg.dataset
+    warn_capped_holdouts(cfg, manifest)
     check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind,
                          holdout=ds.holdout_fraction > 0)
     return summary
+
+
+def warn_capped_holdouts(cfg: Config, manifest: pl.DataFrame) -> None:
+    """Warn, once per config, where ``dataset.holdout_min`` leaves a single training image."""
+    import warnings
+
+    from raydiff.data.splits import capped_holdouts
+
+    capped = capped_holdouts(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min)
+    if capped:
+        shown = ", ".join(f"{c} ({k} of {n})" for c, n, k in capped[:6]) + (" …" if len(capped) > 6 else "")
+        warnings.warn(
+            f"dataset.holdout_min {cfg.dataset.holdout_min} asks for as many held-out images as category "
+            f"{capped[0][0]} has training images: held out {shown}, so its models train on one image. Fix: "
+            f"lower dataset.holdout_min (or holdout_fraction), or add train/good images.", stacklevel=2)
 
 
 def _check_overrides_apply(cfg: Config, manifest: pl.DataFrame) -> None:
@@ -147,7 +164,9 @@ def prepare(cfg: Config) -> pl.DataFrame:
     check_output_outside_dataset(cfg)
     manifest = scan_config(cfg)
     _check_overrides_apply(cfg, manifest)
-    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels)
+    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels,
+                     image_size=cfg.dataset.image_size)
+    warn_capped_holdouts(cfg, manifest)
     out = assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
     check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout, holdout=cfg.dataset.holdout_fraction > 0)
     return out
@@ -208,6 +227,7 @@ def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
     if address and address != "local":
         say(f"[ray] joining the cluster at {address}")
         ray.init(address=cfg.ray.address or None, log_to_driver=True)
+        _checked(cfg, launched=True)  # a launched cluster grows by its node types: checked against them
         return True
     running = None if address == "local" else running_local_ray()
     if running is not None:
@@ -218,12 +238,19 @@ def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
     env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
     ray.init(address="local" if address == "local" else None, include_dashboard=True,
              dashboard_host=cfg.ray.dashboard_host, runtime_env=env, log_to_driver=True)
+    _checked(cfg, launched=False)  # the Ray started here cannot grow: fail now, not after Ray's retries
+    return True
+
+
+def _checked(cfg: Config, launched: bool) -> None:
+    """``check_cluster_fits``, disconnecting from Ray when it fails."""
+    import ray
+
     try:
-        check_cluster_fits(cfg)  # the Ray started here cannot grow: fail now, not after Ray's retries
+        check_cluster_fits(cfg, launched)
     except BaseException:
         ray.shutdown()
         raise
-    return True
 
 
 @contextmanager
@@ -252,14 +279,20 @@ def running_local_ray() -> str | None:
         return None
 
 
-def check_cluster_fits(cfg: Config) -> None:
-    """On a Ray that cannot grow (one this process started, static nodes), refuse a request no
-    node can ever meet, naming the config key (``raydiff.placement.check_requests``)."""
+def check_cluster_fits(cfg: Config, launched: bool = False) -> None:
+    """Refuse a request no node can ever meet, naming the config key
+    (``raydiff.placement.check_requests``): on a Ray that cannot grow (one this process started),
+    against its nodes; on a joined cluster (``launched``), against its nodes and the node types
+    of its launcher's bootstrap config, and not at all without one (an autoscaler whose node
+    types cannot be read may add any node)."""
     import ray
 
-    from raydiff.placement import check_requests
+    from raydiff.placement import check_requests, launcher_node_types
 
-    check_requests(cfg, [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")])
+    node_types = launcher_node_types() if launched else None
+    if launched and node_types is None:
+        return
+    check_requests(cfg, [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")], node_types)
 
 
 def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
@@ -303,7 +336,8 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
     dev = torch.device(device or worker_device(cfg))
     rows = manifest.filter(pl.col("category") == category)
     channels = dataset_channels(rows, cfg.dataset.channels)
-    models = {k: load_model(model_dir(cfg, category, k), dev, expect=expected_meta(cfg, k, category))
+    models = {k: load_model(model_dir(cfg, category, k), dev, expect=expected_meta(cfg, k, category),
+                            vae_path=cfg.models.spec(k).vae.vae_path)
               for k in cfg.models_needed()}
     train = rows.filter(pl.col("split") == "train").sort("image_id")
     holdout = rows.filter(pl.col("split") == "holdout").sort("image_id")
@@ -425,7 +459,8 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
 
     Every (category, variant) the config names must have complete scores (``categories``:
     default ``expected_categories``); otherwise ``OutputError`` lists the missing ones, unless
-    ``allow_incomplete`` (then they are left out and returned).
+    ``allow_incomplete`` (then they are left out and returned). With ``tracking`` on, the rows
+    and the run's files are logged too (``raydiff.tracking.log_metrics``).
 
     Returns (per category × variant, per category × variant × defect type, missing pairs).
     """
@@ -452,6 +487,10 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())
+    from raydiff.tracking import log_metrics
+
+    files = ("config.yaml", "versions.json", "metrics.csv", "metrics_by_defect.csv")
+    log_metrics(cfg, table, [folder / name for name in files])
     return table, by_defect, missing
 
 
@@ -575,7 +614,7 @@ def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int 
     from raydiff.runs import write_run_metadata
 
     categories = categories_of(manifest)
-    folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress)
+    folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress, categories=categories)
     with ray_session(cfg, progress):
         nodes = check_storage(cfg)
         progress(f"[storage] run folder {folder} visible from {nodes} node(s)")
@@ -595,8 +634,10 @@ def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int 
     }
     if report:
         from raydiff.report import write_report
+        from raydiff.tracking import log_report
 
         result["report"] = str(write_report(folder, metrics=metrics, by_defect=by_defect))
+        log_report(cfg, [Path(result["report"]), folder / "report"])  # report.html and its figures
     return result
 
 

@@ -120,3 +120,55 @@ def test_joining_a_ray_someone_else_started_says_its_address_first(tmp_path: Pat
         assert len(said) == 1 and cluster.address in said[0] and "ray.address: local" in said[0]
     finally:
         cluster.shutdown()
+
+
+def _bootstrap(path: Path, **types: dict[str, float]) -> Path:
+    """A launcher's bootstrap config (``ray up`` writes it on the head) with these node types."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"cluster_name": "c", "available_node_types": {
+        name: {"resources": res, "node_config": {}, "max_workers": 2} for name, res in types.items()}}))
+    return path
+
+
+def test_a_launched_clusters_node_types_decide_what_can_be_met(tmp_path: Path) -> None:
+    from raydiff.placement import check_requests, launcher_node_types
+
+    assert launcher_node_types(tmp_path / "absent.yaml") is None
+    undeclared = tmp_path / "undeclared.yaml"
+    undeclared.write_text("available_node_types:\n  head: {node_config: {}}\n  gpu: {resources: {GPU: 1}}\n")
+    assert launcher_node_types(undeclared) is None  # resources filled in from the cloud: unknown here
+    types = launcher_node_types(_bootstrap(tmp_path / "b.yaml", head={"CPU": 0}, gpu={"CPU": 8, "GPU": 1}))
+    assert types == {"head": {"CPU": 0.0}, "gpu": {"CPU": 8.0, "GPU": 1.0}}
+    gpu = config_from_dict({"ray": {"accelerator": "gpu", "gpus_per_training": 1, "cpus_per_training": 4}})
+    check_requests(gpu, [{"CPU": 2.0}], types)  # no GPU node yet, but the autoscaler can add one
+    too_big = config_from_dict({"ray": {"cpus_per_training": 16}})
+    with pytest.raises(ConfigError, match=r"cpus_per_training: 16, but the largest node of this Ray cluster and of "
+                                          r"the node types its autoscaler can add \(gpu, head\) has 8 CPUs"):
+        check_requests(too_big, [{"CPU": 2.0}], types)
+
+
+@pytest.mark.ray
+def test_joining_a_launched_cluster_checks_its_node_types_not_its_nodes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static one-CPU head with a bootstrap config: a request above the head but within a node
+    type passes (the autoscaler would add it); one above every node type fails in one line."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raydiff import placement, workflow
+
+    monkeypatch.setattr(placement, "BOOTSTRAP_CONFIG", _bootstrap(tmp_path / "boot.yaml", head={"CPU": 1},
+                                                                  big={"CPU": 4}))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        fits = config_from_dict({"ray": {"address": cluster.address, "cpus_per_training": 3}})
+        assert workflow.init_ray(fits) is True  # 3 > the head's 1 CPU, but a "big" node has 4
+        ray.shutdown()
+        never = config_from_dict({"ray": {"address": cluster.address, "cpus_per_training": 6}})
+        with pytest.raises(ConfigError, match=r"cpus_per_training: 6, but the largest node .* \(big, head\) has 4 CPUs"):
+            workflow.init_ray(never)
+        assert not ray.is_initialized()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

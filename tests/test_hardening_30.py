@@ -286,6 +286,14 @@ def test_a_limited_partition_is_not_complete_for_the_full_set(tmp_path: Path) ->
         w.commit({"images": 2, "image_set": image_set_digest(subset), "limit": 2})
     assert pending_variants(cfg, "brick", ["kl"], image_set_digest(subset)) == []
     assert pending_variants(cfg, "brick", ["kl"], image_set_digest(["a", "b", "c", "d"])) == ["kl"]
+    # metrics of it are computed, and said to be of a subset
+    from raydiff.runs import limited_pairs
+
+    assert limited_pairs(run_dir(cfg)) == {"brick/kl": 2}
+    assert limited_pairs(run_dir(fake_run(tmp_path / "full"))) == {}  # markers without a limit
+    code, text = cli("metrics", "--config", str(run_dir(cfg) / "config.yaml"))
+    assert code == 0, text
+    assert "scored with --limit" in text and "brick/kl (2 images)" in text, text
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,3 +461,33 @@ def test_the_overwrite_advice_names_the_command_that_has_it(tmp_path: Path) -> N
     shutil.copy(run_dir(cfg) / "config.yaml", run_dir(other) / "config.yaml")
     with pytest.raises(OutputError, match=r"raydiff sweep --overwrite"):
         write_run_metadata(other)
+
+
+# --------------------------------------------------------------------------------------------
+# Warnings owed: an image size far above the images', a hold-out that leaves one training image
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_image_size_many_times_the_images_is_warned_about(tmp_path: Path) -> None:
+    root = make_mvtec(tmp_path / "data", size=(4, 4))
+    code, out = cli("validate", str(root), "--set", "dataset.image_size=512")
+    assert code == 0, out
+    warned = [ln for ln in out.splitlines() if "dataset.image_size 512 is 128x" in ln]
+    assert len(warned) == 1 and "bottle" in warned[0] and "4 px" in warned[0], out
+    code, out = cli("validate", str(root), "--set", "dataset.image_size=16")  # 4x: a plain resize
+    assert code == 0 and "image_size" not in out, out
+
+
+def test_a_holdout_min_that_leaves_one_training_image_is_warned_about(tmp_path: Path) -> None:
+    from raydiff.data.splits import capped_holdouts
+
+    root = make_mvtec(tmp_path / "data", categories=("bottle", "cable"), n_train=5)
+    manifest = scan_dataset("mvtec", root)
+    assert capped_holdouts(manifest, 0.1, 3) == []  # 3 of 5 held out, 2 left to train on
+    assert capped_holdouts(manifest, 0.1, 10) == [("bottle", 5, 4), ("cable", 5, 4)]
+    assert capped_holdouts(manifest, 0.0, 10) == []  # no hold-out at all: nothing is capped
+    code, out = cli("validate", str(root), "--set", "dataset.holdout_min=10")
+    assert code == 0, out
+    assert "dataset.holdout_min 10" in out and "bottle (4 of 5), cable (4 of 5)" in out, out
+    code, out = cli("validate", str(root), "--set", "dataset.holdout_min=2")
+    assert code == 0 and "holdout_min" not in out, out

@@ -43,13 +43,17 @@ from raydiff.data.manifest import (
 from raydiff.errors import DatasetError
 
 _BINARY_SETS = (frozenset({0, 1}), frozenset({0, 255}))
-_TRAIN_DIR = {"mvtec": "train/good", "btad": "train/ok", "generic": "good"}
+_TRAIN_DIR = {"mvtec": "train/good", "btad": "train/ok", "generic": "good", "mvtec-ad2": "train/good"}
 #: Lossy formats: compression ringing around a defect survives binarising (!= 0) as false defect pixels.
 LOSSY_MASK_SUFFIXES = frozenset({".jpg", ".jpeg"})
+#: ``dataset.image_size`` this many times the largest side of a category's images is warned about.
+UPSCALE_WARNING = 8
 #: Per layout, the folders under a category whose only content may be the named class folders.
 _CLASS_PARENTS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "mvtec": {"train": ("good",), "test": None, "ground_truth": None},
     "btad": {"train": ("ok",), "test": ("ok", "ko"), "ground_truth": ("ko",)},
+    "mvtec-ad2": {"train": ("good",), "validation": ("good",), "test_public": ("good", "bad", "ground_truth"),
+                  "test_public/ground_truth": ("bad",)},
 }
 
 
@@ -131,9 +135,11 @@ def _check_training_images(rows: pl.DataFrame, kind: str, cat_dir: Path, categor
 
 
 def _image_owner_hint(kind: str, mask: Path) -> str:
-    stem = mask.stem.removesuffix("_mask") if kind in ("mvtec", "generic") else mask.stem
+    stem = mask.stem.removesuffix("_mask") if kind in ("mvtec", "generic", "mvtec-ad2") else mask.stem
     if kind == "mvtec":
         return f"expected the image test/{mask.parent.name}/{stem}.<ext>"
+    if kind == "mvtec-ad2":
+        return f"expected the image test_public/bad/{stem}.<ext>"
     if kind == "btad":
         return f"expected the image test/ko/{stem}.<ext>"
     if kind == "generic":
@@ -323,6 +329,18 @@ def _size_text(infos: list[FileInfo]) -> str:
     return f"{min(sides)}-{max(sides)} px, {len(sizes)} sizes"
 
 
+def _warn_upscale(category: str, paths: list[str], infos: list[FileInfo], image_size: int) -> None:
+    """Warn when ``image_size`` blows a category's images up ``UPSCALE_WARNING``× or more (a
+    wrong ``--set dataset.image_size`` or a folder of thumbnails: the model would see blocks)."""
+    longest = max(range(len(infos)), key=lambda i: max(infos[i].size))
+    side = max(infos[longest].size)
+    if side > 0 and image_size >= UPSCALE_WARNING * side:
+        warnings.warn(
+            f"{paths[longest]}: dataset.image_size {image_size} is {image_size / side:.0f}x the largest side of "
+            f"category '{category}''s images ({side} px): every image pixel becomes a block of model pixels. "
+            f"Fix: lower dataset.image_size to about {side}, or check the images.", stacklevel=3)
+
+
 def _warn_masks(category: str, paths: list[str], problem: str) -> None:
     if paths:
         warnings.warn(f"{paths[0]}: {problem} ({len(paths)} such mask(s) in category '{category}').", stacklevel=3)
@@ -341,14 +359,17 @@ def validate_dataset(
     decode: bool = True,
     workers: int | None = None,
     channels: str = "auto",
+    image_size: int | None = None,
 ) -> ValidationSummary:
     """Validate a manifest (from ``scan_dataset``) against the files under ``root``.
 
     ``kind`` is the layout (default: inferred from the manifest). ``decode=False`` reads only
     headers (faster; cannot detect truncated files). ``workers``: decoding threads
     (default min(8, CPUs)). ``channels``: the config's ``dataset.channels`` (``gray``/``rgb``
-    convert every image, so a category may mix modes). Raises ``DatasetError`` on the first
-    problem (see module doc).
+    convert every image, so a category may mix modes). ``image_size``: the config's
+    ``dataset.image_size``; a category whose images are ``UPSCALE_WARNING``× or more smaller is
+    warned about (each image pixel would become a block of model pixels). Raises
+    ``DatasetError`` on the first problem (see module doc).
     """
     _check_columns(manifest)
     channels_setting = channels
@@ -388,6 +409,8 @@ def validate_dataset(
         rows, infos = manifest[index], [infos_all[i] for i in index]
         channels.append((cat, _check_channels(rows, infos, cat, channels_setting)))
         sizes.append((cat, _size_text(infos)))
+        if image_size is not None:
+            _warn_upscale(cat, rows["image_path"].to_list(), infos, image_size)
         masks = rows["mask_path"].to_list()
         cat_nonbinary = [m for m, i in zip(masks, infos) if m is not None and not i.mask_binary]
         cat_empty = [m for m, i in zip(masks, infos) if m is not None and i.mask_empty]
