@@ -303,7 +303,7 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
         cfg = replace(cfg, ray=replace(cfg.ray, device=device, accelerator="gpu" if device == "cuda" else cfg.ray.accelerator))
     cfg, category, manifest = _category(cfg, category)
     require_trained(cfg, category)  # before Ray starts: one line, not a worker's traceback
-    write_run_metadata(cfg)
+    write_run_metadata(cfg, categories=(category,))
     with ray_session(cfg, click.echo):
         s = score_category(cfg, category, manifest, limit=limit, say=click.echo)
     click.echo(f"{category}: {s['images']} images in {s['seconds']:.1f} s; written {s['written']}, skipped {s['skipped']}")
@@ -325,10 +325,18 @@ def metrics(cfg: Config, allow_incomplete: bool) -> None:
     from raydiff.paths import run_dir
     from raydiff.workflow import evaluate
 
+    from raydiff.runs import limited_pairs
+
     table, _, missing = evaluate(cfg, allow_incomplete=allow_incomplete)
     print_table(summary(table))
     if missing:
         click.secho(f"warning: left out (scores missing or incomplete): {', '.join(missing)}", fg="yellow", err=True)
+    limited = limited_pairs(run_dir(cfg))
+    if limited:
+        shown = ", ".join(f"{pair} ({n} images)" for pair, n in list(limited.items())[:12])
+        click.secho(f"warning: scored with --limit, a subset of the test set (not the benchmark's numbers; n_images "
+                    f"says how many): {shown}{' …' if len(limited) > 12 else ''}. Re-run `raydiff score` without "
+                    "--limit for the full set.", fg="yellow", err=True)
     click.echo(f"metrics: {run_dir(cfg) / 'metrics.csv'}")
 
 
@@ -466,6 +474,37 @@ def predict(run_dir: Path, images: tuple[Path, ...], out: Path, variants: tuple[
     click.echo(f"predictions: {result['output']}")
 
 
+@main.command("export-mvtec-ad2")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--variant", required=True, help="The variant whose maps are submitted (one per image).")
+@click.option("--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for submission/ (what the server takes), scores.csv/.parquet and meta.json.")
+@click.option("--split", "splits", multiple=True,
+              help="Private test set to score, test_private or test_private_mixed (repeatable; default: both).")
+@click.option("--fpr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01, show_default=True,
+              help="Normal-pixel false-positive rate of the binary maps' threshold (from the run's normal test images).")
+@click.option("--dataset-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the MVTec AD 2 folder is now (default: the run's dataset.root).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="What torch computes on.")
+def export_mvtec_ad2_cmd(run_dir: Path, variant: str, out: Path, splits: tuple[str, ...], fpr: float,
+                         dataset_root: Path | None, device: str) -> None:
+    """Score MVTec AD 2's private test sets (no ground truth) with a finished mvtec-ad2 run and
+    write them as MVTec's evaluation server takes them: float16 TIFF maps and 0/255 PNG masks
+    per image, at each image's own size, under OUTPUT/submission.
+
+    \b
+    Example:
+      raydiff export-mvtec-ad2 raydiff-out/<run_id> --variant trend --output ad2/
+    """
+    from raydiff.export_mvtec_ad2 import export_mvtec_ad2
+
+    result = export_mvtec_ad2(run_dir, out, variant, splits, fpr, dataset_root, device, progress=click.echo)
+    for problem in result["problems"]:
+        click.echo(f"not accepted by the server as it is: {problem}", err=True)
+    click.echo(f"submission: {result['submission']}")
+
+
 @main.command("config")
 @config_options(explained=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "yaml"]), default="table", show_default=True,
@@ -535,8 +574,10 @@ def plan_cmd(config_path: Path | None, sets: tuple[str, ...], categories: str | 
         betas = "" if m["beta_start"] is None else f" {m['beta_start']:g}->{m['beta_end']:g}"
         click.echo(f"  {m['name']}: {m['arch']} {m['preset']}, {m['schedule']}{betas} T={m['timesteps']}, "
                    f"noise {m['noise']}, variance {m['variance']}, {budget(m)} x {m['batch_size']}, "
-                   f"lr {m['lr']:g}, wd {m['weight_decay']:g}, ema {m['ema_decay']:g}; "
+                   f"lr {m['lr']:g}{' linear to 0' if m['lr_schedule'] == 'linear' else ''}, "
+                   f"wd {m['weight_decay']:g}, ema {m['ema_decay']:g}; "
                    f"{m['forward_gflop']:.3g} GFLOP/forward; used by {', '.join(m['used_by'])}")
+        click.echo(f"      init: {m['init']}")
         if m["train_epochs"] is not None:
             click.echo("      steps per category: " + ", ".join(f"{c} {n}" for c, n in m["train_steps_by_category"].items()))
     click.echo(f"variants ({len(plan['variants'])}):")
