@@ -273,7 +273,7 @@ def fit(cfg: Config, category: str | None, device: str | None) -> None:
     from raydiff.workflow import fit_one
 
     cfg, category, manifest = _category(cfg, category)
-    click.echo(f"fitted: {fit_one(cfg, category, manifest, device)}")
+    click.echo(f"fitted: {fit_one(cfg, category, manifest, device, progress=click.echo)}")
 
 
 @main.command()

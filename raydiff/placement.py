@@ -93,6 +93,17 @@ def check_requests(cfg: Config, nodes: Iterable[Mapping[str, float]], node_types
             )
 
 
+def worker_line(line: str) -> None:
+    """One progress line from a Ray worker (a training worker, a fit task) to the driver's
+    console, which Ray forwards from the worker's stdout (``log_to_driver``). Not ``print``: Ray
+    Train 2.60 patches ``print`` in its workers to log the message and also to pass it on to the
+    wrapped stdout, so the driver showed every printed line twice."""
+    import sys
+
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def assigned_gpus() -> list[str]:
     """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
     try:

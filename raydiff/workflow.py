@@ -316,10 +316,12 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | None = None) -> Path:
+def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | None = None,
+            progress: Progress | None = None) -> Path:
     """Fit the KNN prior and normalisation statistics of one category (skipped when complete).
 
     ``device``: what torch computes on (default: the config's ``ray.device``, checked).
+    ``progress``: told the images done / total of each pass over the held-out images, with an ETA.
     """
     import torch
 
@@ -359,6 +361,7 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
         list(cfg.variants.enabled),
         device=dev,
         batch_size=cfg.ray.scoring_batch_size,
+        progress=None if progress is None else (lambda line: progress(f"[fit] {line}")),
     )
     try:
         state.save(folder)  # atomic: nothing partial becomes visible
@@ -376,14 +379,14 @@ def fit_task(cfg: Config, category: str, manifest: pl.DataFrame) -> dict[str, An
 
     from raydiff.io import is_complete
     from raydiff.paths import fitted_dir
-    from raydiff.placement import utc_now, where_ran, worker_device
+    from raydiff.placement import utc_now, where_ran, worker_device, worker_line
     from raydiff.runs import require_visible, run_probe
 
     if is_complete(fitted_dir(cfg, category)):
         return {}
     require_visible(run_probe(cfg), f"the fit task on {socket.gethostname()}")
     started, device = utc_now(), worker_device(cfg)
-    fit_one(cfg, category, manifest, device)
+    fit_one(cfg, category, manifest, device, progress=worker_line)  # the driver's console shows it
     return where_ran(device, started)
 
 

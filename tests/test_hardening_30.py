@@ -401,6 +401,26 @@ def test_fit_refuses_an_edited_checkpoint(trained: tuple) -> None:
 
 @pytest.mark.slow
 @pytest.mark.trains
+def test_fit_reports_its_passes_over_the_held_out_images(trained: tuple) -> None:
+    """Issue 31 item 7: the fit says images done / total with an ETA (the CLI and a Ray fit task
+    pass their own channel: click.echo, ``placement.worker_line``)."""
+    from raydiff.data.splits import assign_holdout
+    from raydiff.workflow import fit_one
+
+    cfg, manifest, _ = trained
+    lines: list[str] = []
+    try:
+        fit_one(cfg, "bottle", assign_holdout(manifest, 0.5, 2, 0), "cpu", progress=lines.append)
+    finally:
+        shutil.rmtree(fitted_dir(cfg, "bottle"), ignore_errors=True)
+    assert [ln.split(", ETA")[0] for ln in lines] == [
+        "[fit] bottle: component statistics (pass 1 of 2): 2/2 images",
+        "[fit] bottle: final-map statistics (pass 2 of 2): 2/2 images",
+    ], lines
+
+
+@pytest.mark.slow
+@pytest.mark.trains
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(trained: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     import raydiff.models.checkpoint as ckpt
 

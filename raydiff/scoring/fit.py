@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,17 +172,20 @@ def normalisation_stats(
 
 
 def component_stats(
-    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int
+    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[float, float]]]]:
     """Both statistics of every family's raw component maps from one pass over the held-out
     images: (per edge-distance ring as ``normalisation_stats``, one global (mean, std) for
-    ``border_rings: false``, the pooled moments of the rings)."""
+    ``border_rings: false``, the pooled moments of the rings). ``on_batch(images done)`` after each batch."""
     from raydiff.scoring import raw_components
     from raydiff.scoring.postprocess import RINGS
 
     moments: dict[str, dict[str, list[RunningMoments]]] = {}
     for start in range(0, images.shape[0], batch_size):
         comps, _, _ = raw_components(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
+        if on_batch is not None:
+            on_batch(min(start + batch_size, images.shape[0]))
         for family, maps in comps.items():
             for name, m in maps.items():
                 _ring_moments(moments.setdefault(family, {}).setdefault(name, [RunningMoments() for _ in range(RINGS)]), m)
@@ -223,7 +227,8 @@ FINAL_QUANTILE = 0.99
 
 
 def final_map_stats(
-    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int
+    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Per variant and edge-distance ring of its final map (components normalised, combined,
     smoothed) over the held-out images: (mean, q99 - mean), so that after ``normalise`` 0 is a
@@ -243,6 +248,8 @@ def final_map_stats(
     ringed = [v for v in variants if ctx.cfg.variants.params(v, ctx.category).border_rings]
     for start in range(0, images.shape[0], batch_size) if ringed else ():
         results = score_batch(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], ringed)
+        if on_batch is not None:
+            on_batch(min(start + batch_size, images.shape[0]))
         for v, res in results.items():
             index = ring_index(res.maps.shape[-2], res.maps.shape[-1]).numpy()
             rings = values.setdefault(v, [[] for _ in range(RINGS)])
@@ -356,8 +363,12 @@ def fit_category(
     variants: Sequence[str],
     device: torch.device | str = "cpu",
     batch_size: int = 8,
+    progress: Callable[[str], None] | None = None,
 ) -> FittedState:
     """The fit step of one category: φ (+ optional domain adaptation), KNN prior, normalisation stats.
+
+    ``progress``: told one line per stage and, during the two passes over the held-out images
+    (steps 4 and 5), the images done / total with an ETA.
 
     ``models``: model kind → DiffusionModel for every kind the ``variants`` use.
     ``train_images`` (N,C,H,W) and ``holdout_images`` (M,C,H,W) float32 in [-1,1]: the category's
@@ -452,11 +463,38 @@ def fit_category(
     ctx = engine_context(cfg, category, models, features, fitted, device)
     if adapted is not None:
         ctx.phis[PHI_ADAPTED] = adapted
-    fitted.stats, fitted.global_stats = component_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
-    fitted.final = final_map_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size)
+    n = int(holdout_images.shape[0])
+    fitted.stats, fitted.global_stats = component_stats(
+        ctx, holdout_images, list(holdout_ids), variants, batch_size,
+        on_batch=_images_done(progress, f"{category}: component statistics (pass 1 of 2)", n))
+    fitted.final = final_map_stats(ctx, holdout_images, list(holdout_ids), variants, batch_size,
+                                   on_batch=_images_done(progress, f"{category}: final-map statistics (pass 2 of 2)", n))
     info["final_standardisation"] = ("per ring (0, 1, 2, 3+ px from the edge) of each variant's final map; none for "
                                      "variants with border_rings: false")
     return fitted
+
+
+#: Seconds between two progress lines of one fit pass (the first batch and the last always report).
+PROGRESS_EVERY_S = 10.0
+
+
+def _images_done(progress: Callable[[str], None] | None, stage: str, total: int) -> Callable[[int], None] | None:
+    """A per-batch callback that tells ``progress`` the images done / total of ``stage`` with an
+    ETA: after the first batch, at most every ``PROGRESS_EVERY_S`` seconds, and at the end."""
+    if progress is None:
+        return None
+    start = time.perf_counter()
+    last = [-math.inf]
+
+    def done(n: int) -> None:
+        now = time.perf_counter()
+        if n < total and now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        eta = (now - start) / n * (total - n) if n else 0.0
+        progress(f"{stage}: {n}/{total} images, ETA {eta:.0f} s")
+
+    return done
 
 
 def load_category_context(cfg: Any, category: str, device: torch.device | str = "cpu") -> Any:

@@ -56,7 +56,7 @@ import polars as pl
 from raydiff.config import Config, config_from_dict, config_to_dict, model_id, run_id
 from raydiff.io import atomic_write_text, is_complete
 from raydiff.paths import model_dir, output_root
-from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device
+from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device, worker_line
 from raydiff.runs import require_visible
 from raydiff.tracking import Tracker, model_params, model_ref, open_tracker, resolved_uri
 
@@ -178,12 +178,8 @@ def _track(tracker: Tracker | None, cfg: Config, category: str, kind: str, folde
         _progress(f"[track] {category}/{kind}: logging failed ({type(err).__name__}: {err}); training goes on")
 
 
-def _progress(line: str) -> None:
-    """One progress line from a training worker to the driver's console, once. Not ``print``:
-    Ray Train 2.60 patches ``print`` in its workers to log the message and also to pass it on to
-    the wrapped stdout, so the driver showed every printed line twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+#: One progress line from a training worker to the driver's console (``placement.worker_line``).
+_progress = worker_line
 
 
 def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
