@@ -456,20 +456,41 @@ def inspect_cmd(run_dir: Path, fpr: float, top: int, coverage_below: float, save
 @click.option("--category", help="The run's category whose models score the images (default: its only one).")
 @click.option("--fpr", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01, show_default=True,
               help="Normal-pixel false-positive rate of the overlays' threshold (from the run's normal test images).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="What torch computes on.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="What torch computes on (default: cpu; with --ray, the run's ray section).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Score on Ray (the run's ray section: a local Ray, or ray.address / RAY_ADDRESS's cluster).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a ray.* key of the run's config (repeatable), e.g. --set ray.address=auto.")
 def predict(run_dir: Path, images: tuple[Path, ...], out: Path, variants: tuple[str, ...], category: str | None,
-            fpr: float, device: str) -> None:
+            fpr: float, device: str | None, use_ray: bool, sets: tuple[str, ...]) -> None:
     """Score new images (files or folders, any size) with a finished run's models: per-image
-    scores, per-pixel maps and PNG overlays with each variant's threshold.
+    scores, per-pixel maps and PNG overlays with each variant's threshold. With --ray, Ray
+    actors score (on a cluster, its GPU nodes) and this process writes the same files.
 
     \b
     Example:
       raydiff predict raydiff-out/<run_id> new-parts/ --output predictions/ --variant trend
+      raydiff predict raydiff-out/<run_id> new-parts/ --output predictions/ --ray --set ray.address=auto
     """
+    from raydiff.config import parse_overrides
     from raydiff.predict import predict as run_predict
+    from raydiff.predict import prepare_prediction
 
-    result = run_predict(run_dir, images, out, variants, category, fpr, device, progress=click.echo)
+    overrides = parse_overrides(sets)
+    if not use_ray:
+        result = run_predict(run_dir, images, out, variants, category, fpr, device or "cpu", click.echo, overrides)
+    else:
+        from raydiff.predict_ray import predict_on_ray
+        from raydiff.workflow import ray_session
+
+        if device is not None:  # as `raydiff score --device`: cuda asks Ray for GPUs
+            overrides.setdefault("ray.device", device)
+            if device == "cuda":
+                overrides.setdefault("ray.accelerator", "gpu")
+        job = prepare_prediction(run_dir, images, out, variants, category, fpr, overrides, click.echo)
+        with ray_session(job.cfg, click.echo):  # started after every input is checked
+            result = predict_on_ray(job, progress=click.echo)
     print_table(result["scores"].select("variant", "image_id", "score", "pixel_threshold", "pixels_above"))
     click.echo(f"predictions: {result['output']}")
 

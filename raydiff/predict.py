@@ -26,15 +26,20 @@ bilinearly (``resize``: over the whole image; ``center-crop``: over the central 
 computed on, the rest is left without heat). Colour scale per variant, the same for every image:
 from the run's median normal-pixel score (transparent) to twice the threshold's distance from it,
 so the threshold sits mid-scale; without a threshold, the min/max of this prediction's maps.
+
+Three steps, so that Ray can do the middle one (``raydiff.predict_ray``, ``raydiff predict
+--ray``): ``prepare_prediction`` checks every input before anything is scored;
+``score_in_process`` (or Ray's actors) yields scored batches in order; ``write_prediction``
+writes the folder from them on the driver, whoever scored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -67,9 +72,12 @@ _SWEEP_FIRST = "run `raydiff sweep --config {config}` first (predict uses the ru
 # --------------------------------------------------------------------------------------------
 
 
-def open_run(run_dir: Path) -> Config:
+def open_run(run_dir: Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """The config of run folder ``run_dir`` (its config.yaml), with the output root set to the
-    folder's parent (where its ``models/`` are), so a moved output root still resolves."""
+    folder's parent (where its ``models/`` are), so a moved output root still resolves.
+
+    ``overrides``: dotted ``ray.*`` keys (where and on what the scoring runs); any other key
+    would score otherwise than the run did and is refused."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -77,7 +85,11 @@ def open_run(run_dir: Path) -> Config:
         fix = (f"pass a run folder, e.g. {run_dir / runs[0]}." if runs
                else "pass OUT/<run_id>, the folder `raydiff sweep` prints as 'run folder'.")
         raise OutputError(run_dir, "is not a raydiff run folder (no config.yaml).", fix)
-    cfg = load_config(path, upgrade=True)
+    for key in overrides or {}:
+        if not key.startswith("ray."):
+            raise RaydiffError(f"--set {key}", "predict scores with the run's own settings; only ray.* keys "
+                               "(where and on what it runs) can be changed.", "drop it, or run a sweep with that setting.")
+    cfg = load_config(path, overrides, upgrade=True)
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(run_dir.resolve().parent)))
     if run_id(cfg) != run_dir.name:
         raise OutputError(path, f"describes run {run_id(cfg)}, but the folder is named {run_dir.name}.",
@@ -245,34 +257,65 @@ def overlay_name(image_id: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def predict(
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What one predict call scores and where it writes, checked before any scoring starts:
+    the run's config (``variants.enabled`` = the chosen variants), the images and their ids, the
+    variants' thresholds, and the models' image channels."""
+
+    cfg: Config
+    run_dir: Path
+    output: Path
+    category: str
+    variants: list[str]
+    images: list[tuple[Path, Path | None]]
+    ids: list[str]
+    thresholds: pl.DataFrame
+    fpr: float
+    channels: int
+
+    def load(self, first: int, last: int) -> np.ndarray:
+        """Images ``first .. last - 1`` as the run loaded its test images: (B,C,S,S) float32 in [-1, 1]."""
+        from raydiff.data.images import load_image
+
+        d = self.cfg.dataset
+        return np.stack([load_image(p, d.image_size, self.channels, d.resize)  # type: ignore[arg-type]
+                         for p, _ in self.images[first:last]])
+
+
+class BatchScores(NamedTuple):
+    """One variant's results on a batch of B images: image scores (B,) (higher = more
+    anomalous), maps (B,S,S) float32, seconds of scoring per image (B,)."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    seconds_per_image: np.ndarray
+
+
+#: A scored batch: the index of its first image, and its results per variant. Batches come in
+#: order, ``ray.scoring_batch_size`` images each (the last one fewer), whoever computed them.
+Scored = tuple[int, dict[str, BatchScores]]
+
+
+def prepare_prediction(
     run_dir: Path,
     inputs: Sequence[Path],
     output: Path,
     variants: Sequence[str] = (),
     category: str | None = None,
     fpr: float = 0.01,
-    device: str = "cpu",
+    overrides: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Score ``inputs`` (image files / folders) with run ``run_dir``; write ``output`` (see the
-    module docstring). Returns {"scores": DataFrame, "thresholds": DataFrame, "output": Path}.
-
-    Scores: higher = more anomalous (the variant's image score, normalised as in the run).
-    ``output`` must be new, empty or an earlier predict output (it is replaced whole).
-    """
-    import torch
-
-    from raydiff.data.images import load_image
-    from raydiff.runs import PARQUET_OPTIONS, write_parquet_atomic, versions
-    from raydiff.scoring import score_batch
-    from raydiff.scoring.fit import load_category_context
+) -> Prediction:
+    """Open the run, check every input and the trained models (one line naming what is wrong),
+    compute the thresholds. ``overrides``: ``ray.*`` keys (``open_run``)."""
+    from raydiff.models.checkpoint import read_meta
 
     say = progress or (lambda _msg: None)
     if not 0.0 < fpr < 1.0:
         raise RaydiffError("--fpr", f"must be in (0, 1), got {fpr}.", "pass e.g. --fpr 0.01.")
     run_dir, output = Path(run_dir), Path(output)
-    cfg = open_run(run_dir)
+    cfg = open_run(run_dir, overrides)
     category = pick_category(cfg, run_dir, category)
     known = list(cfg.variants.instances)
     chosen = list(variants) or list(cfg.variants.enabled)
@@ -289,27 +332,50 @@ def predict(
     thr = thresholds(run_dir, category, chosen, fpr)
     for row in thr.filter(pl.col("threshold").is_null()).iter_rows(named=True):
         say(f"{row['variant']}: the run has no pixel scores of normal test images of {category}: no threshold, no contour")
+    channels = int(read_meta(model_dir(cfg, category, cfg.models_needed()[0]))["channels"])
+    return Prediction(cfg, run_dir, output, category, chosen, images, ids, thr, fpr, channels)
 
-    ctx = load_category_context(cfg, category, torch.device(device))
-    channels = next(iter(ctx.models.values())).channels
-    size, fit = cfg.dataset.image_size, cfg.dataset.resize
 
-    batch_size = cfg.ray.scoring_batch_size
+def score_in_process(job: Prediction, device: str = "cpu") -> Iterator[Scored]:
+    """Score ``job``'s images batch by batch in this process, on torch device ``device``."""
+    import torch
+
+    from raydiff.scoring import score_batch
+    from raydiff.scoring.fit import load_category_context
+
+    ctx = load_category_context(job.cfg, job.category, torch.device(device))
+    batch_size = job.cfg.ray.scoring_batch_size
+    for first in range(0, len(job.images), batch_size):
+        last = min(first + batch_size, len(job.images))
+        x = torch.from_numpy(job.load(first, last))
+        results = score_batch(ctx, x, job.ids[first:last], job.variants)
+        yield first, {vid: BatchScores(res.scores, res.maps, np.full(last - first, res.seconds_per_image))
+                      for vid, res in results.items()}
+
+
+def write_prediction(job: Prediction, batches: Iterable[Scored], ran: Mapping[str, Any] | None = None,
+                     progress: Progress | None = None) -> dict[str, Any]:
+    """Write ``job.output`` (see the module docstring) from ``batches`` (in order, every image
+    once) as they come; the folder is renamed into place with its marker once all is written.
+    ``ran``: where the scoring ran, recorded in meta.json. Returns {"scores": DataFrame,
+    "thresholds": DataFrame, "output": Path}."""
+    from raydiff.runs import PARQUET_OPTIONS, versions, write_parquet_atomic
+
+    say = progress or (lambda _msg: None)
+    category, chosen, images, ids, output = job.category, job.variants, job.images, job.ids, job.output
+    size, fit = job.cfg.dataset.image_size, job.cfg.dataset.resize
     rows: list[dict[str, Any]] = []
     maps: dict[str, list[np.ndarray]] = {v: [] for v in chosen}
-    info = {"run_dir": str(run_dir.resolve()), "run_id": run_dir.name, "category": category, "variants": chosen,
-            "fpr": fpr, "images": len(images), "image_size": size, "resize": fit, "channels": channels,
-            "thresholds": thr.to_dicts(), "versions": versions()}
-    by_variant = {r["variant"]: r for r in thr.iter_rows(named=True)}
+    by_variant = {r["variant"]: r for r in job.thresholds.iter_rows(named=True)}
+    done = 0
     with atomic_dir(output, {"what": "raydiff predict", "images": len(images)}) as tmp:
         yy, xx = np.indices((size, size), dtype=np.int16)
-        for first in range(0, len(images), batch_size):
-            part = images[first:first + batch_size]
-            part_ids = ids[first:first + batch_size]
-            x = torch.from_numpy(np.stack([load_image(p, size, channels, fit) for p, _ in part]))  # type: ignore[arg-type]
-            results = score_batch(ctx, x, part_ids, chosen)
+        for first, results in batches:
+            if first != done:
+                raise RuntimeError(f"predict: batch at image {first} arrived, image {done} expected")
             for vid, res in results.items():
-                b = len(part)
+                b = len(res.scores)
+                part_ids = ids[first:first + b]
                 table = pa.Table.from_arrays(
                     [pa.array(np.repeat(part_ids, size * size)), pa.array(np.tile(yy.ravel(), b)),
                      pa.array(np.tile(xx.ravel(), b)), pa.array(res.maps.reshape(-1).astype(np.float32))],
@@ -319,12 +385,16 @@ def predict(
                 write_parquet_atomic(table, folder / f"part-{first:06d}.parquet")
                 maps[vid].extend(res.maps)
                 t = by_variant[vid]["threshold"]
-                for (path, _), iid, score, m in zip(part, part_ids, res.scores, res.maps, strict=True):
+                for (path, _), iid, score, m, sec in zip(images[first:first + b], part_ids, res.scores, res.maps,
+                                                         res.seconds_per_image, strict=True):
                     rows.append({"image_id": iid, "image_path": str(path), "category": category, "variant": vid,
                                  "score": float(score), "max_pixel_score": float(m.max()), "pixel_threshold": t,
                                  "pixels_above": None if t is None else int((m > t).sum()),
-                                 "seconds_per_image": res.seconds_per_image})
-            say(f"predict {category}: {min(first + batch_size, len(images))}/{len(images)} images")
+                                 "seconds_per_image": float(sec)})
+            done = first + len(next(iter(results.values())).scores)
+            say(f"predict {category}: {done}/{len(images)} images")
+        if done != len(images):
+            raise RuntimeError(f"predict: {done} of {len(images)} images scored")
         scores = pl.DataFrame(rows, schema=SCORE_SCHEMA)
         scores = scores.sort("variant", "image_id")
         scores.write_csv(tmp / "scores.csv")
@@ -335,9 +405,36 @@ def predict(
             scale = _scale(by_variant[vid], maps[vid])
             for (path, _), iid, m in zip(images, ids, maps[vid], strict=True):
                 overlay(path, m, by_variant[vid]["threshold"], scale, fit).save(folder / overlay_name(iid))
+        info = {"run_dir": str(job.run_dir.resolve()), "run_id": job.run_dir.name, "category": category,
+                "variants": chosen, "fpr": job.fpr, "images": len(images), "image_size": size, "resize": fit,
+                "channels": job.channels, "thresholds": job.thresholds.to_dicts(), "versions": versions(),
+                "ran": dict(ran or {"on": "in-process"})}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=str))
     say(f"predict {category}: {len(images)} images x {len(chosen)} variants -> {output}")
-    return {"scores": scores, "thresholds": thr, "output": output}
+    return {"scores": scores, "thresholds": job.thresholds, "output": output}
+
+
+def predict(
+    run_dir: Path,
+    inputs: Sequence[Path],
+    output: Path,
+    variants: Sequence[str] = (),
+    category: str | None = None,
+    fpr: float = 0.01,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score ``inputs`` (image files / folders) with run ``run_dir`` in this process; write
+    ``output`` (see the module docstring). Returns {"scores": DataFrame, "thresholds": DataFrame,
+    "output": Path}. ``overrides``: ``ray.*`` keys (``open_run``; ``ray.scoring_batch_size``
+    applies here too). On Ray: ``raydiff.predict_ray.predict_on_ray``.
+
+    Scores: higher = more anomalous (the variant's image score, normalised as in the run).
+    ``output`` must be new, empty or an earlier predict output (it is replaced whole).
+    """
+    job = prepare_prediction(run_dir, inputs, output, variants, category, fpr, overrides, progress)
+    return write_prediction(job, score_in_process(job, device), {"on": "in-process", "device": device}, progress)
 
 
 def _is_predict_output(folder: Path) -> bool:

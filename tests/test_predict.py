@@ -128,6 +128,7 @@ def test_predict_one_variant_and_bad_input_in_one_line(run: SimpleNamespace, tmp
     assert str(bad) in fails(str(run.dir), str(bad), "--output", str(tmp_path / "o1"))
     assert "not a raydiff run folder" in fails(str(tmp_path), image, "--output", str(tmp_path / "o2"))
     assert "its variants: no-diffusion, kl" in fails(str(run.dir), image, "--output", str(tmp_path / "o3"), "--variant", "nope")
+    assert "only ray.* keys" in fails(str(run.dir), image, "--output", str(tmp_path / "o5"), "--set", "dataset.image_size=64")
 
     moved = tmp_path / "moved-models"
     shutil.move(str(run.out / "models"), moved)  # a run folder whose models are gone
@@ -136,3 +137,47 @@ def test_predict_one_variant_and_bad_input_in_one_line(run: SimpleNamespace, tmp
         assert "run `raydiff sweep" in line and "pixel" in line
     finally:
         shutil.move(str(moved), str(run.out / "models"))
+
+
+@pytest.mark.ray
+def test_predict_on_ray_writes_what_the_in_process_path_writes(run: SimpleNamespace, tmp_path: Path) -> None:
+    """``--ray`` (a Ray of this test's own, ``ray.address=local``): actors score, the driver
+    writes; same files, same scores and maps as in process. 5 images (the test set and an image
+    of another size) in batches of 2: the driver regroups what the actors return into the
+    in-process path's batches (part files)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from raydiff.cli import main
+
+    big = tmp_path / "new" / "big.png"
+    big.parent.mkdir()
+    Image.open(run.rows["image_path"][1]).resize((80, 48)).save(big)
+    images = [str(Path(run.cfg.dataset.root) / "brick" / "test"), str(big)]
+    runner = CliRunner()
+    local = runner.invoke(main, ["predict", str(run.dir), *images, "--output", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    on_ray = runner.invoke(main, ["predict", str(run.dir), *images, "--output", str(tmp_path / "ray"),
+                                  "--ray", "--set", "ray.address=local"])
+    assert on_ray.exit_code == 0, on_ray.output
+
+    def files(folder: Path) -> list[str]:
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    assert "pixels/category=brick/variant=kl/part-000004.parquet" in files(tmp_path / "local")
+    keys = ["variant", "image_id"]
+    a = pl.read_parquet(tmp_path / "local" / "scores.parquet").sort(keys)
+    b = pl.read_parquet(tmp_path / "ray" / "scores.parquet").sort(keys)
+    assert a.height == 5 * len(VARIANTS) and a.select(keys).equals(b.select(keys))
+    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5, atol=1e-6)  # float32 sums: thread counts differ
+    assert a["pixels_above"].to_list() == b["pixels_above"].to_list()
+    for v in VARIANTS:
+        part = Path("pixels") / "category=brick" / f"variant={v}"
+        pa_, pb = (pl.read_parquet(tmp_path / d / part).sort("image_id", "y", "x") for d in ("local", "ray"))
+        assert pa_.select("image_id", "y", "x").equals(pb.select("image_id", "y", "x"))
+        np.testing.assert_allclose(pb["score"], pa_["score"], rtol=1e-5, atol=1e-6)
+    ran = json.loads((tmp_path / "ray" / "meta.json").read_text())["ran"]
+    assert ran["on"] == "ray" and ran["placement"] and all(r["device"] == "cpu" for r in ran["placement"])
+    assert json.loads((tmp_path / "local" / "meta.json").read_text())["ran"]["on"] == "in-process"
