@@ -110,7 +110,7 @@ def test_hutchinson_estimates_the_jacobian_diagonal() -> None:
 
 def test_trend_probes_take_k_gradient_passes_per_level() -> None:
     """`probes: K` runs K forward+backward passes per level and gives a finite, non-negative map;
-    `probes: 0` keeps the one-probe map (the default)."""
+    `probes: 0` keeps the one-probe map (the default before 2026-12-06; Kim's reproducing instances)."""
     from raydiff.scoring import kim_trend
 
     model = tiny_model()

@@ -111,7 +111,7 @@ def id_dict(obj: Any) -> dict[str, Any]:
     for f in _fields(obj):
         value = getattr(obj, f.name)
         rule = f.metadata.get("id")
-        if rule == "omit" or (rule == "unless-default" and value == f.default):
+        if rule == "omit" or (rule == "unless-default" and value == f.metadata.get("id_default", f.default)):
             continue
         out[f.metadata.get("id_name", f.name)] = id_dict(value) if dataclasses.is_dataclass(value) else _plain(value)
     return out

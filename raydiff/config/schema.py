@@ -57,7 +57,9 @@ def _range(lo: float | None = None, hi: float | None = None, **more: Any) -> dic
 #: ``{"id": "omit"}``: never part of a model or run id (it changes no weight and no score).
 ID_OMIT = {"id": "omit"}
 #: ``{"id": "unless-default"}``: hashed only when not the default (a field added after configs
-#: were hashed: those configs keep their ids).
+#: were hashed: those configs keep their ids). With ``"id_default": V`` the value left unhashed is
+#: V instead of the default: a default that changed later (configs that relied on the old
+#: default V keep their ids only where they spell V; every other run gets a new folder).
 ID_UNLESS_DEFAULT = {"id": "unless-default"}
 #: ``{"id_name": OLD}``: hashed under its earlier name (a renamed field keeps the ids it had).
 
@@ -532,10 +534,13 @@ class TrendConfig(PostProcessConfig):
     output: Literal["both", "intensity", "uncertainty"] = "both"
     reconstruction: Literal["one-step", "ddim"] = "one-step"
     ddim_steps: int = field(default=5, metadata=_range(1, 10_000))
-    #: Uncertainty map: 0 = |Jᵀr| for one fixed Gaussian probe r; K > 0 = Hutchinson's estimate of
-    #: diag(J) from K Rademacher probes (K gradient passes per level; ``raydiff.scoring.kim_trend``).
-    #: Hashed into run ids only when set.
-    probes: int = field(default=0, metadata={**_range(0, 256), **ID_UNLESS_DEFAULT})
+    #: Uncertainty map: 0 = |Jᵀr| for one fixed Gaussian probe r (METHODS' reading of Kim et al.,
+    #: the reproducing instances spell it); K > 0 = Hutchinson's estimate of diag(J) from K
+    #: Rademacher probes (K gradient passes per level; ``raydiff.scoring.kim_trend``). Default 1:
+    #: the same cost as 0 and better on MPDD, MagneticTile's pixels and the demo (docs/results.md,
+    #: "Trend's uncertainty"). Hashed into run ids unless 0 (the default before 2026-12-06), so a
+    #: run scored with the one-probe map is never mistaken for one scored with the diagonal.
+    probes: int = field(default=1, metadata={**_range(0, 256), **ID_UNLESS_DEFAULT, "id_default": 0})
     smoothing: Smoothing = "gaussian"
 
     def check(self, prefix: str) -> None:
