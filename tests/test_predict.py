@@ -171,7 +171,9 @@ def test_predict_on_ray_writes_what_the_in_process_path_writes(run: SimpleNamesp
     a = pl.read_parquet(tmp_path / "local" / "scores.parquet").sort(keys)
     b = pl.read_parquet(tmp_path / "ray" / "scores.parquet").sort(keys)
     assert a.height == 5 * len(VARIANTS) and a.select(keys).equals(b.select(keys))
-    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5, atol=1e-6)  # float32 sums: thread counts differ
+    # float32 sums in another order (a 1-CPU actor vs the driver's threads): up to ~1e-4 of a map's
+    # scale in make test; a wrong image or order differs by O(1).
+    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-4, atol=1e-4 * float(np.abs(a["score"]).max()))
     # A pixel within float32 rounding of the threshold may count on one side only (1e-6 differences
     # from thread counts, seen once in make test): at most one pixel per image and variant.
     above = np.abs(np.array(a["pixels_above"].to_list()) - np.array(b["pixels_above"].to_list()))
@@ -180,7 +182,7 @@ def test_predict_on_ray_writes_what_the_in_process_path_writes(run: SimpleNamesp
         part = Path("pixels") / "category=brick" / f"variant={v}"
         pa_, pb = (pl.read_parquet(tmp_path / d / part).sort("image_id", "y", "x") for d in ("local", "ray"))
         assert pa_.select("image_id", "y", "x").equals(pb.select("image_id", "y", "x"))
-        np.testing.assert_allclose(pb["score"], pa_["score"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pb["score"], pa_["score"], rtol=1e-4, atol=1e-4 * float(np.abs(pa_["score"]).max()))
     ran = json.loads((tmp_path / "ray" / "meta.json").read_text())["ran"]
     assert ran["on"] == "ray" and ran["placement"] and all(r["device"] == "cpu" for r in ran["placement"])
     assert json.loads((tmp_path / "local" / "meta.json").read_text())["ran"]["on"] == "in-process"
