@@ -5,6 +5,7 @@
   ship ``fake_multi_node/example.yaml``, which the class reads by default. Fields as in the Ray
   repository's ``python/ray/autoscaler/_private/fake_multi_node/example.yaml``.
 - :func:`sweep_config`: a tiny sweep config (textures, 32 px, the ``tiny`` preset).
+- :func:`run_tables`: what a run folder holds, sorted, for "equal to a clean run" comparisons.
 """
 
 from __future__ import annotations
@@ -70,3 +71,21 @@ def sweep_config(root: Path, out: Path, **extra: Any) -> Any:
         **extra,
     }
     return load_config(REPO / "configs" / "textures.yaml", overrides)
+
+
+#: The metrics.csv columns two runs of one config must agree on (cost columns are timings).
+QUALITY = ["category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro"]
+
+
+def run_tables(folder: Path) -> dict[str, Any]:
+    """The run folder's pixels, images (without timings) and quality metrics as sorted polars
+    DataFrames: two runs wrote the same scores iff these are equal."""
+    import polars as pl
+
+    from raydiff.runs import scan_images, scan_pixels
+
+    return {
+        "pixels": scan_pixels(folder).collect().sort("category", "variant", "image_id", "y", "x"),
+        "images": scan_images(folder).drop("seconds_per_image").collect().sort("category", "variant", "image_id"),
+        "metrics": pl.read_csv(folder / "metrics.csv").select(QUALITY).sort("category", "variant"),
+    }

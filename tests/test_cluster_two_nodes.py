@@ -6,24 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 import pytest
 
-from simulated_clusters import sweep_config
+from simulated_clusters import run_tables, sweep_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
-
-QUALITY = ["category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro"]
-
-
-def _tables(folder: Path) -> dict[str, pl.DataFrame]:
-    from raydiff.runs import scan_images, scan_pixels
-
-    return {
-        "pixels": scan_pixels(folder).collect().sort("variant", "image_id", "y", "x"),
-        "images": scan_images(folder).drop("seconds_per_image").collect().sort("variant", "image_id"),
-        "metrics": pl.read_csv(folder / "metrics.csv").select(QUALITY),
-    }
 
 
 def test_two_node_cluster_writes_what_one_node_writes(tmp_path: Path) -> None:
@@ -60,6 +47,6 @@ def test_two_node_cluster_writes_what_one_node_writes(tmp_path: Path) -> None:
     scored = [r for s in result["scoring"] for r in s["placement"]]
     nodes = {r["node_id"] for r in trained + scored}
     assert len(nodes) == 2, f"the work ran on {len(nodes)} node(s) only"
-    a, b = _tables(run_dir(single)), _tables(run_dir(multi))
+    a, b = run_tables(run_dir(single)), run_tables(run_dir(multi))
     for name in a:
         assert a[name].height > 0 and a[name].equals(b[name]), name

@@ -16,28 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 
-from simulated_clusters import sweep_config
+from simulated_clusters import run_tables, sweep_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
 
-QUALITY = ["category", "variant", "i_auroc", "p_auroc", "p_ap", "aupro"]
 #: Long enough that the worker node is removed while its training runs: the first checkpoint
 #: of any model (step 8 of 32) is the signal.
 EXTRA = {"dataset.categories": ["brick"], "models.train_steps": 32, "models.checkpoint_every": 8,
          "ray.training_runs": 0, "ray.max_failures": 3}
-
-
-def _tables(folder: Path) -> dict[str, pl.DataFrame]:
-    from raydiff.runs import scan_images, scan_pixels
-
-    return {
-        "pixels": scan_pixels(folder).collect().sort("variant", "image_id", "y", "x"),
-        "images": scan_images(folder).drop("seconds_per_image").collect().sort("variant", "image_id"),
-        "metrics": pl.read_csv(folder / "metrics.csv").select(QUALITY).sort("category", "variant"),
-    }
 
 
 def _first_checkpoint(out: Path, deadline: float) -> Path:
@@ -97,7 +85,7 @@ def test_a_node_lost_mid_sweep_gives_the_clean_runs_output(tmp_path: Path) -> No
         ray.shutdown()
         cluster.shutdown()
 
-    a, b = _tables(run_dir(clean)), _tables(run_dir(lost))
+    a, b = run_tables(run_dir(clean)), run_tables(run_dir(lost))
     for name in a:
         assert a[name].height > 0 and a[name].equals(b[name]), name
     keys = b["pixels"].select("category", "variant", "image_id", "y", "x")

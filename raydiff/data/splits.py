@@ -18,20 +18,28 @@ def holdout_count(n_train: int, fraction: float, min_count: int) -> int:
     0 when ``fraction`` is 0, and never all of them (at least one stays for training)."""
     if fraction <= 0 or n_train < 2:
         return 0
-    return min(max(round(fraction * n_train), min_count), n_train - 1)
+    return min(_asked(n_train, fraction, min_count), n_train - 1)
+
+
+def _asked(n_train: int, fraction: float, min_count: int) -> int:
+    """The hold-out size the settings ask for, before ``holdout_count`` keeps one image to train on."""
+    return max(round(fraction * n_train), min_count)
+
+
+#: Rows of the dataset's own held-out images (ids under ``GIVEN_HOLDOUT_PREFIX``).
+_GIVEN_HOLDOUT = (pl.col("split") == "holdout") & pl.col("image_id").str.starts_with(GIVEN_HOLDOUT_PREFIX)
 
 
 def capped_holdouts(manifest: pl.DataFrame, fraction: float, min_count: int) -> list[tuple[str, int, int]]:
     """(category, training images, held out) for each category where ``min_count`` asks for
     all of train/good or more, so ``holdout_count`` holds out all but one: a model would train
     on a single image. Categories with their own held-out images draw nothing and are skipped."""
-    given = manifest.filter((pl.col("split") == "holdout") & pl.col("image_id").str.starts_with(GIVEN_HOLDOUT_PREFIX))
-    has_given = set(given["category"].to_list())
+    has_given = set(manifest.filter(_GIVEN_HOLDOUT)["category"].to_list())
     train = manifest.filter(pl.col("split").is_in(["train", "holdout"]) & ~pl.col("category").is_in(list(has_given)))
     capped = []
     for (category,), group in train.group_by(["category"], maintain_order=True):
         n = group.height
-        if fraction > 0 and n >= 2 and max(round(fraction * n), min_count) > n - 1:
+        if fraction > 0 and n >= 2 and _asked(n, fraction, min_count) > n - 1:
             capped.append((str(category), n, holdout_count(n, fraction, min_count)))
     return sorted(capped)
 
@@ -45,7 +53,7 @@ def assign_holdout(manifest: pl.DataFrame, fraction: float, min_count: int, seed
     dataset's own held-out images (ids under ``GIVEN_HOLDOUT_PREFIX``): they stay, and their
     category draws nothing (also with ``fraction`` 0, where the fit does not read them).
     """
-    given = (pl.col("split") == "holdout") & pl.col("image_id").str.starts_with(GIVEN_HOLDOUT_PREFIX)
+    given = _GIVEN_HOLDOUT
     has_given = set(manifest.filter(given)["category"].to_list())
     df = manifest.with_columns(
         pl.when((pl.col("split") == "holdout") & ~given).then(pl.lit("train")).otherwise(pl.col("split")).alias("split")

@@ -147,12 +147,12 @@ def train_worker(config: dict[str, Any]) -> None:
             if hook is not None:
                 hook(path, step, metrics)
 
-        _progress(f"[train] {category}/{kind}: starting")
+        worker_line(f"[train] {category}/{kind}: starting")
         train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
                   device=device, resume=True, on_checkpoint=report, where=where,
-                  progress=lambda line: _progress(f"[train] {line}"))  # steps/total at log_every
+                  progress=lambda line: worker_line(f"[train] {line}"))  # steps/total at log_every
         _track(tracker, cfg, category, kind, folder, finished=True)
-        _progress(f"[train] {category}/{kind}: done")
+        worker_line(f"[train] {category}/{kind}: done")
     if tracker is not None:
         tracker.close()
 
@@ -163,7 +163,7 @@ def _worker_tracker(cfg: Config) -> Tracker | None:
     try:
         return open_tracker(cfg)
     except Exception as err:  # noqa: BLE001 - tracking never fails a training
-        _progress(f"[track] cannot log from this training worker: {err}")
+        worker_line(f"[track] cannot log from this training worker: {err}")
         return None
 
 
@@ -175,11 +175,9 @@ def _track(tracker: Tracker | None, cfg: Config, category: str, kind: str, folde
     try:
         track_model(tracker, cfg, category, kind, folder, finished)
     except Exception as err:  # noqa: BLE001
-        _progress(f"[track] {category}/{kind}: logging failed ({type(err).__name__}: {err}); training goes on")
+        worker_line(f"[track] {category}/{kind}: logging failed ({type(err).__name__}: {err}); training goes on")
 
 
-#: One progress line from a training worker to the driver's console (``placement.worker_line``).
-_progress = worker_line
 
 
 def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
