@@ -1,6 +1,7 @@
-"""Run configuration: the schema (``raydiff.config.schema``: frozen dataclasses, the model,
-method and built-in variant tables), the upgrade of earlier forms (``compat``) and the loader
-(``loader``: YAML, checks; ``identity``: serialisation and stable ids)."""
+"""Run configuration: the schema (frozen dataclasses, a file per section: ``dataset``, ``models``,
+``methods``, ``variants``; ``schema``: the run-level sections and the root ``Config``), the
+upgrade of earlier forms (``compat``) and the loader (``loader``: YAML, checks; ``identity``:
+serialisation and stable ids)."""
 
 from raydiff.config.loader import (
     RENAMED,
@@ -23,39 +24,47 @@ from raydiff.config.loader import (
     substitute_env,
     yaml_load,
 )
-from raydiff.config.schema import (
+from raydiff.config.dataset import (
     DATASET_LAYOUTS,
+    DatasetConfig,
     DatasetLayout,
-    AugmentConfig,
-    BUILTIN_MODELS,
-    BUILTIN_VARIANTS,
+    TexturesConfig,
+)
+from raydiff.config.methods import (
     METHOD_TABLE,
     POSTPROCESS_PARAMS,
-    MethodSpec,
-    PostProcessConfig,
-    ModelSpec,
-    VariantInstance,
-    Config,
-    DEFAULT_CONFIG,
-    DatasetConfig,
     DynamicConfig,
-    FeaturesConfig,
-    GMMConfig,
     ImageScore,
-    InitConfig,
     KLConfig,
-    LegacyVariants,
-    LatentConfig,
-    ModelsConfig,
+    MethodSpec,
     NoDiffusionConfig,
-    NoiseKind,
-    OutputConfig,
-    RayConfig,
-    SimplexConfig,
+    PostProcessConfig,
     Smoothing,
     StaticConfig,
-    TexturesConfig,
     TrendConfig,
+)
+from raydiff.config.models import (
+    BUILTIN_MODELS,
+    AugmentConfig,
+    GMMConfig,
+    InitConfig,
+    LatentConfig,
+    ModelSpec,
+    ModelsConfig,
+    NoiseKind,
+    SimplexConfig,
+)
+from raydiff.config.schema import (
+    DEFAULT_CONFIG,
+    Config,
+    FeaturesConfig,
+    OutputConfig,
+    RayConfig,
+)
+from raydiff.config.variants import (
+    BUILTIN_VARIANTS,
+    LegacyVariants,
+    VariantInstance,
     VariantsConfig,
 )
 

@@ -1,4 +1,4 @@
-"""Plain data → one frozen dataclass of ``raydiff.config.schema``, checked: unknown keys, wrong
+"""Plain data → one frozen dataclass of the config schema, checked: unknown keys, wrong
 types, out-of-range values (``metadata={"range": (lo, hi)}``) and the class's own cross-field
 rules (its ``check()`` method) are one :class:`ConfigError` naming the key, where its value came
 from and the fix. YAML keys may use ``-`` where the field uses ``_`` (``smoothing-size``)."""
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
 from raydiff.config.compat import RENAMED
-from raydiff.config.schema import Invalid, is_plain_name
+from raydiff.config.fields import PLAIN_NAME_FIX, PLAIN_NAME_PROBLEM, Invalid, is_plain_name
 from raydiff.config.sources import Where, at, blame, fix_in
 from raydiff.errors import ConfigError
 
@@ -135,12 +135,7 @@ def check(obj: Any, prefix: str, where: Where) -> None:
 def check_plain_name(value: str, key: str, where: str) -> str:
     """``value`` if it is a plain folder name (no ``/``, ``..``, leading dot); else ConfigError."""
     if not is_plain_name(value):
-        raise ConfigError(
-            where,
-            f"'{key}' = {value!r} is not a plain name: dataset and category names become folder names "
-            "under the output root, so they may not contain '/', '\\', '..' or start with '.'.",
-            "name the category folder itself (e.g. 'bottle'), not a path; set dataset.root to the folder that holds it.",
-        )
+        raise ConfigError(where, PLAIN_NAME_PROBLEM.format(key=key, value=value), PLAIN_NAME_FIX)
     return value
 
 

@@ -32,7 +32,9 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from raydiff.config.schema import BUILTIN_MODELS, BUILTIN_VARIANTS, METHOD_TABLE, LatentConfig, LegacyVariants, ModelSpec
+from raydiff.config.methods import METHOD_TABLE
+from raydiff.config.models import BUILTIN_MODELS, LatentConfig, ModelSpec
+from raydiff.config.variants import BUILTIN_VARIANTS, LegacyVariants
 from raydiff.errors import ConfigError
 
 #: The release that stops reading the earlier forms of ``models`` and ``variants``.

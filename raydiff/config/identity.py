@@ -10,10 +10,11 @@ stable ids, which name output folders:
   list, ``variants.enabled``, the output root and Ray resources are left out, so a later run
   with more categories or more of the config's variants extends the same folder.
 
-What a field contributes is declared on it (``raydiff.config.schema``): ``{"id": "omit"}`` never,
-``{"id": "unless-default"}`` only when not its default, ``{"id_name": OLD}`` under its earlier
-name; :func:`id_dict` is the one walker that reads them. The rules that depend on other fields
-(a pixel model's unused VAE, ...) are code, in ``_model_settings`` and ``_model_identity``.
+What a field contributes is declared on it (the vocabulary is ``raydiff.config.fields``):
+``{"id": "omit"}`` never, ``{"id": "unless-default"}`` only when not its default,
+``{"id_name": OLD}`` under its earlier name; :func:`id_dict` is the one walker that reads them.
+The rules that depend on other fields (a pixel model's unused VAE, ...) are code, in
+``_model_settings`` and ``_model_identity``.
 
 Files are hashed by content, never by path (issue 31): φ's weights (``features.weights``) and a
 latent model's pretrained VAE folder (``vae_path``) enter the ids as their sha256
@@ -32,8 +33,12 @@ from typing import Any
 
 import yaml
 
-from raydiff.config.schema import Config, ModelsConfig, ModelSpec, PostProcessConfig, TexturesConfig, VariantsConfig
+from raydiff.config.dataset import TexturesConfig
+from raydiff.config.methods import PostProcessConfig
+from raydiff.config.models import ModelsConfig, ModelSpec
+from raydiff.config.schema import Config
 from raydiff.config.sources import Where, blame
+from raydiff.config.variants import VariantsConfig
 from raydiff.errors import ConfigError
 
 

@@ -17,8 +17,10 @@ from typing import Any
 from raydiff.config.build import build, check_plain_name, convert, mapping
 from raydiff.config.compat import merge
 from raydiff.config.published import PUBLISHED_KEYS
-from raydiff.config.schema import BUILTIN_MODELS, BUILTIN_VARIANTS, METHOD_TABLE, ModelsConfig, ModelSpec, VariantInstance, VariantsConfig
+from raydiff.config.methods import METHOD_TABLE
+from raydiff.config.models import BUILTIN_MODELS, ModelsConfig, ModelSpec
 from raydiff.config.sources import Where, at, blame
+from raydiff.config.variants import BUILTIN_VARIANTS, VariantInstance, VariantsConfig
 from raydiff.errors import ConfigError
 
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}

@@ -23,7 +23,7 @@ first instance's name (which seeds its noise). The configured smoothing and imag
 are applied last (``postprocess.finish``).
 
 Adding a method: its maths in a new file here (``components`` + ``combine``) added to
-``METHODS``, its params dataclass in ``raydiff/config/schema.py`` and one row in
+``METHODS``, its params dataclass in ``raydiff/config/methods.py`` and one row in
 ``METHOD_TABLE``. Config parsing, the timestep check, fitting, scoring, ``raydiff plan`` and
 the report derive from the row; ``tests/test_variant_table.py`` walks every method.
 """
