@@ -156,7 +156,7 @@ def test_tensorboard_one_series_per_model_across_a_worker_restart(run: SimpleNam
     from raydiff.workflow import prepare
 
     cfg = load_config(REPO / "configs" / "textures.yaml", _overrides(run.root, tmp_path / "out", "tensorboard"))
-    manifest = prepare(cfg)
+    manifest = prepare(cfg).manifest
     flag = tmp_path / "failed-once"
     train_all(cfg, list(CATEGORIES), ["pixel"], manifest, on_checkpoint=fail_once_after_checkpoint(flag))
     assert flag.is_file()
@@ -224,3 +224,23 @@ def test_tracking_is_no_part_of_any_id() -> None:
     plain = config_from_dict({})
     tracked = config_from_dict({"tracking": {"backend": "tensorboard", "uri": "/tmp/tb", "tune_loggers": True}})
     assert run_id(plain) == run_id(tracked) and model_id(plain, "pixel", "a") == model_id(tracked, "pixel", "a")
+
+
+def test_tracking_uri_expands_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tracking.uri`` is read like the other locations: ``${VAR}``, ``${VAR:-default}`` and ``~``;
+    a URI keeps its ``//``; an unset variable without a default is one error naming it."""
+    from raydiff.config import load_config
+    from raydiff.errors import ConfigError
+
+    monkeypatch.setenv("TRACK_HOST", "tracker.example:5000")
+    monkeypatch.setenv("TB_DIR", str(tmp_path / "tb"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tracking: {backend: mlflow, uri: 'http://${TRACK_HOST}'}\n")
+    assert load_config(cfg).tracking.uri == "http://tracker.example:5000"
+    cfg.write_text("tracking: {backend: mlflow, uri: 'sqlite:///${DB_DIR:-/var/db}/mlflow.db'}\n")
+    assert load_config(cfg).tracking.uri == "sqlite:////var/db/mlflow.db"
+    cfg.write_text("tracking: {backend: tensorboard, uri: '${TB_DIR}/runs'}\n")
+    assert load_config(cfg).tracking.uri == str(tmp_path / "tb" / "runs")
+    cfg.write_text("tracking: {backend: tensorboard, uri: '${NOT_SET_ANYWHERE}/runs'}\n")
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
+        load_config(cfg)

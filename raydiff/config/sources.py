@@ -123,6 +123,7 @@ _PATH_KEYS: tuple[tuple[str, bool], ...] = (
     ("models.vae.vae_path", True),
     ("models.init.checkpoint", True),
     ("output.root", False),
+    ("tracking.uri", False),
 )
 
 
