@@ -22,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-Progress = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class ChainStages:
@@ -39,10 +37,10 @@ class ChainStages:
     score: Callable[[str], dict[str, Any]]
 
 
-def run_chains(categories: Sequence[str], stages: ChainStages, progress: Progress | None = None,
-               poll_s: float = 0.5) -> dict[str, Any]:
-    """Run every category's chain; → {"scoring": [summary per category], "fits": [records]}."""
-    say = progress or (lambda _msg: None)
+def run_chains(categories: Sequence[str], stages: ChainStages, poll_s: float = 0.5) -> dict[str, Any]:
+    """Run every category's chain; → {"scoring": [summary per category], "fits": [records]}.
+
+    The stages report their own progress (the sweep's fit stage says when it is done)."""
     trained = threading.Event()
     fits: list[dict[str, Any]] = []
 
@@ -51,11 +49,9 @@ def run_chains(categories: Sequence[str], stages: ChainStages, progress: Progres
             if trained.is_set() and not stages.ready(category):
                 raise RuntimeError(f"{category}: its models did not finish training (see the training error)")
             time.sleep(poll_s)
-        t0 = time.perf_counter()
         record = stages.fit(category)
         if record:
             fits.append(record)
-            say(f"[fit] {category}: done in {time.perf_counter() - t0:.0f} s")
         return stages.score(category)
 
     with ThreadPoolExecutor(max_workers=max(1, len(categories)), thread_name_prefix="chain") as pool:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
 import torch
+from diffusers import DDPMScheduler
 from torch import Tensor
 
 ScheduleKind = Literal["linear", "cosine", "dynad"]
@@ -128,8 +129,6 @@ class Schedule:
 
 
 def _ddpm_scheduler(kind: str, timesteps: int, beta_start: float, beta_end: float) -> Any:
-    from diffusers import DDPMScheduler
-
     name = "squaredcos_cap_v2" if kind == "cosine" else "linear"
     return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=name, beta_start=beta_start, beta_end=beta_end)
 

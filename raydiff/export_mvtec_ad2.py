@@ -48,10 +48,18 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import tifffile
+import torch
+from PIL import Image
 
+from raydiff.data.images import load_image, read_header
 from raydiff.data.manifest import AD2_PRIVATE_SPLITS, scan_dataset
 from raydiff.errors import CheckpointError, OutputError, RaydiffError
 from raydiff.io import MARKER, atomic_dir
+from raydiff.predict import _map_to_image, check_trained, open_run, run_categories, thresholds
+from raydiff.runs import PARQUET_OPTIONS, versions
+from raydiff.scoring import score_batch
+from raydiff.scoring.fit import load_category_context
 
 Progress = Callable[[str], None]
 
@@ -74,8 +82,6 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 def full_size_map(score_map: np.ndarray, width: int, height: int, fit: str) -> np.ndarray:
     """The (S,S) map of an image at its own (height, width), float32: resized back as the
     overlays are; where the model saw nothing (``center-crop``), the map's minimum."""
-    from raydiff.predict import _map_to_image
-
     full, valid = _map_to_image(score_map, width, height, fit)
     return np.where(valid, full, full[valid].min()).astype(np.float32)
 
@@ -84,9 +90,6 @@ def write_maps(submission: Path, relative: Path, full: np.ndarray, threshold: fl
     """One image's files: ``submission/anomaly_images/<relative>.tiff`` (float16) and, with a
     threshold, ``submission/anomaly_images_thresholded/<relative>.png`` (255 where ``full`` >
     threshold). ``relative`` is ``<object>/<split>/<stem>``."""
-    import tifffile
-    from PIL import Image
-
     tiff = submission / MAPS_DIR / relative.with_suffix(".tiff")
     tiff.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(tiff, np.clip(full, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16))
@@ -148,14 +151,6 @@ def export_mvtec_ad2(
     ``dataset_root``: where the run's dataset is now (default: the run's ``dataset.root``).
     ``output`` must be new, empty or an earlier export (it is replaced whole).
     """
-    import torch
-
-    from raydiff.data.images import load_image, read_header
-    from raydiff.predict import check_trained, open_run, run_categories, thresholds
-    from raydiff.runs import PARQUET_OPTIONS, versions
-    from raydiff.scoring import score_batch
-    from raydiff.scoring.fit import load_category_context
-
     say = progress or (lambda _msg: None)
     run_dir, output = Path(run_dir), Path(output)
     splits = list(splits) or list(AD2_PRIVATE_SPLITS)

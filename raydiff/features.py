@@ -44,6 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from raydiff.config import FeaturesConfig
@@ -281,8 +282,6 @@ def _read_tensors(path: Path, arch: str) -> Mapping[str, object]:
         "or safetensors.torch.save_file (.safetensors)."
     )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types

@@ -33,7 +33,8 @@ import numpy as np
 from raydiff.errors import CheckpointError
 from raydiff.features import knn_features, pooled_layer2
 
-if TYPE_CHECKING:  # faiss is imported where an index is built or read: noise_level needs none
+if TYPE_CHECKING:  # faiss is imported where an index is built or read: noise_level and dynad's
+    # scoring need none, and raydiff.bench.gpu_check runs them where faiss is not installed.
     import faiss
 
 __all__ = ["KNNPrior", "noise_level", "knn_features", "pooled_layer2"]
@@ -110,7 +111,7 @@ class KNNPrior:
         if n < (2 if exclude_self else 1):
             raise ValueError(f"the KNN prior needs at least 2 training images, got {n}")
         k_eff = min(k, n - 1) if exclude_self else min(k, n)
-        import faiss
+        import faiss  # here, not at the top: the GPU check's image has no faiss (see TYPE_CHECKING above)
 
         index = faiss.IndexFlat(feats.shape[1], faiss.METRIC_L1)
         index.add(feats)
@@ -145,7 +146,7 @@ class KNNPrior:
 
     def save(self, folder: str | Path) -> None:
         """Write ``index.faiss`` (faiss.write_index) and ``knn.json`` into ``folder``."""
-        import faiss
+        import faiss  # here, not at the top: the GPU check's image has no faiss (see TYPE_CHECKING above)
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ class KNNPrior:
     @classmethod
     def load(cls, folder: str | Path) -> KNNPrior:
         """Read a folder written by :meth:`save`; :class:`CheckpointError` when files are missing or inconsistent."""
-        import faiss
+        import faiss  # here, not at the top: the GPU check's image has no faiss (see TYPE_CHECKING above)
 
         folder = Path(folder)
         fix = "run `raydiff fit` for this category again (it rebuilds the KNN prior)."

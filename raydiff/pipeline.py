@@ -32,13 +32,16 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
+import torch
 
-from raydiff.config import Config, config_from_dict, config_to_dict
+from raydiff.config import Config
+from raydiff.data.images import Fit, dataset_channels, load_image, load_mask
 from raydiff.errors import user_error_in
+from raydiff.metrics import label_regions
 from raydiff.paths import partition_dir, run_dir
 from raydiff.placement import gpus_for, utc_now, where_ran, worker_device
 from raydiff.runs import (
@@ -55,19 +58,21 @@ from raydiff.runs import (
     run_probe,
     write_part,
 )
+from raydiff.scoring import score_batch
+from raydiff.scoring.fit import load_category_context
 
-def load_batch(batch: dict[str, np.ndarray], size: int, channels: int, resize: str) -> dict[str, np.ndarray]:
+
+def load_batch(
+    batch: dict[str, np.ndarray], size: int, channels: Literal[1, 3], resize: Fit
+) -> dict[str, np.ndarray]:
     """Load images (B,C,H,W float32 in [-1,1]), GT masks (B,H,W int8) and 8-connected regions (B,H,W int32)."""
-    from raydiff.data.images import load_image, load_mask
-    from raydiff.metrics import label_regions
-
     images, gts, regions = [], [], []
     for img_path, mask_path in zip(batch["image_path"], batch["mask_path"], strict=True):
-        images.append(load_image(img_path, size, channels, resize))  # type: ignore[arg-type]
+        images.append(load_image(img_path, size, channels, resize))
         if not isinstance(mask_path, str) or mask_path == "":  # "" (see score_category), or a null turned NaN
             gt = np.zeros((size, size), np.uint8)
         else:
-            gt = load_mask(mask_path, size, resize)  # type: ignore[arg-type]
+            gt = load_mask(mask_path, size, resize)
         gts.append(gt.astype(np.int8))
         regions.append(label_regions(gt).astype(np.int32))
     return {
@@ -84,23 +89,15 @@ class ScoringActor:
     """Holds one category's models and fitted state; scores every pending variant per batch and
     writes the batch's Parquet parts. Returns one small row per image: its part and placement."""
 
-    def __init__(self, cfg_data: dict[str, Any], category: str, variants: Sequence[str], attempt: str,
-                 channels: int) -> None:
-        import torch
-
-        from raydiff.scoring.fit import load_category_context
-
-        self.cfg = config_from_dict(cfg_data)
+    def __init__(self, cfg: Config, category: str, variants: Sequence[str], attempt: str,
+                 channels: Literal[1, 3]) -> None:
+        self.cfg = cfg  # pickled across by Ray as it is: validated once, by the driver's loader
         self.category, self.variants, self.attempt, self.channels = category, list(variants), attempt, channels
         require_visible(run_probe(self.cfg), f"the scoring actor on {socket.gethostname()}")
         self.device = worker_device(self.cfg)
         self.ctx = load_category_context(self.cfg, category, torch.device(self.device))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from raydiff.scoring import score_batch
-
         started = utc_now()
         d = self.cfg.dataset
         batch = load_batch(rows, d.image_size, self.channels, d.resize)
@@ -164,9 +161,7 @@ def score_category(
     faults with one). ``progress``: Ray Data's bar; ``say``: a line of images done / total with an
     ETA as batches come back (at most one every ``SAY_EVERY_S`` seconds, and the last).
     """
-    import ray
-
-    from raydiff.data.images import dataset_channels
+    import ray  # only where work is distributed: the rest of the module runs without Ray
 
     variants = list(variants or cfg.variants.enabled)
     rows = category_test_rows(manifest, category, limit)
@@ -192,7 +187,7 @@ def score_category(
         actor,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs={"cfg_data": config_to_dict(cfg), "category": category, "variants": todo,
+        fn_constructor_kwargs={"cfg": cfg, "category": category, "variants": todo,
                                "attempt": attempt, "channels": channels},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.ray.scoring_actors or n_blocks),
         num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor),

@@ -15,9 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from raydiff.config import Config
 from raydiff.errors import ConfigError
@@ -49,8 +52,6 @@ def launcher_node_types(path: Path | None = None) -> dict[str, dict[str, float]]
     bootstrap config (``path``, default ``BOOTSTRAP_CONFIG``). None when there is no such file,
     it cannot be read, or a node type does not declare its resources (the launcher then fills
     them in from the cloud's instance type, which cannot be known here): nothing to check."""
-    import yaml
-
     file = (path or BOOTSTRAP_CONFIG).expanduser()
     try:
         types = (yaml.safe_load(file.read_text()) or {}).get("available_node_types") or {}
@@ -98,8 +99,6 @@ def worker_line(line: str) -> None:
     console, which Ray forwards from the worker's stdout (``log_to_driver``). Not ``print``: Ray
     Train 2.60 patches ``print`` in its workers to log the message and also to pass it on to the
     wrapped stdout, so the driver showed every printed line twice."""
-    import sys
-
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
@@ -107,7 +106,7 @@ def worker_line(line: str) -> None:
 def assigned_gpus() -> list[str]:
     """GPU ids Ray assigned to this worker ([] outside Ray or without GPUs)."""
     try:
-        import ray
+        import ray  # lazy: ray only where work is distributed; in-process code imports this module too (0.5 s)
 
         if not ray.is_initialized():
             return []
@@ -118,7 +117,7 @@ def assigned_gpus() -> list[str]:
 
 def node_id() -> str | None:
     try:
-        import ray
+        import ray  # lazy: as in assigned_gpus
 
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:
@@ -131,7 +130,7 @@ def worker_device(cfg: Config) -> str:
     A worker that was given GPUs but sees no CUDA device fails here with one clear line, unless
     ``ray.device: cpu`` was set explicitly (GPU resources requested, CPU computation).
     """
-    import torch
+    import torch  # lazy: train.launch imports this module into Tune's trial processes, which start without torch
 
     device = cfg.ray.torch_device
     if device == "cuda" and not torch.cuda.is_available():

@@ -25,8 +25,26 @@ else ``test_images``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from raydiff.config import ModelsConfig, config_to_dict
+from raydiff.data.splits import holdout_count
+from raydiff.diffusion import DYNAD_BETAS
+from raydiff.features import build_features, knn_features
+from raydiff.io import atomic_write_text
+from raydiff.knn_prior import KNNPrior
+from raydiff.models.checkpoint import random_models
+from raydiff.models.flops import model_forward_flops, training_flops
+from raydiff.scoring import raw_components
+from raydiff.scoring.context import CategoryContext
+from raydiff.scoring.fit import FittedState, dynamic_params, dynamic_variants
 
 #: MVTec AD (Bergmann et al., CVPR 2019, Table 1): (train good, test) images per category.
 MVTEC_SIZES: dict[str, tuple[int, int]] = {
@@ -60,8 +78,6 @@ def _tiny(cfg: Any) -> Any:
     """``cfg`` with tiny models, no weight files, a resnet34 φ without domain adaptation and Gaussian
     noise (the pass counts depend on none of them; simplex noise is slow to draw on a CPU): for
     counting passes."""
-    from raydiff.config import ModelsConfig
-
     specs = {name: dataclasses.replace(spec, preset="tiny", base_channels=8, noise="gaussian",
                                        vae=dataclasses.replace(spec.vae, vae_downsample=1, vae_path=None))
              for name, spec in cfg.models.specs.items()}
@@ -80,12 +96,6 @@ _ENGINE_SOURCES = ("scoring", "noise", "diffusion.py", "features.py", "knn_prior
 def _counts_key(cfg: Any, variants: Sequence[str], category: str | None) -> str:
     """Digest of everything the counts depend on: the tiny config's variants and models sections
     (what ``_tiny`` keeps of them), the variants asked for, the category, the engine's source."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from raydiff.config import config_to_dict
-
     data = config_to_dict(_tiny(cfg))
     h = hashlib.sha256(json.dumps({"variants": data.get("variants"), "models": data.get("models"),
                                    "features": data.get("features"), "seed": data.get("seed"),
@@ -100,12 +110,6 @@ def _counts_key(cfg: Any, variants: Sequence[str], category: str | None) -> str:
 def forward_counts(cfg: Any, variants: Sequence[str], category: str | None = None) -> dict[str, Any]:
     """``engine_forward_counts``, kept on disk per counting key (``_counts_key``): a plan of the
     same variants on the same engine reads them back instead of running the engine again."""
-    import json
-    import os
-    from pathlib import Path
-
-    from raydiff.io import atomic_write_text
-
     cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "raydiff") / "plan-counts"
     path = cache / f"{_counts_key(cfg, variants, category)}.json"
     try:
@@ -128,23 +132,12 @@ def engine_forward_counts(cfg: Any, variants: Sequence[str], category: str | Non
     {model: forwards + 2·backwards} (one pass of all ``variants`` together, shared work once)}.
     ``category`` applies its per-category overrides.
     """
-    import torch
-
-    from raydiff.features import build_features
-    from raydiff.models.checkpoint import random_models
-    from raydiff.scoring import raw_components
-    from raydiff.scoring.context import CategoryContext
-    from raydiff.scoring.fit import FittedState, dynamic_params, dynamic_variants
-
     tiny = _tiny(cfg)
     channels, size = 3, _COUNT_SIZE
     models = random_models(tiny, channels, torch.device("cpu"), sorted({tiny.variants.model(v) for v in variants}))
     features, _ = build_features(tiny.features, seed=0)
     knn = None
     if dynamic_variants(tiny, variants):
-        from raydiff.features import knn_features
-        from raydiff.knn_prior import KNNPrior
-
         params = dynamic_params(tiny, variants, category)
         train = torch.rand(params.knn_k + 4, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
         knn = KNNPrior.fit(knn_features(features, train).numpy(), k=params.knn_k, bins=params.bins, exclude_self=True)
@@ -171,8 +164,6 @@ def engine_forward_counts(cfg: Any, variants: Sequence[str], category: str | Non
 
 
 def _schedule(spec: Any) -> dict[str, Any]:
-    from raydiff.diffusion import DYNAD_BETAS
-
     if spec.schedule == "cosine":
         return {"schedule": "cosine", "beta_start": None, "beta_end": None}
     start, end = DYNAD_BETAS if spec.schedule == "dynad" else (spec.beta_start, spec.beta_end)
@@ -181,14 +172,10 @@ def _schedule(spec: Any) -> dict[str, Any]:
 
 def _holdout(cfg: Any, n_train: int) -> int:
     """Normal training images held out of a category with ``n_train`` of them (as ``prepare``)."""
-    from raydiff.data.splits import holdout_count
-
     return holdout_count(n_train, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min)
 
 
 def _changed(base: Any, other: Any) -> dict[str, Any]:
-    from raydiff.config import config_to_dict
-
     a, b = config_to_dict(base), config_to_dict(other)
     return {k: v for k, v in b.items() if a.get(k) != v}
 
@@ -198,9 +185,6 @@ def build_plan(
     test_images: int = 100, train_images: int = 200, categories: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The plan of ``cfg`` as plain data: ``models``, ``variants``, ``cost`` (module docstring)."""
-    from raydiff.config import config_to_dict
-    from raydiff.models.flops import model_forward_flops, training_flops
-
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
     variants = list(cfg.variants.enabled)

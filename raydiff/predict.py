@@ -41,14 +41,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import matplotlib
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import torch
+from PIL import Image
+from scipy import ndimage
 
 from raydiff.config import Config, load_config, run_id
+from raydiff.data.images import center_crop_box, load_image, open_image
 from raydiff.errors import CheckpointError, DatasetError, OutputError, RaydiffError
+from raydiff.inspect_run import pixel_thresholds
 from raydiff.io import MARKER, atomic_dir, is_complete
+from raydiff.models.checkpoint import read_meta
 from raydiff.paths import fitted_dir, model_dir
+from raydiff.runs import PARQUET_OPTIONS, scan_pixels, versions, write_parquet_atomic
+from raydiff.scoring import score_batch
+from raydiff.scoring.fit import load_category_context
 
 Progress = Callable[[str], None]
 
@@ -134,9 +144,6 @@ def check_trained(cfg: Config, run_dir: Path, category: str) -> None:
 def thresholds(run_dir: Path, category: str, variants: Sequence[str], fpr: float) -> pl.DataFrame:
     """variant, threshold (score at pixel FPR ``fpr`` over the run's normal test images), median
     (their median pixel score; the overlays' transparent end). Nulls for a variant without scores."""
-    from raydiff.inspect_run import pixel_thresholds
-    from raydiff.runs import scan_pixels
-
     rows = pl.DataFrame({"variant": list(variants)}, schema={"variant": pl.String})
     try:
         normal = scan_pixels(Path(run_dir)).filter(
@@ -201,10 +208,6 @@ def image_ids(images: Sequence[tuple[Path, Path | None]], category_dir: Path) ->
 
 def _map_to_image(score_map: np.ndarray, width: int, height: int, fit: str) -> tuple[np.ndarray, np.ndarray]:
     """The (S,S) map at the original (height, width) → (map (H,W) float32, where it is defined (H,W) bool)."""
-    from PIL import Image
-
-    from raydiff.data.images import center_crop_box
-
     left, top, right, bottom = (0, 0, width, height) if fit == "resize" else center_crop_box(width, height)
     small = Image.fromarray(score_map.astype(np.float32), mode="F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
     full = np.zeros((height, width), np.float32)
@@ -217,12 +220,6 @@ def _map_to_image(score_map: np.ndarray, width: int, height: int, fit: str) -> t
 def overlay(path: Path, score_map: np.ndarray, threshold: float | None, scale: tuple[float, float], fit: str) -> Any:
     """A PIL RGB image of ``path``'s size: the image, the map as an inferno heat map (transparent
     at ``scale[0]``, opaque from ``scale[1]``), and the contour of ``map > threshold``."""
-    import matplotlib
-    from PIL import Image
-    from scipy import ndimage
-
-    from raydiff.data.images import open_image
-
     img = open_image(path)
     rgb = np.asarray(img.convert("RGB"), np.float32) / 255.0
     height, width = rgb.shape[:2]
@@ -276,8 +273,6 @@ class Prediction:
 
     def load(self, first: int, last: int) -> np.ndarray:
         """Images ``first .. last - 1`` as the run loaded its test images: (B,C,S,S) float32 in [-1, 1]."""
-        from raydiff.data.images import load_image
-
         d = self.cfg.dataset
         return np.stack([load_image(p, d.image_size, self.channels, d.resize)  # type: ignore[arg-type]
                          for p, _ in self.images[first:last]])
@@ -309,8 +304,6 @@ def prepare_prediction(
 ) -> Prediction:
     """Open the run, check every input and the trained models (one line naming what is wrong),
     compute the thresholds. ``overrides``: ``ray.*`` keys (``open_run``)."""
-    from raydiff.models.checkpoint import read_meta
-
     say = progress or (lambda _msg: None)
     if not 0.0 < fpr < 1.0:
         raise RaydiffError("--fpr", f"must be in (0, 1), got {fpr}.", "pass e.g. --fpr 0.01.")
@@ -338,11 +331,6 @@ def prepare_prediction(
 
 def score_in_process(job: Prediction, device: str = "cpu") -> Iterator[Scored]:
     """Score ``job``'s images batch by batch in this process, on torch device ``device``."""
-    import torch
-
-    from raydiff.scoring import score_batch
-    from raydiff.scoring.fit import load_category_context
-
     ctx = load_category_context(job.cfg, job.category, torch.device(device))
     batch_size = job.cfg.ray.scoring_batch_size
     for first in range(0, len(job.images), batch_size):
@@ -359,8 +347,6 @@ def write_prediction(job: Prediction, batches: Iterable[Scored], ran: Mapping[st
     once) as they come; the folder is renamed into place with its marker once all is written.
     ``ran``: where the scoring ran, recorded in meta.json. Returns {"scores": DataFrame,
     "thresholds": DataFrame, "output": Path}."""
-    from raydiff.runs import PARQUET_OPTIONS, versions, write_parquet_atomic
-
     say = progress or (lambda _msg: None)
     category, chosen, images, ids, output = job.category, job.variants, job.images, job.ids, job.output
     size, fit = job.cfg.dataset.image_size, job.cfg.dataset.resize

@@ -26,34 +26,29 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from raydiff.config import Config, config_from_dict, config_to_dict
+from raydiff.config import Config
 from raydiff.errors import user_error_in
 from raydiff.placement import gpus_for, utc_now, where_ran, worker_device
 from raydiff.predict import BatchScores, Prediction, Scored, write_prediction
 from raydiff.runs import require_visible, run_probe
+from raydiff.scoring import score_batch
+from raydiff.scoring.fit import load_category_context
 
 
 class PredictActor:
     """Holds one category's models and fitted state; scores batches of (index, image_id, image)
     rows and returns, per image and variant, its score, map and seconds, and where it ran."""
 
-    def __init__(self, cfg_data: dict[str, Any], category: str, variants: Sequence[str]) -> None:
-        import torch
-
-        from raydiff.scoring.fit import load_category_context
-
-        self.cfg = config_from_dict(cfg_data)
+    def __init__(self, cfg: Config, category: str, variants: Sequence[str]) -> None:
+        self.cfg = cfg  # pickled across by Ray as it is: validated once, by the driver's loader
         self.variants = list(variants)
         require_visible(run_probe(self.cfg), f"the predict actor on {socket.gethostname()}")
         self.device = worker_device(self.cfg)
         self.ctx = load_category_context(self.cfg, category, torch.device(self.device))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from raydiff.scoring import score_batch
-
         started = utc_now()
         images = torch.from_numpy(np.array(rows["image"], dtype=np.float32))  # a writable copy
         results = score_batch(self.ctx, images, [str(i) for i in rows["image_id"]], self.variants)
@@ -73,7 +68,7 @@ def score_on_ray(job: Prediction, placement: list[dict[str, Any]] | None = None)
     ``raydiff.predict.write_prediction`` takes). ``placement``: gets one record per actor call.
     Resources from the config (``ray.accelerator``, ``ray.gpus_per_scoring_actor``,
     ``ray.cpus_per_scoring_actor``, ``ray.scoring_actors``)."""
-    import ray
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
 
     cfg: Config = job.cfg
     batch_size = cfg.ray.scoring_batch_size
@@ -88,7 +83,7 @@ def score_on_ray(job: Prediction, placement: list[dict[str, Any]] | None = None)
         PredictActor,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_constructor_kwargs={"cfg_data": config_to_dict(cfg), "category": job.category, "variants": job.variants},
+        fn_constructor_kwargs={"cfg": cfg, "category": job.category, "variants": job.variants},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.ray.scoring_actors or n_blocks),
         num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor),
         num_cpus=cfg.ray.cpus_per_scoring_actor,

@@ -28,12 +28,16 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from raydiff.config import Config, load_config
+from raydiff.data.images import load_image
+from raydiff.data.manifest import scan_config
 from raydiff.errors import OutputError, RaydiffError
+from raydiff.inspect_run import pixel_thresholds
 from raydiff.io import atomic_write_text
 from raydiff.metrics import KEYS, METRIC_COLUMNS, pixel_curves
-from raydiff.runs import passes_of, require_complete, scan_images, scan_pixels, write_parquet_atomic
+from raydiff.runs import passes_of, read_manifest, require_complete, scan_images, scan_pixels, write_parquet_atomic
 from raydiff.report_figures import (
     CurveSet,
     Example,
@@ -141,15 +145,20 @@ def pick_examples(images: pl.DataFrame) -> list[tuple[str, dict[str, Any]]]:
     return picks
 
 
-def manifest_paths(cfg: Config | None, categories: Sequence[str]) -> tuple[dict[tuple[str, str], str], str | None]:
-    """(category, image_id) → image path from the run's dataset, or ({}, why not)."""
+def manifest_paths(cfg: Config | None, categories: Sequence[str],
+                   run_dir: Path | None = None) -> tuple[dict[tuple[str, str], str], str | None]:
+    """(category, image_id) → image path: from the manifest the run recorded (``runs.MANIFEST``)
+    when it has the categories, else from a scan of the run's dataset; or ({}, why not)."""
+    recorded = None if run_dir is None else read_manifest(run_dir)
+    if recorded is not None and set(categories) <= set(recorded["category"].to_list()):
+        rows = recorded.filter(pl.col("category").is_in(list(categories)))
+        return {(r["category"], r["image_id"]): r["image_path"] for r in rows.iter_rows(named=True)}, None
     if cfg is None:
         return {}, "config.yaml is missing from the run folder"
-    from raydiff.data.manifest import scan_config as scan
 
     sub = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, categories=tuple(categories)))
     try:
-        manifest = scan(sub)
+        manifest = scan_config(sub)
     except (RaydiffError, OSError, ValueError) as err:
         return {}, f"the dataset could not be read ({err})"
     return {(r["category"], r["image_id"]): r["image_path"] for r in manifest.iter_rows(named=True)}, None
@@ -162,9 +171,6 @@ def load_display_image(path: str | None, h: int, w: int, fit: str) -> np.ndarray
     """
     if path is None or not Path(path).is_file():
         return None
-    from PIL import Image
-
-    from raydiff.data.images import load_image
 
     try:
         if h == w:
@@ -362,8 +368,6 @@ def side_by_side_picks(images: pl.DataFrame) -> list[tuple[str, dict[str, Any]]]
 def side_by_side_html(pixels: pl.LazyFrame, images: pl.DataFrame, dataset: str, cat: str, index: int,
                       paths: dict[tuple[str, str], str], fit: str, fpr: float, figs: Path) -> str:
     """Every variant's score map of the same few images, with each variant's threshold at ``fpr``."""
-    from raydiff.inspect_run import pixel_thresholds
-
     picks = side_by_side_picks(images)
     if not picks:
         return ""
@@ -410,13 +414,13 @@ def examples_html(pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.Da
 
 
 def category_html(pixels: pl.LazyFrame, image_rows: pl.DataFrame, metrics: pl.DataFrame, dataset: str,
-                  cfg: Config | None, figs: Path, fpr: float) -> tuple[list[str], str]:
+                  cfg: Config | None, figs: Path, fpr: float, run_dir: Path | None = None) -> tuple[list[str], str]:
     """Per category: the side-by-side view, the curves, the examples. → (TOC entries, HTML)."""
     cats = sorted(metrics["category"].unique())
     if cfg is not None and cfg.dataset.dataset_name != dataset:
         paths, why = {}, f"the run's config.yaml names dataset {cfg.dataset.dataset_name!r}"
     else:
-        paths, why = manifest_paths(cfg, cats)
+        paths, why = manifest_paths(cfg, cats, run_dir)
     fit = cfg.dataset.resize if cfg else "resize"
     parts = [f"<p class=small>Input images not shown: {_esc(why)}.</p>"] if why else []
     toc = []
@@ -496,7 +500,7 @@ def report_html(
         name = f"cost-{_safe(dataset)}.png"
         plot_cost(mm.filter(pl.col("group") == "all"), f"{dataset}: mean over categories, per variant", figs / name)
         parts.append(f"<h3 id='{anchor}-cost'>Accuracy vs cost</h3>" + _img(name, "accuracy vs cost"))
-        cat_toc, cat_html = category_html(pixels, image_rows, m, dataset, cfg, figs, REPORT_FPR)
+        cat_toc, cat_html = category_html(pixels, image_rows, m, dataset, cfg, figs, REPORT_FPR, run_dir)
         parts.append(cat_html)
         toc.append(f"<li><a href='#{anchor}'>{_esc(dataset)}</a>: <a href='#{anchor}-tables'>tables</a> · "
                    f"<a href='#{anchor}-cost'>accuracy vs cost</a> · categories: {' · '.join(cat_toc)}</li>")

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from raydiff.config import BUILTIN_VARIANTS  # noqa: E402
+
 #: Points per curve drawn (linear interpolation between the exact curve's points).
 PLOT_POINTS = 1001
 DPI = 90
@@ -33,8 +35,6 @@ def variant_color(variant: str, variants: Sequence[str] = ()) -> str:
     """The same colour for a variant in every figure: its position in ``variants`` (the run's
     variant instances, config order; else the built-in variants), on a palette as long as the
     list (tab10, then tab20, then evenly spaced hues), so no two of them share a colour."""
-    from raydiff.config import BUILTIN_VARIANTS
-
     names = list(variants) or list(BUILTIN_VARIANTS)
     n = len(names)
     index = names.index(variant) if variant in names else sum(map(ord, variant)) % n

@@ -4,6 +4,7 @@ over category groups (all; textures / objects for MVTec AD). Used by ``raydiff.w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import polars as pl
 
 from raydiff.metrics import KEYS, METRIC_COLUMNS, compute_metrics
 from raydiff.config.published import published_dataset
+from raydiff.paths import fitted_dir, model_dir
 
 #: MVTec AD texture categories; every other MVTec category is an object.
 MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
@@ -155,10 +157,8 @@ def _vae_label(vae: dict[str, Any], expected: str | None) -> str | None:
 def provenance(cfg: Any, category: str, model: str | None = None) -> dict[str, str | None]:
     """{feature_weights, vae, init} of one category's fitted state and model ``model`` (None when
     unknown, or with no model)."""
-    import json
-
+    # lazy: two file names from modules that import torch; `raydiff report` imports this module and runs without it
     from raydiff.models.checkpoint import META
-    from raydiff.paths import fitted_dir, model_dir
     from raydiff.scoring.fit import STATS_FILE
 
     out: dict[str, str | None] = {"feature_weights": None, "vae": None, "init": None}

@@ -29,10 +29,14 @@ renames within a folder are atomic there.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
+import importlib.metadata as md
 import json
 import os
+import platform
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raydiff.config import Config
+from raydiff.config import Config, config_from_dict, dump_config, model_id, run_id, yaml_load
 from raydiff.errors import OutputError
 from raydiff.io import MARKER, atomic_write_text, is_complete, write_marker
 from raydiff.paths import partition_dir, run_dir
@@ -86,9 +90,6 @@ Progress = Callable[[str], None]
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that determine results (for run and model metadata)."""
-    import importlib.metadata as md
-    import platform
-
     out = {"python": platform.python_version()}
     for pkg in ("raydiff", "torch", "diffusers", "ray", "polars", "pyarrow", "faiss-cpu", "faiss-gpu-cu12", "numpy"):
         try:
@@ -154,6 +155,35 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: The images a run folder's scores came from (``raydiff.workflow.prepare``'s manifest: path,
+#: split, defect type, mask of every image), so that metrics, the report and ``inspect`` need not
+#: scan the dataset again (which may have moved or changed since).
+MANIFEST = "manifest.parquet"
+
+
+def read_manifest(folder: Path) -> pl.DataFrame | None:
+    """The run folder's recorded manifest; None when there is none or it cannot be read (it is
+    derived data: the next sweep writes it again from the dataset)."""
+    try:
+        return pl.read_parquet(folder / MANIFEST)
+    except (OSError, pl.exceptions.PolarsError):
+        return None
+
+
+def write_manifest(folder: Path, manifest: pl.DataFrame) -> None:
+    """Record ``manifest`` in the run folder: its categories' rows replace the recorded ones, other
+    categories' rows stay (a run of fewer categories extends the record, never shrinks it)."""
+    recorded = read_manifest(folder)
+    if recorded is not None:
+        others = recorded.filter(~pl.col("category").is_in(manifest["category"].unique().to_list()))
+        manifest = pl.concat([others, manifest], how="diagonal_relaxed")
+    try:
+        write_parquet_atomic(manifest.sort(["category", "split", "image_id"]).to_arrow(), folder / MANIFEST)
+    except OSError as err:
+        raise OutputError(folder / MANIFEST, f"cannot write the run's manifest ({err.strerror or err}).",
+                          "check free space and permissions, or pick another --output.") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,8 +361,6 @@ def write_run_metadata(cfg: Config, overwrite: bool = False, progress: Progress 
     versions.json's ``model_ids`` (model → category → id) cover ``categories`` (those the run
     found on disk when the config discovers them; default: ``dataset.categories``) and the ones an
     earlier run of this folder recorded (a run with fewer categories extends, never shrinks, it)."""
-    from raydiff.config import config_from_dict, dump_config, model_id, run_id, yaml_load
-
     folder = run_dir(cfg)
     existing = folder / "config.yaml"
     if existing.is_file():
@@ -394,9 +422,6 @@ def output_lock(cfg: Config) -> Iterator[Path]:
     process that is gone (same host, dead pid) is taken over; one from another host is not (its
     pid cannot be checked from here): the message says how to remove it.
     """
-    import datetime as dt
-    import socket
-
     root = Path(cfg.output.root).expanduser()
     path = root / LOCK
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": dt.datetime.now(dt.timezone.utc).isoformat()}

@@ -22,7 +22,7 @@ def derive_seed(run_seed: int, *parts: object) -> int:
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch generator on ``device`` seeded with ``seed``. Gaussian noise and trend's probe are
     drawn by generators on the compute device; everything else by CPU generators."""
-    import torch
+    import torch  # lazy: derive_seed serves torch-free modules (data.splits, data.manifest)
 
     g = torch.Generator(device=device)
     g.manual_seed(seed)

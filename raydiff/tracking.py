@@ -42,6 +42,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -185,7 +186,7 @@ class MlflowTracker:
 
     def __init__(self, uri: str, experiment: str) -> None:
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional: raydiff[tracking], only when used
         except ImportError as err:
             raise _missing("mlflow", err) from None
         self.uri = uri
@@ -203,7 +204,7 @@ class MlflowTracker:
         self._runs: dict[str, Any] = {}
 
     def _experiment(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # optional: raydiff[tracking], only when used
 
         found = self.client.get_experiment_by_name(name)
         if found is not None:
@@ -238,7 +239,7 @@ class MlflowTracker:
             if found:
                 self._runs[key] = found[0]
             else:
-                from mlflow.entities import Param
+                from mlflow.entities import Param  # optional: raydiff[tracking], only when used
 
                 run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, **(extra_tags or {})})
                 items = [Param(k, _param_text(v)) for k, v in params.items()]
@@ -260,7 +261,7 @@ class MlflowTracker:
 
     def log_model(self, ref: ModelRef, rows: Sequence[Mapping[str, float]], params: Mapping[str, str],
                   finished: Path | None = None) -> int:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag  # optional: raydiff[tracking], only when used
 
         run = self._model_run(ref, params)
         run_id_ = run.info.run_id
@@ -297,7 +298,7 @@ class MlflowTracker:
 
     def log_results(self, run: str, rows: Sequence[Mapping[str, Any]], params: Mapping[str, Mapping[str, str]],
                     run_params: Mapping[str, str], artefacts: Sequence[Path]) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag  # optional: raydiff[tracking], only when used
 
         parent = self._parent(run, run_params)
         now = int(time.time() * 1000)
@@ -340,6 +341,7 @@ class TensorBoardTracker:
 
     def __init__(self, root: Path) -> None:
         try:
+            # optional: raydiff[tracking], only when used; checked here, imported where used
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: F401
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError as err:
@@ -363,6 +365,7 @@ class TensorBoardTracker:
         return (self.model_dir(ref) / TB_FINISHED).is_file()
 
     def _last_step(self, folder: Path) -> int:
+        # optional: raydiff[tracking], only when used
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         if not folder.is_dir():
@@ -375,7 +378,7 @@ class TensorBoardTracker:
 
     def log_model(self, ref: ModelRef, rows: Sequence[Mapping[str, float]], params: Mapping[str, str],
                   finished: Path | None = None) -> int:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: raydiff[tracking], only when used
 
         folder = self.model_dir(ref)
         if ref not in self._steps:
@@ -439,9 +442,7 @@ class TensorBoardTracker:
         """A writer on ``folder`` after its own earlier event files are removed (its subfolders
         are other TensorBoard runs): a second ``raydiff metrics`` replaces the values instead of
         adding a second point at step 0."""
-        from contextlib import closing
-
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: raydiff[tracking], only when used
 
         if folder.is_dir():
             for old in folder.glob("events.out.tfevents.*"):

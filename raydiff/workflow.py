@@ -1,7 +1,8 @@
 """Library entry points behind the CLI and jobs/: each does one whole step for a config.
 
-The sweep runs one chain per category, train → fit → score, and every chain at once
-(``raydiff.chains``):
+Every step starts from :func:`prepare`: the dataset scanned and checked once, its held-out
+images marked and each category's channel count read (a :class:`Prepared`). The sweep runs one
+chain per category, train → fit → score, and every chain at once (``raydiff.chains``):
 
 - the main thread runs every pending training (one Tune run, ``raydiff.train.launch``); each
   Train run asks for the resources the config names, so an autoscaler sees the whole demand;
@@ -9,58 +10,157 @@ The sweep runs one chain per category, train → fit → score, and every chain 
   task) and scores it (its own Ray Data pipeline, ``raydiff.pipeline``), while other categories
   still train or score. Ray's scheduler shares the GPUs between all of them.
 
-Nothing here prints: progress goes to a callback, and ``sweep`` returns its tables.
+The run folder keeps the manifest the run scored (``manifest.parquet``), so that metrics, the
+report and ``raydiff inspect`` need not scan the dataset again. Nothing here prints: progress goes
+to a callback, and ``sweep`` returns its tables.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import torch
 
-from raydiff.config import Config
-from raydiff.data.manifest import scan_config
-from raydiff.errors import DatasetError, OutputError
+from raydiff.chains import ChainStages, run_chains
+from raydiff.config import DEFAULT_CONFIG, Config, check_overrides, config_to_dict, default_textures_root, load_config
+from raydiff.data.images import dataset_channels, load_image
+from raydiff.data.manifest import detect_layout, scan_config
+from raydiff.data.splits import assign_holdout, capped_holdouts
+from raydiff.data.textures import make_textures
+from raydiff.data.validate import ValidationSummary, check_training_split, validate_dataset
+from raydiff.errors import CheckpointError, DatasetError, OutputError, user_error_in
+from raydiff.io import atomic_write_text, is_complete
+from raydiff.models.checkpoint import META, expected_meta, load_model
+from raydiff.models.presets import check_model_sizes
+from raydiff.paths import fitted_dir, model_dir, run_dir
+from raydiff.pipeline import score_category
+from raydiff.placement import (
+    check_requests,
+    gpus_for,
+    launcher_node_types,
+    parse_utc,
+    stage_summary,
+    utc_now,
+    where_ran,
+    worker_device,
+    worker_line,
+)
+from raydiff.report import write_report
+from raydiff.report_tables import metrics_table, with_provenance, with_shared_passes
+from raydiff.runs import (
+    TABLES,
+    output_lock,
+    passes_of,
+    pending_variants,
+    read_manifest,
+    require_visible,
+    run_probe,
+    scan_images,
+    scan_pixels,
+    write_manifest,
+    write_parquet_atomic,
+    write_run_metadata,
+)
+from raydiff.scoring.fit import fit_category
+from raydiff.tracking import log_metrics, log_report
+from raydiff.train.launch import train_all
+
+# `ray` itself is imported inside the functions that start or use it: `raydiff validate`, an
+# in-process `raydiff fit` and the report never need it (0.5 s, and a Ray session's side effects).
+
+Progress = Callable[[str], None]
 
 
-def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None = None) -> Any:
-    """Scan and validate the dataset a config names (or ``root`` with layout ``kind``, default:
-    detected from the folder), with every check the pipeline would fail later: model sizes,
-    the training / hold-out split, the configured channel mode."""
-    from raydiff.data.manifest import detect_layout
-    from raydiff.data.splits import assign_holdout
-    from raydiff.data.validate import check_training_split, validate_dataset
-    from raydiff.models.presets import check_model_sizes
+def _quiet(_msg: str) -> None:
+    pass
 
+
+# --------------------------------------------------------------------------------------------
+# The dataset, scanned and checked once
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config's dataset, scanned and checked once: what every later step works from.
+
+    ``manifest``: one row per image (``raydiff.data.manifest``), the held-out normal images
+    marked ``split == "holdout"``. ``channels``: category → 1 or 3, the count the models are
+    built for (``dataset.channels``, else the files' own). ``summary``: what validation found
+    (None for a manifest made elsewhere, :meth:`of`).
+    """
+
+    cfg: Config
+    manifest: pl.DataFrame
+    channels: dict[str, int]
+    summary: ValidationSummary | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, manifest: pl.DataFrame) -> Prepared:
+        """A manifest built elsewhere (a test's, a hand-made hold-out), unchecked; the channel
+        counts read from its files' headers."""
+        channels = {c: dataset_channels(manifest.filter(pl.col("category") == c), cfg.dataset.channels)
+                    for c in categories_of(manifest)}
+        return cls(cfg, manifest, channels)
+
+    @property
+    def categories(self) -> list[str]:
+        return categories_of(self.manifest)
+
+    def rows(self, category: str, *splits: str) -> pl.DataFrame:
+        """The category's rows (of ``splits`` when given), sorted by image id."""
+        rows = self.manifest.filter(pl.col("category") == category)
+        if splits:
+            rows = rows.filter(pl.col("split").is_in(list(splits)))
+        return rows.sort("image_id")
+
+
+def _scan_and_check(cfg: Config, root: Path | None = None, kind: str | None = None) -> tuple[pl.DataFrame, ValidationSummary]:
+    """The checks ``validate`` and ``prepare`` share: model sizes, per-category overrides, every
+    file, the training / hold-out split. Returns the manifest with its hold-out marked."""
     check_model_sizes(cfg)
-    if root is not None and kind is None:
-        kind = detect_layout(Path(root))
     manifest = scan_config(cfg, root, kind)
     _check_overrides_apply(cfg, manifest)
     kind = kind or cfg.dataset.layout
     base = Path(root or cfg.dataset.root)
-    summary = validate_dataset(manifest, base, kind=kind, channels=cfg.dataset.channels,
-                               image_size=cfg.dataset.image_size)
     ds = cfg.dataset
+    summary = validate_dataset(manifest, base, kind=kind, channels=ds.channels, image_size=ds.image_size)
     warn_capped_holdouts(cfg, manifest)
-    check_training_split(assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed), base, kind,
-                         holdout=ds.holdout_fraction > 0)
-    return summary
+    marked = assign_holdout(manifest, ds.holdout_fraction, ds.holdout_min, cfg.seed)
+    check_training_split(marked, base, kind, holdout=ds.holdout_fraction > 0)
+    return marked, summary
+
+
+def validate_dataset_for(cfg: Config, root: Path | None = None, kind: str | None = None) -> ValidationSummary:
+    """Scan and validate the dataset a config names (or ``root`` with layout ``kind``, default:
+    detected from the folder), with every check the pipeline would fail later: model sizes,
+    the training / hold-out split, the configured channel mode."""
+    if root is not None and kind is None:
+        kind = detect_layout(Path(root))
+    return _scan_and_check(cfg, root, kind)[1]
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Check the output folder, scan + validate the dataset, mark the held-out normal images."""
+    check_output_persistent(cfg)
+    check_output_outside_dataset(cfg)
+    manifest, summary = _scan_and_check(cfg)
+    return Prepared(cfg, manifest, dict(summary.channels), summary)
 
 
 def warn_capped_holdouts(cfg: Config, manifest: pl.DataFrame) -> None:
     """Warn, once per config, where ``dataset.holdout_min`` leaves a single training image."""
-    import warnings
-
-    from raydiff.data.splits import capped_holdouts
-
     capped = capped_holdouts(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min)
     if capped:
         shown = ", ".join(f"{c} ({k} of {n})" for c, n, k in capped[:6]) + (" …" if len(capped) > 6 else "")
@@ -73,8 +173,6 @@ def warn_capped_holdouts(cfg: Config, manifest: pl.DataFrame) -> None:
 def _check_overrides_apply(cfg: Config, manifest: pl.DataFrame) -> None:
     """A ``per_category`` override naming none of the categories found is an error (it would
     silently never apply); with ``dataset.categories`` listed the loader already checked it."""
-    from raydiff.config import check_overrides
-
     if not cfg.dataset.categories:
         found = tuple(sorted(manifest["category"].unique().to_list()))
         check_overrides(cfg.variants, cfg.groups, found, f"{cfg.source or 'config'} (categories found in {cfg.dataset.root})")
@@ -84,8 +182,6 @@ def demo_config(output_root: Path | None = None, seed: int | None = None) -> Con
     """The embedded default benchmark's config (configs/textures.yaml), its textures written
     with the config's ``textures`` settings; ``seed`` (default: the config's) draws the images,
     their defects and the models' initialisation and noise alike."""
-    from raydiff.config import DEFAULT_CONFIG, load_config
-
     overrides: dict[str, Any] = {"output.root": str(output_root)} if output_root else {}
     if seed is not None:
         overrides["seed"] = seed
@@ -100,9 +196,6 @@ def write_embedded_data(cfg: Config, progress: Progress | None = None) -> Path |
     Only the default location (``OUTPUT_ROOT/data/textures``) is filled: a dataset root given by
     ``--dataset-root`` or ``$RAYDIFF_TEXTURES`` is the user's and stays as it is. Returns the
     folder written, else None."""
-    from raydiff.config import DEFAULT_CONFIG, default_textures_root, load_config
-    from raydiff.io import is_complete
-
     root = Path(cfg.dataset.root)
     if (cfg.source is None or Path(cfg.source) != DEFAULT_CONFIG.resolve()
             or root != default_textures_root(cfg.output.root, cfg.seed) or is_complete(root)):
@@ -115,9 +208,6 @@ def write_embedded_data(cfg: Config, progress: Progress | None = None) -> Path |
 def write_textures(cfg: Config, out: Path, size: int | None = None, seed: int | None = None) -> Path:
     """Write the texture benchmark to ``out`` as ``cfg`` draws it: its ``textures`` section, and
     its image size and seed unless ``size`` / ``seed`` are given."""
-    from raydiff.config import config_to_dict
-    from raydiff.data.textures import make_textures
-
     # TexturesConfig's fields are make_textures' keyword arguments (tests/test_textures_visibility.py).
     return make_textures(out, size=cfg.dataset.image_size if size is None else size,
                          seed=cfg.seed if seed is None else seed, **config_to_dict(cfg.textures))
@@ -151,27 +241,6 @@ def check_output_persistent(cfg: Config) -> None:
                           "e.g. --output /mnt/shared/raydiff-out.")
 
 
-def prepare(cfg: Config) -> pl.DataFrame:
-    """Scan + validate the dataset, then mark the held-out normal images (split 'holdout')."""
-    from raydiff.data.splits import assign_holdout
-    from raydiff.data.validate import validate_dataset
-
-    from raydiff.data.validate import check_training_split
-    from raydiff.models.presets import check_model_sizes
-
-    check_model_sizes(cfg)
-    check_output_persistent(cfg)
-    check_output_outside_dataset(cfg)
-    manifest = scan_config(cfg)
-    _check_overrides_apply(cfg, manifest)
-    validate_dataset(manifest, Path(cfg.dataset.root), kind=cfg.dataset.layout, channels=cfg.dataset.channels,
-                     image_size=cfg.dataset.image_size)
-    warn_capped_holdouts(cfg, manifest)
-    out = assign_holdout(manifest, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min, cfg.seed)
-    check_training_split(out, Path(cfg.dataset.root), cfg.dataset.layout, holdout=cfg.dataset.holdout_fraction > 0)
-    return out
-
-
 def check_output_outside_dataset(cfg: Config) -> None:
     """The output root may not be the dataset root or lie inside it: a later scan would read the
     run's own files (fitted states, reports) as category folders."""
@@ -184,10 +253,6 @@ def check_output_outside_dataset(cfg: Config) -> None:
 def require_trained(cfg: Config, category: str) -> None:
     """CheckpointError naming the first model or fitted state of ``category`` that is missing,
     before any Ray is started (scoring needs both)."""
-    from raydiff.errors import CheckpointError
-    from raydiff.io import is_complete
-    from raydiff.paths import fitted_dir, model_dir
-
     for name in cfg.models_needed():
         if not is_complete(model_dir(cfg, category, name)):
             raise CheckpointError(model_dir(cfg, category, name), f"model '{name}' of category {category} is not trained.",
@@ -216,8 +281,6 @@ def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
 
     Returns True when this call started (or joined) Ray (the caller then shuts the connection down).
     """
-    import os
-
     import ray
 
     say = progress or _quiet
@@ -287,8 +350,6 @@ def check_cluster_fits(cfg: Config, launched: bool = False) -> None:
     types cannot be read may add any node)."""
     import ray
 
-    from raydiff.placement import check_requests, launcher_node_types
-
     node_types = launcher_node_types() if launched else None
     if launched and node_types is None:
         return
@@ -297,11 +358,6 @@ def check_cluster_fits(cfg: Config, launched: bool = False) -> None:
 
 def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
     """Images of manifest rows as one tensor (N,C,H,W) in [-1, 1] (datasets are small)."""
-    import numpy as np
-    import torch
-
-    from raydiff.data.images import load_image
-
     size = cfg.dataset.image_size
     if rows.height == 0:
         return torch.zeros((0, channels, size, size))
@@ -309,40 +365,23 @@ def load_images(cfg: Config, rows: pl.DataFrame, channels: int) -> Any:
     return torch.from_numpy(np.stack(arrays))
 
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_msg: str) -> None:
-    pass
-
-
-def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | None = None,
-            progress: Progress | None = None) -> Path:
+def fit_one(prepared: Prepared, category: str, device: str | None = None, progress: Progress | None = None) -> Path:
     """Fit the KNN prior and normalisation statistics of one category (skipped when complete).
 
     ``device``: what torch computes on (default: the config's ``ray.device``, checked).
     ``progress``: told the images done / total of each pass over the held-out images, with an ETA.
     """
-    import torch
-
-    from raydiff.data.images import dataset_channels
-    from raydiff.io import is_complete
-    from raydiff.models.checkpoint import expected_meta, load_model
-    from raydiff.paths import fitted_dir, model_dir
-    from raydiff.placement import worker_device
-    from raydiff.scoring.fit import fit_category
-
+    cfg = prepared.cfg
     folder = fitted_dir(cfg, category)
     if is_complete(folder):
         return folder
     dev = torch.device(device or worker_device(cfg))
-    rows = manifest.filter(pl.col("category") == category)
-    channels = dataset_channels(rows, cfg.dataset.channels)
+    channels = prepared.channels[category]
     models = {k: load_model(model_dir(cfg, category, k), dev, expect=expected_meta(cfg, k, category),
                             vae_path=cfg.models.spec(k).vae.vae_path)
               for k in cfg.models_needed()}
-    train = rows.filter(pl.col("split") == "train").sort("image_id")
-    holdout = rows.filter(pl.col("split") == "holdout").sort("image_id")
+    train = prepared.rows(category, "train")
+    holdout = prepared.rows(category, "holdout")
     if cfg.dataset.holdout_fraction == 0:  # nothing held out: the statistics come from the training images
         holdout = train
     if holdout.height == 0:
@@ -366,34 +405,24 @@ def fit_one(cfg: Config, category: str, manifest: pl.DataFrame, device: str | No
     try:
         state.save(folder)  # atomic: nothing partial becomes visible
     except OSError as err:
-        from raydiff.errors import OutputError
-
         raise OutputError(folder, f"cannot write the fitted state ({err.strerror or err}).",
                           "free space (or fix permissions) under the output root and re-run `raydiff fit`.") from None
     return folder
 
 
-def fit_task(cfg: Config, category: str, manifest: pl.DataFrame) -> dict[str, Any]:
+def fit_task(prepared: Prepared, category: str) -> dict[str, Any]:
     """``fit_one`` as a Ray task body: checks the worker, returns where it ran ({} if already fitted)."""
-    import socket
-
-    from raydiff.io import is_complete
-    from raydiff.paths import fitted_dir
-    from raydiff.placement import utc_now, where_ran, worker_device, worker_line
-    from raydiff.runs import require_visible, run_probe
-
+    cfg = prepared.cfg
     if is_complete(fitted_dir(cfg, category)):
         return {}
     require_visible(run_probe(cfg), f"the fit task on {socket.gethostname()}")
     started, device = utc_now(), worker_device(cfg)
-    fit_one(cfg, category, manifest, device, progress=worker_line)  # the driver's console shows it
+    fit_one(prepared, category, device, progress=worker_line)  # the driver's console shows it
     return where_ran(device, started)
 
 
 def _ray_fit(cfg: Config) -> Any:
     import ray
-
-    from raydiff.placement import gpus_for
 
     return ray.remote(fit_task).options(
         num_cpus=1, num_gpus=gpus_for(cfg, cfg.ray.gpus_per_scoring_actor), max_retries=2
@@ -402,8 +431,6 @@ def _ray_fit(cfg: Config) -> Any:
 
 def _get(ray: Any, refs: Any) -> Any:
     """``ray.get`` that raises a worker's RaydiffError as itself (one line, not a traceback)."""
-    from raydiff.errors import user_error_in
-
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as err:
@@ -419,8 +446,6 @@ def check_storage(cfg: Config) -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from raydiff.runs import require_visible, run_probe
-
     probe = ray.remote(num_cpus=0)(require_visible)
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     refs = [
@@ -432,12 +457,14 @@ def check_storage(cfg: Config) -> int:
 
 
 def expected_categories(cfg: Config, folder: Path) -> list[str]:
-    """The categories a run folder should have scores for: the config's list; else the dataset's
-    category folders when the dataset is there; else every category some partition names."""
-    from raydiff.runs import TABLES
-
+    """The categories a run folder should have scores for: the config's list; else those of the
+    manifest the runs of the folder recorded; else the dataset's category folders when the
+    dataset is there; else every category some partition names."""
     if cfg.dataset.categories:
         return list(cfg.dataset.categories)
+    recorded = read_manifest(folder)
+    if recorded is not None:
+        return categories_of(recorded)
     if Path(cfg.dataset.root).is_dir():
         try:
             return categories_of(scan_config(cfg))
@@ -450,8 +477,6 @@ def expected_categories(cfg: Config, folder: Path) -> list[str]:
 
 def missing_scores(cfg: Config, categories: list[str]) -> list[str]:
     """``category/variant`` pairs of the config whose pixel or image partition is not complete."""
-    from raydiff.runs import pending_variants
-
     return [f"{c}/{v}" for c in categories for v in pending_variants(cfg, c, list(cfg.variants.enabled))]
 
 
@@ -467,12 +492,6 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
 
     Returns (per category × variant, per category × variant × defect type, missing pairs).
     """
-    from raydiff.errors import OutputError
-    from raydiff.io import atomic_write_text
-    from raydiff.paths import run_dir
-    from raydiff.report_tables import metrics_table, with_provenance, with_shared_passes
-    from raydiff.runs import passes_of, scan_images, scan_pixels, write_parquet_atomic
-
     folder = run_dir(cfg)
     missing = missing_scores(cfg, categories if categories is not None else expected_categories(cfg, folder))
     if missing and not allow_incomplete:
@@ -490,26 +509,17 @@ def evaluate(cfg: Config, categories: list[str] | None = None,
     for name, df in (("metrics", table), ("metrics_by_defect", by_defect)):
         write_parquet_atomic(df.to_arrow(), folder / f"{name}.parquet")
         atomic_write_text(folder / f"{name}.csv", df.write_csv())
-    from raydiff.tracking import log_metrics
-
     files = ("config.yaml", "versions.json", "metrics.csv", "metrics_by_defect.csv")
     log_metrics(cfg, table, [folder / name for name in files])
     return table, by_defect, missing
 
 
 def _models_ready(cfg: Config, category: str) -> bool:
-    from raydiff.io import is_complete
-    from raydiff.paths import model_dir
-
     return all(is_complete(model_dir(cfg, category, k)) for k in cfg.models_needed())
 
 
 def training_records(cfg: Config, categories: list[str], since: str) -> list[dict[str, Any]]:
     """Placement records of the training segments that started at or after ``since`` (ISO UTC)."""
-    from raydiff.models.checkpoint import META
-    from raydiff.paths import model_dir
-    from raydiff.placement import parse_utc
-
     out = []
     for c in categories:
         for k in cfg.models_needed():
@@ -522,8 +532,8 @@ def training_records(cfg: Config, categories: list[str], since: str) -> list[dic
     return out
 
 
-def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str], limit: int | None = None,
-                     progress: Progress = _quiet, bars: bool = True) -> dict[str, Any]:
+def run_sweep_chains(prepared: Prepared, limit: int | None = None, progress: Progress = _quiet,
+                     bars: bool = True) -> dict[str, Any]:
     """Train, fit and score every category, each category's chain starting as soon as it can
     (``raydiff.chains``). Needs a running Ray.
 
@@ -531,14 +541,9 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
     """
     import ray
 
-    from raydiff.chains import ChainStages, run_chains
-    from raydiff.pipeline import score_category
-    from raydiff.placement import utc_now
-
+    cfg, manifest, categories = prepared.cfg, prepared.manifest, prepared.categories
     since = utc_now()
     fit = _ray_fit(cfg)
-
-    from raydiff.train.launch import train_all
 
     def train() -> None:
         t0 = time.perf_counter()
@@ -546,11 +551,11 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
         progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
     def fit_category(category: str) -> dict[str, Any]:
-        rows = manifest.filter((pl.col("category") == category) & pl.col("split").is_in(["train", "holdout"]))
+        rows = prepared.rows(category, "train", "holdout")
         t0 = time.perf_counter()
         progress(f"[fit] {category}: {rows.height} normal images (training + held out), "
                  f"{len(cfg.variants.enabled)} variants")
-        record = _get(ray, fit.remote(cfg, category, manifest))
+        record = _get(ray, fit.remote(prepared, category))
         progress(f"[fit] {category}: " + (f"done in {time.perf_counter() - t0:.0f} s" if record else "already fitted"))
         return record
 
@@ -572,7 +577,7 @@ def run_sweep_chains(cfg: Config, manifest: pl.DataFrame, categories: list[str],
         fit=fit_category,
         score=score,
     )
-    out = run_chains(categories, stages, progress)
+    out = run_chains(categories, stages)
     placement = {
         "train": training_records(cfg, categories, since),
         "fit": out["fits"],
@@ -597,8 +602,6 @@ def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite:
     (tasks, nodes, GPUs, GPU busy fraction) and ``tables`` (the metrics DataFrame) for the
     caller to show.
     """
-    from raydiff.runs import output_lock
-
     start = time.perf_counter()
     check_output_persistent(cfg)  # before anything is written into a folder that would vanish
     write_embedded_data(cfg, progress)
@@ -606,23 +609,21 @@ def sweep(cfg: Config, limit: int | None = None, report: bool = True, overwrite:
         limit = limit or SMOKE_LIMIT
         if not cfg.dataset.categories:
             cfg = replace(cfg, dataset=replace(cfg.dataset, categories=tuple(categories_of(scan_config(cfg))[:1])))
-    manifest = prepare(cfg)
+    prepared = prepare(cfg)
     with output_lock(cfg):
-        return _locked_sweep(cfg, manifest, start, limit, report, overwrite, progress, bars)
+        return _locked_sweep(prepared, start, limit, report, overwrite, progress, bars)
 
 
-def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int | None, report: bool,
-                  overwrite: bool, progress: Progress, bars: bool) -> dict[str, Any]:
-    from raydiff.placement import stage_summary
-    from raydiff.runs import write_run_metadata
-
-    categories = categories_of(manifest)
+def _locked_sweep(prepared: Prepared, start: float, limit: int | None, report: bool, overwrite: bool,
+                  progress: Progress, bars: bool) -> dict[str, Any]:
+    cfg, categories = prepared.cfg, prepared.categories
     folder = write_run_metadata(cfg, overwrite=overwrite, progress=progress, categories=categories)
+    write_manifest(folder, prepared.manifest)
     with ray_session(cfg, progress):
         nodes = check_storage(cfg)
         progress(f"[storage] run folder {folder} visible from {nodes} node(s)")
         t0 = time.perf_counter()
-        chains = run_sweep_chains(cfg, manifest, categories, limit=limit, progress=progress, bars=bars)
+        chains = run_sweep_chains(prepared, limit=limit, progress=progress, bars=bars)
         t1 = time.perf_counter()
     metrics, by_defect, _ = evaluate(cfg, categories)
     result: dict[str, Any] = {
@@ -636,9 +637,6 @@ def _locked_sweep(cfg: Config, manifest: pl.DataFrame, start: float, limit: int 
         "tables": {"metrics": metrics},
     }
     if report:
-        from raydiff.report import write_report
-        from raydiff.tracking import log_report
-
         result["report"] = str(write_report(folder, metrics=metrics, by_defect=by_defect))
         log_report(cfg, [Path(result["report"]), folder / "report"])  # report.html and its figures
     return result

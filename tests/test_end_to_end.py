@@ -142,7 +142,7 @@ def test_killed_scoring_actor_same_parquet_any_batch_size(run: SimpleNamespace) 
         shutil.rmtree(run.folder / table)
     cfg = load_config(REPO / "configs" / "textures.yaml", {**run.overrides, "ray.scoring_batch_size": 3})
     dying = dying_scoring_actor(after_batches=0, flag=run.killed)  # exits hard after writing its first batch, once
-    summary = score_category(cfg, "brick", prepare(cfg), progress=False, actor=dying)
+    summary = score_category(cfg, "brick", prepare(cfg).manifest, progress=False, actor=dying)
     assert run.killed.read_text() == "killed", "the kill hook did not fire"
     assert summary["images"] == N_TEST
     # Same rows, no duplicates, no partial partition. The scores equal the batch-2 reference to

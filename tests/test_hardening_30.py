@@ -385,7 +385,7 @@ def test_an_edited_meta_json_is_refused(trained: tuple, key: str, value: object)
 @pytest.mark.trains
 def test_fit_refuses_an_edited_checkpoint(trained: tuple) -> None:
     from raydiff.data.splits import assign_holdout
-    from raydiff.workflow import fit_one
+    from raydiff.workflow import Prepared, fit_one
 
     cfg, manifest, folder = trained
     meta_path = folder / "meta.json"
@@ -393,7 +393,7 @@ def test_fit_refuses_an_edited_checkpoint(trained: tuple) -> None:
     meta_path.write_text(json.dumps({**json.loads(original), "noise_kind": "gmm"}))
     try:
         with pytest.raises(CheckpointError, match="noise_kind"):
-            fit_one(cfg, "bottle", assign_holdout(manifest, 0.2, 1, 0), "cpu")
+            fit_one(Prepared.of(cfg, assign_holdout(manifest, 0.2, 1, 0)), "bottle", "cpu")
         assert not fitted_dir(cfg, "bottle").exists()
     finally:
         meta_path.write_text(original)
@@ -405,12 +405,12 @@ def test_fit_reports_its_passes_over_the_held_out_images(trained: tuple) -> None
     """Issue 31 item 7: the fit says images done / total with an ETA (the CLI and a Ray fit task
     pass their own channel: click.echo, ``placement.worker_line``)."""
     from raydiff.data.splits import assign_holdout
-    from raydiff.workflow import fit_one
+    from raydiff.workflow import Prepared, fit_one
 
     cfg, manifest, _ = trained
     lines: list[str] = []
     try:
-        fit_one(cfg, "bottle", assign_holdout(manifest, 0.5, 2, 0), "cpu", progress=lines.append)
+        fit_one(Prepared.of(cfg, assign_holdout(manifest, 0.5, 2, 0)), "bottle", "cpu", progress=lines.append)
     finally:
         shutil.rmtree(fitted_dir(cfg, "bottle"), ignore_errors=True)
     assert [ln.split(", ETA")[0] for ln in lines] == [

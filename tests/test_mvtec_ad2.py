@@ -136,17 +136,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "ray": {"scoring_batch_size": 3},
         "seed": 0,
     })
-    manifest = prepare(cfg)  # validates the tree and holds out validation/good
+    prepared = prepare(cfg)  # validates the tree and holds out validation/good
+    manifest = prepared.manifest
     train_one(cfg, "can", "pixel", manifest, device="cpu")
     write_run_metadata(cfg)
-    fit_one(cfg, "can", manifest, "cpu")
+    fit_one(prepared, "can", "cpu")
     return SimpleNamespace(cfg=cfg, dir=run_dir(cfg), manifest=manifest, root=root, base=base)
 
 
 def _score_public_test(run: SimpleNamespace) -> None:
     """What a sweep stores for test_public (the pipeline's scoring actor and commit), so the run has
     normal-pixel scores for the binary maps' threshold."""
-    from raydiff.config import config_to_dict
     from raydiff.paths import partition_dir
     from raydiff.pipeline import ScoringActor, category_test_rows
     from raydiff.runs import TABLES, commit_staged, part_name
@@ -154,7 +154,7 @@ def _score_public_test(run: SimpleNamespace) -> None:
     rows = category_test_rows(run.manifest, "can")
     items = rows.select("image_id", "defect_type", "label", "image_path",
                         pl.col("mask_path").fill_null("")).with_row_index("index")
-    actor = ScoringActor(config_to_dict(run.cfg), "can", ["no-diffusion"], "test", 3)
+    actor = ScoringActor(run.cfg, "can", ["no-diffusion"], "test", 3)
     actor({c: items[c].to_numpy() for c in items.columns})
     size = run.cfg.dataset.image_size
     for table in TABLES:

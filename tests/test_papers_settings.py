@@ -95,7 +95,7 @@ def test_holdout_fraction_zero_trains_and_fits_on_all_of_train_good(tmp_path: Pa
     from raydiff.paths import fitted_dir
     from raydiff.scoring.fit import FittedState
     from raydiff.train.loop import train_one
-    from raydiff.workflow import fit_one
+    from raydiff.workflow import Prepared, fit_one
 
     root = make_mvtec(tmp_path / "data", n_train=5)
     cfg = config_from_dict(_data(root, tmp_path / "out", train_epochs=2))
@@ -111,7 +111,7 @@ def test_holdout_fraction_zero_trains_and_fits_on_all_of_train_good(tmp_path: Pa
     assert (meta["n_train_images"], meta["train_epochs"], meta["train_steps"]) == (5, 2, 5)
     assert len((folder / "loss.csv").read_text().strip().splitlines()) == 1 + 5
 
-    fit_one(cfg, "bottle", manifest, "cpu")
+    fit_one(Prepared.of(cfg, manifest), "bottle", "cpu")
     fitted = FittedState.load(fitted_dir(cfg, "bottle"))
     assert fitted.info["holdout_images"] == 5 and fitted.info["statistics_on"] == "training images"
     assert fitted.knn.n_train == 5  # DynAD's KNN index holds all of train/good

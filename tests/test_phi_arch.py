@@ -287,6 +287,7 @@ def _smooth(n: int, seed: int) -> torch.Tensor:
 def test_dynads_adaptation_does_not_change_rans_feature_term(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from raydiff.models import checkpoint
     from raydiff.paths import fitted_dir
+    from raydiff.scoring import fit as fit_module
     from raydiff.scoring import raw_components
     from raydiff.scoring.fit import fit_category, load_category_context
 
@@ -304,7 +305,7 @@ def test_dynads_adaptation_does_not_change_rans_feature_term(tmp_path: Path, mon
     assert fit_on.stats["kl"] == fit_off.stats["kl"]  # RAN's statistics: measured with the same φ
 
     # The scoring context as an actor loads it (fitted state saved and read back).
-    monkeypatch.setattr(checkpoint, "load_model", lambda folder, device, **kw: models[Path(folder).name])
+    monkeypatch.setattr(fit_module, "load_model", lambda folder, device, **kw: models[Path(folder).name])
     contexts = {}
     for name, cfg, fitted in (("on", on, fit_on), ("off", off, fit_off)):
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(tmp_path / name)))

@@ -44,14 +44,15 @@ def run(texture_models, tmp_path_factory: pytest.TempPathFactory) -> SimpleNames
     cfg = config_from_dict(data).with_models(("pixel",), train_steps=150, checkpoint_every=150)
     shutil.copytree(texture_models.path("pixel"), model_dir(cfg, "brick", "pixel"))
     assert is_complete(model_dir(cfg, "brick", "pixel"))
-    manifest = prepare(cfg)
+    prepared = prepare(cfg)
+    manifest = prepared.manifest
     write_run_metadata(cfg)
-    fit_one(cfg, "brick", manifest, "cpu")
+    fit_one(prepared, "brick", "cpu")
 
     # The pipeline's scoring step, batch by batch (what Ray Data's actor pool runs), then its commit.
     rows = category_test_rows(manifest, "brick")
     items = rows.select("image_id", "defect_type", "label", "image_path", pl.col("mask_path").fill_null("")).with_row_index("index")
-    actor = ScoringActor(config_to_dict(cfg), "brick", list(VARIANTS), "test", 1)
+    actor = ScoringActor(cfg, "brick", list(VARIANTS), "test", 1)
     size = cfg.dataset.image_size
     parts = []
     for first in range(0, items.height, 2):

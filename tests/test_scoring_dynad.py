@@ -473,12 +473,12 @@ def test_pasted_foreign_patch_scores_higher_inside(texture_models, tmp_path: Pat
 
 def test_load_category_context_names_the_fix(small: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from raydiff.errors import CheckpointError
-    from raydiff.models import checkpoint
     from raydiff.paths import fitted_dir
+    from raydiff.scoring import fit as fit_module
     from raydiff.scoring.fit import FittedState, load_category_context
 
     cfg = dataclasses.replace(small.cfg, output=dataclasses.replace(small.cfg.output, root=str(tmp_path)))
-    monkeypatch.setattr(checkpoint, "load_model", lambda folder, device, **kw: small.models[Path(folder).name])
+    monkeypatch.setattr(fit_module, "load_model", lambda folder, device, **kw: small.models[Path(folder).name])
     with pytest.raises(CheckpointError, match="raydiff fit"):
         load_category_context(cfg, "c")
     stats = {"dynamic": {"l_map": (0.0, 1.0), "f_map": (0.0, 1.0)}}

@@ -37,7 +37,7 @@ def bench(ctx: click.Context) -> None:
       raydiff bench schedule --config configs/mvtec.yaml --gpus 4 8
     """
     if ctx.invoked_subcommand is None:
-        from raydiff.bench.suite import main
+        from raydiff.bench.suite import main  # lazy: raydiff.cli imports this module at start-up
 
         main([])
 

@@ -24,6 +24,7 @@ so far, not the row's own).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -32,10 +33,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from raydiff.config import Config, load_config
+from raydiff.bench.peak import matmul_peak
+from raydiff.config import DEFAULT_CONFIG, Config, ModelSpec, load_config
+from raydiff.features import PHI_ADAPTED, build_features, knn_features
 from raydiff.models.checkpoint import random_models  # noqa: F401 - the benchmarks' (and tests') random models
 from raydiff.config.schema import ScoringConfig
+from raydiff.noise import sample_noise
+from raydiff.scoring import raw_components, score_batch
+from raydiff.scoring.context import engine_context
+from raydiff.scoring.fit import FittedState, dynamic_params, dynamic_variants, phi_keys
 
 #: Overrides that let a config be read without its dataset (the bench never opens it) and with
 #: the random-init φ the benchmark documents.
@@ -46,10 +54,6 @@ def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
     """A config for benchmarking: ``path`` with ``overrides``, never needing its dataset folder.
     An override of a model setting (``models.preset``) applies to every model of the config, also
     to named models that set it themselves."""
-    import dataclasses
-
-    from raydiff.config import DEFAULT_CONFIG, ModelSpec
-
     fields = {f.name for f in dataclasses.fields(ModelSpec)}
     every = {k: v for k, v in (overrides or {}).items() if k.startswith("models.") and k[7:] in fields}
     rest = {k: v for k, v in (overrides or {}).items() if k not in every}
@@ -59,8 +63,6 @@ def bench_config(path: Any, overrides: dict[str, Any] | None = None) -> Config:
 
 def unet_gflops(model: Any, device: torch.device) -> float:
     """GFLOP of one UNet forward pass for one image (torch's FLOP counter, 2 FLOP per MAC)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     c, s = model.sample_channels, int(model.unet.config.sample_size)
     x = torch.zeros(1, c, s, s, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -89,9 +91,6 @@ class ExactL1Prior:
 
 def fit_random_prior(cfg: Config, features: Any, variants: Sequence[str], channels: int, g: torch.Generator) -> Any:
     """The KNN prior on random training images (faiss when installed, else :class:`ExactL1Prior`)."""
-    from raydiff.features import knn_features
-    from raydiff.scoring.fit import dynamic_params, dynamic_variants
-
     if not dynamic_variants(cfg, variants):
         return None
     params = dynamic_params(cfg, variants)
@@ -100,7 +99,7 @@ def fit_random_prior(cfg: Config, features: Any, variants: Sequence[str], channe
     train = (torch.rand(params.knn_k + 4, channels, size, size, generator=g) * 2 - 1).to(device)
     feats = knn_features(features, train).numpy()
     try:
-        from raydiff.knn_prior import KNNPrior
+        from raydiff.knn_prior import KNNPrior  # lazy, in the try: without faiss (the GPU check), ExactL1Prior
 
         return KNNPrior.fit(feats, k=params.knn_k, bins=params.bins, exclude_self=True)
     except ImportError:
@@ -113,12 +112,6 @@ def bench_context(
     """A scoring context on random models with the engine settings ``scoring``. DynAD's
     domain-adapted φ, where its instances use one, is a copy of the random φ (adapting it would
     change its weights, not what scoring costs) with its own KNN prior, as in a fitted run."""
-    import copy
-
-    from raydiff.features import PHI_ADAPTED, build_features
-    from raydiff.scoring.context import engine_context
-    from raydiff.scoring.fit import FittedState, phi_keys
-
     kinds = sorted({cfg.variants.model(v) for v in variants})
     models = random_models(cfg, channels, device, kinds)
     features, _ = build_features(cfg.features, seed=cfg.seed, device=device)
@@ -143,7 +136,7 @@ def peak_memory_mb(device: torch.device) -> tuple[float | None, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
     try:
-        import resource
+        import resource  # lazy, inside the try: Unix only
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu process peak RSS (not per row)"
     except ImportError:
@@ -152,8 +145,6 @@ def peak_memory_mb(device: torch.device) -> tuple[float | None, str]:
 
 def noise_seconds(ctx: Any, draws: dict[tuple[str, tuple[int, ...]], int], repeats: int = 2) -> float:
     """Seconds the noise ``draws`` ({(kind, shape): count}) take when re-timed alone on the device."""
-    from raydiff.noise import sample_noise
-
     total = 0.0
     spec_of = {ctx.cfg.model_spec(m).noise: ctx.cfg.model_spec(m) for m in ctx.models}
     for (kind, shape), count in draws.items():
@@ -176,8 +167,6 @@ def measure(
     gflops: dict[str, float], peak_tflops: float | None, repeats: int = 1,
 ) -> dict[str, Any]:
     """One row: ``variants`` in one shared pass over ``images`` in batches of ``batch``."""
-    from raydiff.scoring import raw_components, score_batch
-
     # Untimed pass: warm-up (allocator, cuDNN autotuning, compilation) and the counts.
     _, cache, _ = raw_components(ctx, images[:batch], ids[:batch], variants)
     family_kind = {ctx.cfg.variants.family(v): ctx.cfg.variants.model(v) for v in variants}
@@ -347,8 +336,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from raydiff.bench.peak import matmul_peak
-
     args = parse_args(argv)
     cfg = config_from_args(args)
     peak = args.peak_tflops

@@ -42,16 +42,22 @@ import math
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
+import yaml
 
 from raydiff.bench.engine import bench_config, bench_context, measure, unet_gflops
 from raydiff.bench.peak import matmul_peak
-from raydiff.config import Config, ModelsConfig
+from raydiff.bench.train import bench_train
+from raydiff.config import Config, ModelsConfig, ModelSpec
 from raydiff.config.schema import ScoringConfig
+from raydiff.noise import sample_noise
+from raydiff.scoring import raw_components, score_batch
 
 MODES: dict[str, dict[str, bool]] = {
     "eager": {"channels_last": False, "compile": False},
@@ -85,8 +91,6 @@ def _images(cfg: Config, n: int, channels: int, device: torch.device, seed: int 
 
 
 def check_env(device: torch.device) -> dict[str, Any]:
-    import diffusers
-
     out = {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
            "device": str(device), "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
     if device.type == "cuda":
@@ -98,16 +102,12 @@ def check_env(device: torch.device) -> dict[str, Any]:
 
 
 def check_noise(cfg: Config, device: torch.device, shape: tuple[int, int, int, int], repeats: int = 3) -> dict[str, Any]:
-    from raydiff.noise import sample_noise
-
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     out: dict[str, Any] = {"shape": list(shape)}
     seeds = list(range(shape[0]))
-    from raydiff.config import ModelSpec
-
     # The noise settings of the config's model with that noise (the defaults when it has none).
     spec_of = {s.noise: s for s in reversed(list(cfg.models.specs.values()))}
     for kind in ("gaussian", "simplex", "gmm"):
@@ -121,7 +121,7 @@ def check_noise(cfg: Config, device: torch.device, shape: tuple[int, int, int, i
             sync()
             best = min(best, time.perf_counter() - start)
         out[f"{kind}_ms_per_draw"] = best * 1e3
-    try:
+    try:  # lazy, in the try: opensimplex is optional, not on the GPU machine
         import opensimplex  # noqa: F401
     except ImportError:
         out["opensimplex"] = "not installed: the ≥ 50x rule could not be checked"
@@ -143,8 +143,6 @@ def check_noise(cfg: Config, device: torch.device, shape: tuple[int, int, int, i
 
 def check_agreement(cfg: Config, device: torch.device, channels: int, n: int = 4) -> dict[str, Any]:
     """bf16 vs fp32 maps of every variant on ``n`` images, the same random models."""
-    from raydiff.scoring import score_batch
-
     variants = list(cfg.variants.enabled)
     images = _images(cfg, n, channels, device, seed=7)
     ids = [f"agree/{i}" for i in range(n)]
@@ -166,11 +164,6 @@ def check_syncs(cfg: Config, device: torch.device, channels: int) -> dict[str, A
     """Host syncs that CUDA reports (``torch.cuda.set_sync_debug_mode("warn")``) during the
     static chains + DynAD and during training steps, at two lengths: the difference is the
     syncs per step (the aim: 0)."""
-    import warnings
-
-    from raydiff.bench.train import bench_train
-    from raydiff.scoring import raw_components
-
     if device.type != "cuda":
         return {"not_applicable": "CUDA only (torch.cuda.set_sync_debug_mode)"}
 
@@ -239,8 +232,6 @@ def check_engine(cfg: Config, device: torch.device, channels: int, batch: int, m
 
 def check_train(cfg: Config, device: torch.device, channels: int, batch: int, steps: int, peak: float | None,
                 warmup: int) -> dict[str, Any]:
-    from raydiff.bench.train import bench_train
-
     out = {}
     for kind in cfg.models.names:
         mc = cfg.model_spec(kind)
@@ -356,8 +347,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    import yaml
-
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.threads:

@@ -69,6 +69,7 @@ def _peak_rss_mb() -> float:
 
 
 def _run_polars(root: str | Path, by_defect: bool = False) -> dict[str, Any]:
+    # lazy: each method is measured in its own subprocess, peak RSS included: it imports only its libraries
     import polars as pl
 
     from raydiff.metrics import compute_metrics
@@ -94,6 +95,7 @@ def _run_polars_by_defect(root: str | Path) -> dict[str, Any]:
 
 
 def _run_sklearn(root: str | Path) -> dict[str, Any]:
+    # lazy: scikit-learn is optional (raydiff[dev]); and only the reference's subprocess loads it (peak RSS)
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     root = Path(root)
@@ -130,6 +132,7 @@ def _timed_arrays(n_rows: str | int, fn: Any) -> dict[str, Any]:
 
 
 def _run_arrays_raydiff(n_rows: str | int) -> dict[str, Any]:
+    # lazy: each method is measured in its own subprocess, peak RSS included: it imports only its libraries
     from raydiff.metrics import pixel_metrics
 
     def fn(maps: np.ndarray, masks: np.ndarray) -> tuple[float, ...]:
@@ -140,12 +143,14 @@ def _run_arrays_raydiff(n_rows: str | int) -> dict[str, Any]:
 
 
 def _run_arrays_raydiff_single(n_rows: str | int) -> dict[str, Any]:
+    # lazy: each method is measured in its own subprocess, peak RSS included: it imports only its libraries
     from raydiff.metrics import aupro, pixel_ap, pixel_auroc
 
     return _timed_arrays(n_rows, lambda m, k: (pixel_auroc(m, k), pixel_ap(m, k), aupro(m, k)))
 
 
 def _run_arrays_sklearn(n_rows: str | int) -> dict[str, Any]:
+    # lazy: scikit-learn is optional (raydiff[dev]); and only the reference's subprocess loads it (peak RSS)
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from raydiff.metrics import label_regions

@@ -8,7 +8,7 @@ from typing import Any
 
 def matmul_peak(device: str = "cpu", n: int | None = None, repeats: int = 5) -> dict[str, Any]:
     """Achieved TFLOP/s of a large square matmul: bf16 on CUDA (the MFU reference), fp32 on CPU."""
-    import torch
+    import torch  # lazy: bench.suite imports this module at its top and stays light (`raydiff bench SUB --help`)
 
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -36,31 +36,36 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from raydiff.plan import MVTEC_SIZES, forward_counts
+from raydiff.chains import ChainStages, run_chains
+from raydiff.config import load_config
+from raydiff.placement import utc_now, where_ran
 
 
 def forwards_per_image(cfg: Any) -> dict[str, float]:
     """Model → UNet forward-equivalents per test image of one shared pass of every enabled
     variant (trend's backward passes: 2 forwards each), counted by the real engine
     (``raydiff.plan.forward_counts``)."""
+    # lazy: Ray's stand-in workers import this module, and what it imports at its top (torch, polars) would
+    # add real seconds to each worker's start, times --scale in the makespans
+    from raydiff.plan import forward_counts
+
     return forward_counts(cfg, list(cfg.variants.enabled))["shared"]
 
 
 def workload(cfg: Any, sizes: dict[str, tuple[int, int]], gpu_tflops: float, mfu: float) -> dict[str, Any]:
     """GPU-seconds of every piece of the sweep of ``cfg`` over ``sizes``' categories."""
+    # lazy: as in forwards_per_image
+    from raydiff.data.splits import holdout_count
     from raydiff.models.flops import model_forward_flops, training_flops
+    from raydiff.train.launch import training_order
 
     rate = gpu_tflops * 1e12 * mfu
     kinds = list(cfg.models_needed())
     train_s = {k: training_flops(cfg, k) / rate for k in kinds}
     fwd = {k: model_forward_flops(cfg, k) for k in kinds}
     counts = forwards_per_image(cfg)
-    from raydiff.train.launch import training_order
-
     jobs = training_order(cfg, [{"category": c, "kind": k} for c in sizes for k in kinds])
     image_s = sum(counts.get(k, 0.0) * fwd[k] for k in kinds) / rate
-    from raydiff.data.splits import holdout_count
-
     # The statistics' images: the held-out ones, or all training images with holdout_fraction 0.
     holdout = {c: holdout_count(n_train, cfg.dataset.holdout_fraction, cfg.dataset.holdout_min) or n_train
                for c, (n_train, _) in sizes.items()}
@@ -93,8 +98,6 @@ def lower_bound(w: dict[str, Any], gpus: int, actor_start_s: float) -> float:
 
 
 def _sleep(seconds: float) -> dict[str, Any]:
-    from raydiff.placement import utc_now, where_ran
-
     started = utc_now()
     time.sleep(seconds)
     return where_ran("stand-in", started)
@@ -113,7 +116,7 @@ class SleepingScorer:
 
 
 def _score(category: str, n: int, batch: int, pool: tuple[int, int], start_s: float, image_s: float) -> dict[str, Any]:
-    import ray
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
 
     ds = ray.data.from_items([{"i": i} for i in range(n)], override_num_blocks=math.ceil(n / batch))
     ds = ds.map_batches(SleepingScorer, batch_size=batch, fn_constructor_kwargs={"start_s": start_s, "image_s": image_s},
@@ -124,9 +127,7 @@ def _score(category: str, n: int, batch: int, pool: tuple[int, int], start_s: fl
 
 
 def run_chains_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: float) -> float:
-    import ray
-
-    from raydiff.chains import ChainStages, run_chains
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
 
     work = ray.remote(num_gpus=1, num_cpus=0)(_sleep)
     refs: dict[str, list[Any]] = {}
@@ -151,7 +152,7 @@ def run_chains_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: 
 
 
 def run_phases_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: float) -> float:
-    import ray
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
 
     work = ray.remote(num_gpus=1, num_cpus=0)(_sleep)
     start = time.perf_counter()
@@ -164,7 +165,7 @@ def run_phases_order(w: dict[str, Any], gpus: int, scale: float, actor_start_s: 
 
 def simulate(order: str, w: dict[str, Any], gpus: int, scale: float, actor_start_s: float) -> float:
     """Makespan (simulated seconds) of one orchestration on a fresh cluster of ``gpus`` nodes."""
-    import ray
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -183,6 +184,8 @@ def simulate(order: str, w: dict[str, Any], gpus: int, scale: float, actor_start
 
 def bench_schedule(cfg: Any, gpus: Sequence[int], gpu_tflops: float, mfu: float, scale: float,
                    actor_start_s: float, sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    from raydiff.plan import MVTEC_SIZES  # lazy: as in forwards_per_image
+
     w = workload(cfg, sizes or MVTEC_SIZES, gpu_tflops, mfu)
     rows = []
     for n in gpus:
@@ -198,8 +201,6 @@ def bench_schedule(cfg: Any, gpus: Sequence[int], gpu_tflops: float, mfu: float,
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from raydiff.config import load_config
-
     p = argparse.ArgumentParser(prog="raydiff bench schedule", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/mvtec.yaml")

@@ -37,7 +37,7 @@ SUBS = ("engine", "naive", "train", "metrics")
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from raydiff.bench.engine import bench_config
+    from raydiff.bench.engine import bench_config  # lazy: as in run
 
     overrides: dict[str, Any] = {"dataset.image_size": args.size} if args.size else {}
     if args.preset:
@@ -50,6 +50,7 @@ def _cfg(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # lazy: `raydiff bench SUB --help` imports this module (instant without torch), and a run loads only its parts
     import torch
 
     if args.threads:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"measured matmul peak: {peak['tflops']:.3f} TFLOP/s ({peak['dtype']}, {peak['n']}^3)")
     cfg = _cfg(args) if {"engine", "naive"} & set(args.subs) else None
     if "engine" in args.subs or "naive" in args.subs:
-        from raydiff.bench.engine import bench_scoring, scoring_from_args
+        from raydiff.bench.engine import bench_scoring, scoring_from_args  # lazy: as above
 
         print("\n== engine: every variant in one shared, batched pass ==")
         engine = bench_scoring(cfg, args.device, args.batch, args.n_images, channels=args.channels,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"naive, all variants one after another: {naive_s:.4f} s/img; engine {all_s:.4f} s/img "
                   f"-> speed-up {naive_s / all_s:.1f}x")
     if "train" in args.subs:
-        from raydiff.bench.train import bench_train
+        from raydiff.bench.train import bench_train  # lazy: as above
 
         print("\n== train ==")
         res = bench_train(args.preset or "tiny", args.size or 32, args.train_batch, args.train_steps, args.device,
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"train: {res['images_per_s']:.1f} images/s, {res['flop_per_step'] / 1e9:.2f} GFLOP/step, "
               f"MFU {res['mfu']:.2%}" if res.get("mfu") is not None else f"train: {res['images_per_s']:.1f} images/s")
     if "metrics" in args.subs:
+        # lazy: as above
         from raydiff.bench.metrics import bench_metrics, bench_metrics_arrays, bench_metrics_mvtec_folder
 
         print("\n== metrics ==")

@@ -26,8 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raydiff import diffusion as D
-from raydiff.config import BUILTIN_MODELS, ModelSpec
+from raydiff.config import BUILTIN_MODELS, AugmentConfig, ModelSpec
+from raydiff.models.latent import build_vae
 from raydiff.models.presets import build_unet, count_parameters
+from raydiff.seeding import derive_seed, generator
 from raydiff.train.loop import augment_batch, diffusion_loss, ema_update, make_optimizer, sample_training_noise
 
 #: Dense bf16 peak FLOP/s by device-name fragment (vendor data sheets, without sparsity).
@@ -47,17 +49,12 @@ def bench_train(preset: str, image_size: int, batch: int, steps: int, device: st
                 fused_adamw: bool = True, foreach_ema: bool = True, channels_last: bool = False,
                 models_cfg: ModelSpec | None = None) -> dict[str, Any]:
     """Time ``steps`` training steps of model ``kind`` after ``warmup``; → images/s, FLOP/step, FLOP/s, MFU."""
-    from raydiff.config import AugmentConfig
-    from raydiff.seeding import derive_seed, generator
-
     dev = torch.device(device)
     mc = spec = models_cfg or ModelSpec(preset=preset, **BUILTIN_MODELS[kind])  # type: ignore[arg-type]
     torch.manual_seed(0)
     s = D.Schedule.build("linear", 1000).to(dev)
     vae, sample_channels, sample_size = None, channels, image_size
     if spec.is_latent:
-        from raydiff.models.latent import build_vae
-
         lat = mc.vae
         vae = build_vae(preset, channels, image_size, lat.latent_channels, lat.vae_downsample).to(dev).eval()
         vae.requires_grad_(False)

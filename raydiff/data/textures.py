@@ -87,6 +87,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import skimage
+import skimage.data
 from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -159,8 +161,6 @@ class TextureParams:
 
 def load_photo(name: str) -> np.ndarray:
     """scikit-image's texture photo ``name``: uint8 (512, 512), shipped with the package."""
-    import skimage.data
-
     photo = np.asarray(getattr(skimage.data, name)())
     if photo.dtype != np.uint8 or photo.ndim != 2:
         raise DatasetError(f"skimage.data.{name}()", f"expected a uint8 grey image, got {photo.dtype} {photo.shape}.",
@@ -528,8 +528,6 @@ def make_textures(
         # An empty folder or an unfinished texture dataset (no marker) is rewritten below.
     for stale in out.parent.glob(f".tmp-{out.name}-*"):  # left by a killed run into this same folder
         shutil.rmtree(stale, ignore_errors=True)
-
-    import skimage
 
     photos = {name: load_photo(name) for name in PHOTOS}
     meta = {

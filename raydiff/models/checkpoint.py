@@ -34,10 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from raydiff import diffusion as D
+from raydiff.config import model_id
 from raydiff.models import latent as L
 from raydiff.errors import CheckpointError, ConfigError
-from raydiff.io import MARKER, is_complete
+from raydiff.io import MARKER, folder_sha256, is_complete
 from raydiff.models.presets import PADDING_KEY, apply_padding, build_unet
+from raydiff.seeding import derive_seed
 
 META = "meta.json"
 UNET_EMA = "unet_ema"
@@ -318,9 +320,6 @@ def random_models(cfg: Any, channels: int, device: torch.device, kinds: Sequence
 def expected_meta(cfg: Any, name: str, category: str) -> dict[str, Any]:
     """What ``meta.json`` of model ``name`` trained for ``category`` under ``cfg`` must record
     (the keys ``raydiff.train.loop.train_one`` writes from the config, not from the data)."""
-    from raydiff.config import model_id
-    from raydiff.seeding import derive_seed
-
     spec = cfg.models.spec(name)
     return {
         "kind": name, "model_id": model_id(cfg, name, category), "preset": spec.preset,
@@ -435,8 +434,6 @@ def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.de
     folder = Path(folder)
     source = (meta.get("vae") or {}).get("source", "trained")
     if source == "pretrained":
-        from raydiff.io import folder_sha256
-
         path = Path(vae_path or meta["vae"]["path"])
         if not (path / "config.json").is_file():
             raise CheckpointError(
@@ -459,8 +456,6 @@ def load_vae_for_checkpoint(folder: Path, meta: dict[str, Any], device: torch.de
         vae_config = json.loads((sub / "config.json").read_text())
         vae_padding = vae_config.pop(PADDING_KEY, "zeros")
         vae = apply_padding(AutoencoderKL.from_config(vae_config), vae_padding)
-        from safetensors.torch import load_file
-
         state = load_file(str(sub / WEIGHTS))
     except Exception as err:
         raise CheckpointError(sub, f"cannot read the VAE ({err}).".replace("\n", " "),

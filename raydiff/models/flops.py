@@ -13,6 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raydiff.config import Config
+from raydiff.models.latent import build_vae
+from raydiff.models.presets import build_unet
 
 #: Forward + backward of a training step, in forwards.
 TRAIN_STEP_FORWARDS = 3.0
@@ -21,8 +23,6 @@ TRAIN_STEP_FORWARDS = 3.0
 @functools.lru_cache(maxsize=64)
 def unet_forward_flops(preset: str, in_channels: int, out_channels: int, size: int, base: int | None) -> float:
     """FLOP of one UNet forward for one (in_channels, size, size) sample."""
-    from raydiff.models.presets import build_unet
-
     with torch.device("meta"):
         unet = build_unet(preset, in_channels, out_channels, size, base)  # type: ignore[arg-type]
         x = torch.zeros(1, in_channels, size, size)
@@ -35,8 +35,6 @@ def unet_forward_flops(preset: str, in_channels: int, out_channels: int, size: i
 @functools.lru_cache(maxsize=64)
 def vae_flops(preset: str, channels: int, size: int, latent_channels: int, downsample: int) -> tuple[float, float]:
     """FLOP of (encode, decode) of one (channels, size, size) image by the VAE the latent kind trains."""
-    from raydiff.models.latent import build_vae
-
     with torch.device("meta"):
         vae = build_vae(preset, channels, size, latent_channels, downsample)
         x = torch.zeros(1, channels, size, size)

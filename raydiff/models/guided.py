@@ -54,9 +54,12 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from safetensors.torch import load_file
 from torch import Tensor
 
 from raydiff.errors import CheckpointError
+from raydiff.io import file_sha256
+from raydiff.models.presets import build_unet, describe_unet
 
 #: File suffixes of an init checkpoint: safetensors, or a weights-only torch pickle of a state dict.
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -114,8 +117,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(path, f"unknown weights format {path.suffix!r} (expected one of {', '.join(SUFFIXES)}).",
                               _FIX_FILE)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             raw: Any = load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
@@ -384,9 +385,6 @@ def init_unet(spec: Any, in_channels: int, out_channels: int, image_size: int, n
     by a fresh embedding drawn from the global torch seed (call under ``torch.manual_seed``).
     Raises :class:`CheckpointError` naming the file, the first mismatching keys and the fix.
     """
-    from raydiff.io import file_sha256
-    from raydiff.models.presets import build_unet, describe_unet
-
     init = spec.init
     path = Path(init.checkpoint)
     key = f"models.{name}.init.checkpoint"

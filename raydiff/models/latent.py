@@ -17,6 +17,7 @@ meta.json and in the saved VAE's config (``scaling_factor``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,10 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 
 from raydiff.config import LatentConfig
+from raydiff.config.identity import checked_sha256, vae_keys
 from raydiff.errors import ConfigError
 from raydiff.models.presets import apply_padding
+from raydiff.seeding import derive_seed, generator
 
 #: preset → (widths per level at full depth, res blocks per level).
 VAE_PRESETS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -98,10 +101,6 @@ def pretrained_vae_info(lc: LatentConfig, name: str) -> dict[str, Any]:
     name; ``sha256``, ``raydiff.io.folder_sha256``, checked against ``vae_expected_sha256`` and
     the recorded ``vae_sha256``: ConfigError on a mismatch), the expected digest it matched (or
     null), and what its config.json says it is (:data:`VAE_IDENTITY_KEYS` present there)."""
-    import json
-
-    from raydiff.config.identity import checked_sha256, vae_keys
-
     path = Path(lc.vae_path or "")
     sha = checked_sha256(str(path), True, vae_keys(name), lc.vae_sha256, lc.vae_expected_sha256)
     try:
@@ -173,8 +172,6 @@ def train_vae(
     autocast_dtype: torch.dtype | None = None,
 ) -> AutoencoderKL:
     """Train ``vae`` on ``images`` (N,C,H,W) in [-1,1] for ``steps`` AdamW steps (deterministic per seed)."""
-    from raydiff.seeding import derive_seed, generator
-
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     device = images.device

@@ -55,6 +55,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch.nn as nn
 from diffusers import UNet2DModel
 
 from raydiff.errors import ConfigError
@@ -163,8 +164,6 @@ def apply_padding(module: Any, mode: Padding) -> Any:
     holds 12 % of the pixels). ``reflect`` pads with the mirrored image, so the network sees image
     statistics up to the edge. The weights are the same shapes in both modes.
     """
-    import torch.nn as nn
-
     if mode not in ("zeros", "reflect"):
         raise ConfigError("models.padding", f"unknown padding mode {mode!r}.", "use zeros or reflect.")
     for m in module.modules():

@@ -123,7 +123,7 @@ def _fractal_opensimplex(
     maps: SimplexMaps, height: int, width: int, octaves: list[tuple[float, float]]
 ) -> torch.Tensor:
     """Reference path: opensimplex's numba ``noise3array``, one map and octave at a time."""
-    import opensimplex
+    import opensimplex  # optional on the GPU check's image (scripts/gpu_check.sh); pulls in numba (~1 s)
 
     xs, ys = np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64)
     out = np.zeros((len(maps.seeds), height, width), dtype=np.float64)

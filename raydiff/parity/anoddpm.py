@@ -304,7 +304,7 @@ def _no_numba_cache(module: Any) -> None:
     harness writes nothing into a user's checkout), and reading it back fails for a module the
     harness imported and then took out of ``sys.modules`` (``No module named '<dynamic>'``).
     They compile on every run instead (~20 s). A no-op without numba."""
-    try:
+    try:  # lazy, in the try: part of this patch of the reference's numba functions, a no-op without numba
         from numba.core.caching import NullCache
         from numba.core.dispatcher import Dispatcher
     except ImportError:

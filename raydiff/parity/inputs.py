@@ -23,7 +23,7 @@ import polars as pl
 import torch
 
 from raydiff.config import Config
-from raydiff.data.images import dataset_channels, load_mask
+from raydiff.data.images import load_mask
 from raydiff.errors import ConfigError
 from raydiff.features import ResNetFeatures, build_features, calibrate_batchnorm
 from raydiff.models.checkpoint import DiffusionModel, load_model, random_models
@@ -85,13 +85,13 @@ def build_inputs(
 ) -> ParityInputs:
     """Train (or reuse) the config's models for ``category`` (default: the first) and load the images."""
     say = progress or (lambda _m: None)
-    manifest = prepare(cfg)
-    cats = sorted(manifest["category"].unique().to_list())
+    prepared = prepare(cfg)
+    manifest, cats = prepared.manifest, prepared.categories
     category = category or cats[0]
     if category not in cats:
         raise ConfigError("--category", f"{category!r} is not a category of {cfg.dataset.root}.", f"use one of {cats}.")
-    rows = manifest.filter(pl.col("category") == category)
-    channels = dataset_channels(rows, cfg.dataset.channels)
+    rows = prepared.rows(category)
+    channels = prepared.channels[category]
     dev = torch.device(device)
     models: dict[str, DiffusionModel] = {}
     for role, name in model_roles(cfg).items():

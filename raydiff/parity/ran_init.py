@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import UNet2DModel
+from safetensors.torch import save_file
 
+from raydiff.config import InitConfig, ModelSpec
+from raydiff.models import guided as G
+from raydiff.models.checkpoint import fold_class_label
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs
 from raydiff.parity.refs import Reference
@@ -62,12 +67,6 @@ def reference_unet(ref: Reference, kwargs: dict[str, Any], seed: int) -> torch.n
 
 
 def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
-    from safetensors.torch import save_file
-
-    from raydiff.config import InitConfig, ModelSpec
-    from raydiff.models import guided as G
-    from raydiff.models.checkpoint import fold_class_label
-
     b = inputs.images.shape[0]
     g = torch.Generator().manual_seed(inputs.seed)
     x = torch.randn(b, 3, SIZE, SIZE, generator=g)
@@ -83,8 +82,6 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     state = {k: v.detach().clone() for k, v in small.state_dict().items()}
     arch = G.infer_arch(state)
     converted, _ = G.convert_state_dict(state, arch, SMALL["num_head_channels"])
-    from diffusers import UNet2DModel
-
     ours = UNet2DModel(**G.unet_kwargs(arch, SIZE, SMALL["num_head_channels"])).eval()
     ours.load_state_dict(converted, strict=True)
     add("UNet output [ε, v], small network (64 ch, attention at 16/8 px, 2 heads, 15 classes)",

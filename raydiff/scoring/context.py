@@ -21,16 +21,18 @@ images across them).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import Config
+from raydiff.config import Config, NoiseKind
 from raydiff.config.schema import Precision, ScoringConfig
 from raydiff.errors import CheckpointError
-from raydiff.features import PHI_BASE
+from raydiff.features import PHI_BASE, ResNetFeatures
+from raydiff.models.checkpoint import DiffusionModel
 from raydiff.noise import sample_noise
 from raydiff.seeding import derive_seed
 
@@ -52,11 +54,12 @@ class CategoryContext:
     cfg: Config
     category: str
     #: Model kind → DiffusionModel (raydiff.models.checkpoint.load_model).
-    models: dict[str, Any]
+    models: dict[str, DiffusionModel]
     #: The base feature extractor φ (raydiff.features: the file's weights or the calibrated random
     #: init), eval mode, on ``device``: RAN's feature term and DynAD's unadapted instances.
-    features: Any
-    #: Fitted state (raydiff.scoring.fit.FittedState) or None while fitting.
+    features: ResNetFeatures
+    #: Fitted state (raydiff.scoring.fit.FittedState) or None while fitting. Typed Any: fit.py
+    #: imports this module, and tests/test_layers.py counts a TYPE_CHECKING import back as a cycle.
     fitted: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: Autocast dtype of UNet calls (None = fp32); :func:`engine_context` sets it from
@@ -66,12 +69,12 @@ class CategoryContext:
     channels_last: bool = False
     #: Model kind → the callable that runs its UNet (a ``torch.compile``-d one; absent:
     #: ``models[kind].unet``).
-    unets: dict[str, Any] = field(default_factory=dict)
+    unets: dict[str, Callable[..., Any]] = field(default_factory=dict)
     #: Further φ instances by key (``raydiff.features.PHI_ADAPTED``: DynAD's domain-adapted copy),
     #: each its own module, so adapting one never changes another consumer's φ.
-    phis: dict[str, Any] = field(default_factory=dict)
+    phis: dict[str, ResNetFeatures] = field(default_factory=dict)
 
-    def phi(self, key: str) -> Any:
+    def phi(self, key: str) -> ResNetFeatures:
         """The φ instance ``key`` (``PHI_BASE``: ``features``); CheckpointError when it was not fitted."""
         if key == PHI_BASE:
             return self.features
@@ -82,7 +85,7 @@ class CategoryContext:
 
 
 def engine_context(
-    cfg: Config, category: str, models: dict[str, Any], features: Any, fitted: Any = None,
+    cfg: Config, category: str, models: dict[str, DiffusionModel], features: ResNetFeatures, fitted: Any = None,
     device: torch.device | str = "cpu", scoring: ScoringConfig | None = None,
 ) -> CategoryContext:
     """A :class:`CategoryContext` with the engine settings of ``scoring`` (default
@@ -91,12 +94,14 @@ def engine_context(
     recompiles once). Fit and score both build their context here."""
     device = torch.device(device)
     sc = scoring or cfg.scoring
-    unets: dict[str, Any] = {}
+    unets: dict[str, Callable[..., Any]] = {}
     for kind, model in models.items():
-        if sc.channels_last:
-            model.unet.to(memory_format=torch.channels_last)
+        # A torch module: mypy resolves diffusers' UNet2DModel to its no-torch dummy class.
+        unet = cast(torch.nn.Module, model.unet)
+        if sc.channels_last:  # Module.to takes memory_format, which torch's type stubs omit
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if sc.compile:
-            unets[kind] = torch.compile(model.unet, dynamic=False)
+            unets[kind] = torch.compile(unet, dynamic=False)
     return CategoryContext(
         cfg=cfg, category=category, models=models, features=features, fitted=fitted, device=device,
         autocast_dtype=autocast_dtype(sc.precision, device), channels_last=sc.channels_last, unets=unets,
@@ -150,7 +155,7 @@ class BatchCache:
 
     # -- shared quantities --------------------------------------------------------------------
 
-    def model(self, kind: str) -> Any:
+    def model(self, kind: str) -> DiffusionModel:
         return self.ctx.models[kind]
 
     def model_of(self, variant: str) -> str:
@@ -171,7 +176,10 @@ class BatchCache:
         noise settings (simplex octaves, GMM bumps) of model ``model``."""
         self.noise_draws[(noise_kind, tuple(shape))] += 1
         spec = self.ctx.cfg.model_spec(model)
-        return sample_noise(noise_kind, shape, seeds, spec, device=self.ctx.device)  # type: ignore[arg-type]
+        # A model's noise kind is a str (its meta.json), a shape any tuple: sample_noise checks
+        # both (a known kind, four positive sizes) before drawing.
+        kind, shape4 = cast(NoiseKind, noise_kind), cast(tuple[int, int, int, int], shape)
+        return sample_noise(kind, shape4, seeds, spec, device=self.ctx.device)
 
     def reverse_variance(self, model: str, requested: str) -> str:
         """σ² of a ddpm step: the variant's ``variance`` (``fixed-large``), or with ``model`` the
@@ -264,7 +272,8 @@ class BatchCache:
                 (g,) = torch.autograd.grad((e * probe[s : s + chunk]).sum(), x_part)
             parts.append((e.detach(), None if vv is None else vv.detach(), g))
         eps = torch.cat([p[0] for p in parts])
-        v = None if parts[0][1] is None else torch.cat([p[1] for p in parts])  # type: ignore[misc]
+        vs = [p[1] for p in parts if p[1] is not None]  # all chunks or none: one model
+        v = torch.cat(vs) if vs else None
         grad = torch.cat([p[2] for p in parts])
         if key not in self._memo:
             out = {"x_t": xt, "eps": eps, "noise": noise}

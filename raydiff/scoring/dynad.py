@@ -51,14 +51,15 @@ reuses its layer2 output, so the KNN prior costs no extra φ pass).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import torch
 
 from raydiff import diffusion as D
 from raydiff.config import DynamicConfig, FeaturesConfig
 from raydiff.errors import CheckpointError
-from raydiff.features import PHI_ADAPTED, PHI_BASE
+from raydiff.features import PHI_ADAPTED, PHI_BASE, cosine_distance_map, pooled_layer2
+from raydiff.knn_prior import noise_level
+from raydiff.scoring.context import BatchCache
 from raydiff.scoring.postprocess import normalise, upsample
 
 #: The ResNet blocks compared in f_map (DynAD appendix 7.1: blocks 2 and 3).
@@ -175,8 +176,6 @@ def latent_map(z_hat: torch.Tensor, z0: torch.Tensor, size: int) -> torch.Tensor
 
 def feature_map(phi_x0: Mapping[str, torch.Tensor], phi_hat: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
     """f_map = Σ_{layer2, layer3} 1 - cos_c(φ(x0), φ(x̂0)), each upsampled: (B,size,size) in [0, 4]."""
-    from raydiff.features import cosine_distance_map
-
     return cosine_distance_map({k: phi_x0[k] for k in FEATURE_LAYERS}, {k: phi_hat[k] for k in FEATURE_LAYERS}, size)
 
 
@@ -185,14 +184,12 @@ def feature_map(phi_x0: Mapping[str, torch.Tensor], phi_hat: Mapping[str, torch.
 # --------------------------------------------------------------------------------------------
 
 
-def knn_bins(cache: Any, phi: str = PHI_BASE) -> torch.Tensor:
+def knn_bins(cache: BatchCache, phi: str = PHI_BASE) -> torch.Tensor:
     """KNN-prior bin per image (B,) long, from layer2 of the shared φ(x0) of φ instance ``phi``
     against the KNN prior fitted over that φ (no extra φ pass).
 
     ``pooled_layer2`` is what ``raydiff.features.knn_features`` computes for the training images.
     """
-    from raydiff.features import pooled_layer2
-
     def compute() -> torch.Tensor:
         fitted = cache.ctx.fitted
         knn = None if fitted is None else fitted.knn_for(phi)
@@ -209,11 +206,9 @@ def knn_bins(cache: Any, phi: str = PHI_BASE) -> torch.Tensor:
     return cache.memo(("dynad", "knn_bin", phi), compute)
 
 
-def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
+def noise_levels(cache: BatchCache, params: DynamicConfig) -> torch.Tensor:
     """T̂ per image (B,) long on the CPU (Alg. 2 line 8, rounded to a multiple of 10 as the reference);
     ``params.fixed_level`` > 0: that level for every image."""
-    from raydiff.knn_prior import noise_level
-
     if params.fixed_level:
         return torch.full((cache.batch,), params.fixed_level, dtype=torch.long)
     bins = knn_bins(cache, phi_key(cache.ctx.cfg.features, params))
@@ -226,9 +221,9 @@ def noise_levels(cache: Any, params: DynamicConfig) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def components(cache: Any, variant_id: str, params: DynamicConfig) -> dict[str, torch.Tensor]:
+def components(cache: BatchCache, variant_id: str, params: DynamicConfig) -> dict[str, torch.Tensor]:
     """Raw maps {"l_map", "f_map"}, each (B,H,W) float32 ≥ 0, higher = more anomalous."""
-    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
+    kind = cache.model_of(variant_id)
     model = cache.model(kind)
     latent = model.vae is not None
     x0 = cache.x0

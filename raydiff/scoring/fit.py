@@ -28,10 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from raydiff.errors import CheckpointError
+from raydiff.config import Config, DynamicConfig
+from raydiff.errors import CheckpointError, ConfigError, DatasetError
+from raydiff.features import PHI_ADAPTED, PHI_BASE, build_features, calibrate_batchnorm, domain_adapt, knn_features
 from raydiff.io import atomic_dir, is_complete
+from raydiff.knn_prior import KNNPrior, noise_level
+from raydiff.models.checkpoint import DiffusionModel, expected_meta, load_model
+from raydiff.paths import fitted_dir, model_dir
+from raydiff.scoring import dynad, raw_components, score_batch
+from raydiff.scoring.context import CategoryContext, engine_context
+from raydiff.scoring.postprocess import RINGS, ring_index
+from raydiff.seeding import derive_seed, generator
 
 STATS_FILE = "stats.json"
 KNN_DIR = "knn"
@@ -70,8 +81,6 @@ class FittedState:
 
     def knn_for(self, phi: str) -> Any:
         """The KNN prior fitted over φ instance ``phi`` (``raydiff.features.PHI_BASE`` / ``PHI_ADAPTED``)."""
-        from raydiff.features import PHI_ADAPTED
-
         return self.knn_adapted if phi == PHI_ADAPTED else self.knn
 
     def stats_for(self, family: str, rings: bool = True) -> dict[str, Any] | None:
@@ -81,8 +90,6 @@ class FittedState:
 
     def save(self, folder: Path) -> None:
         """Write atomically: a complete folder has its success marker."""
-        from safetensors.torch import save_file
-
         with atomic_dir(Path(folder), info={"what": "fitted state"}) as tmp:
             doc = {
                 "stats": {f: {c: list(v) for c, v in comps.items()} for f, comps in self.stats.items()},
@@ -101,10 +108,6 @@ class FittedState:
 
     @classmethod
     def load(cls, folder: Path) -> FittedState:
-        from safetensors.torch import load_file
-
-        from raydiff.knn_prior import KNNPrior
-
         folder = Path(folder)
         if not is_complete(folder):
             raise CheckpointError(
@@ -160,7 +163,7 @@ class RunningMoments:
 
 
 def normalisation_stats(
-    ctx: Any,
+    ctx: CategoryContext,
     images: torch.Tensor,
     image_ids: Sequence[str],
     variants: Sequence[str],
@@ -172,15 +175,12 @@ def normalisation_stats(
 
 
 def component_stats(
-    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
+    ctx: CategoryContext, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[float, float]]]]:
     """Both statistics of every family's raw component maps from one pass over the held-out
     images: (per edge-distance ring as ``normalisation_stats``, one global (mean, std) for
     ``border_rings: false``, the pooled moments of the rings). ``on_batch(images done)`` after each batch."""
-    from raydiff.scoring import raw_components
-    from raydiff.scoring.postprocess import RINGS
-
     moments: dict[str, dict[str, list[RunningMoments]]] = {}
     for start in range(0, images.shape[0], batch_size):
         comps, _, _ = raw_components(ctx, images[start : start + batch_size], image_ids[start : start + batch_size], variants)
@@ -209,8 +209,6 @@ def _pooled(rings: list[RunningMoments]) -> RunningMoments:
 
 
 def _ring_moments(moments: list[RunningMoments], maps: torch.Tensor) -> None:
-    from raydiff.scoring.postprocess import ring_index
-
     index = ring_index(maps.shape[-2], maps.shape[-1], maps.device)
     for r, rm in enumerate(moments):
         rm.update(maps[..., index == r])
@@ -227,7 +225,7 @@ FINAL_QUANTILE = 0.99
 
 
 def final_map_stats(
-    ctx: Any, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
+    ctx: CategoryContext, images: torch.Tensor, image_ids: Sequence[str], variants: Sequence[str], batch_size: int,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Per variant and edge-distance ring of its final map (components normalised, combined,
@@ -239,11 +237,6 @@ def final_map_stats(
     heavier upper tails than inner ones even after their components were standardised per ring.
     Matching each ring's 99th percentile makes the maxima of normal images land on the border about
     as often as its share of pixels (``argmax_on_border`` in the metrics)."""
-    import numpy as np
-
-    from raydiff.scoring import score_batch
-    from raydiff.scoring.postprocess import RINGS, ring_index
-
     values: dict[str, list[list[np.ndarray]]] = {}
     ringed = [v for v in variants if ctx.cfg.variants.params(v, ctx.category).border_rings]
     for start in range(0, images.shape[0], batch_size) if ringed else ():
@@ -275,33 +268,28 @@ def final_map_stats(
 # Orchestration: fit one category, load what scoring needs
 # --------------------------------------------------------------------------------------------
 
-def dynamic_variants(cfg: Any, variants: Sequence[str]) -> list[str]:
+def dynamic_variants(cfg: Config, variants: Sequence[str]) -> list[str]:
     """The variants of ``variants`` that need DynAD's KNN prior (method ``dynamic``)."""
     return [v for v in variants if cfg.variants.instance(v).method == "dynamic"]
 
 
-def phi_keys(cfg: Any, variants: Sequence[str], category: str | None = None) -> list[str]:
+def phi_keys(cfg: Config, variants: Sequence[str], category: str | None = None) -> list[str]:
     """The φ instances the dynamic variants of ``variants`` use in ``category`` (``dynad.phi_key``),
     base first: one KNN prior each."""
-    from raydiff.features import PHI_ADAPTED, PHI_BASE
-    from raydiff.scoring.dynad import phi_key
-
-    used = {phi_key(cfg.features, cfg.variants.params(v, category)) for v in dynamic_variants(cfg, variants)}
+    used = {dynad.phi_key(cfg.features, cfg.variants.params(v, category)) for v in dynamic_variants(cfg, variants)}
     return [k for k in (PHI_BASE, PHI_ADAPTED) if k in used]
 
 
-def dynamic_params(cfg: Any, variants: Sequence[str], category: str | None = None) -> Any:
+def dynamic_params(cfg: Config, variants: Sequence[str], category: str | None = None) -> Any:
     """The DynamicConfig that sets the shared KNN prior (k, bins) and the adaptation levels:
     the first dynamic variant's (the loader checks that every dynamic variant agrees on
     ``knn_k`` and ``bins``, which set the one KNN prior per category), or the defaults when
     no dynamic variant is enabled."""
-    from raydiff.config import DynamicConfig
-
     dynamic = dynamic_variants(cfg, variants)
     return cfg.variants.params(dynamic[0], category) if dynamic else DynamicConfig()
 
 
-def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int,
+def adaptation_reconstructor(cfg: Config, models: dict[str, DiffusionModel], seed: int,
                              category: str | None = None) -> tuple[str, Any]:
     """(model kind, reconstruct(x (B,C,H,W) in [-1,1]) -> x̂ (B,C,H,W)) for DynAD's domain
     adaptation: a noiseless, guided DDIM reconstruction (``dynad.reconstruct``) at a random level
@@ -316,11 +304,6 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int,
     the dynamic defaults), with ``category``'s ``per_category`` overrides, as the KNN prior of the
     same fit reads them.
     """
-    from raydiff.errors import ConfigError
-    from raydiff.knn_prior import noise_level
-    from raydiff.scoring.dynad import reconstruct
-    from raydiff.seeding import derive_seed, generator
-
     dynamic = [v for v in dynamic_variants(cfg, cfg.variants.enabled) if cfg.variants.model(v) in models
                and cfg.variants.params(v, category).domain_adaptation]
     on_pixels = [v for v in dynamic if not cfg.model_spec(cfg.variants.model(v)).is_latent]
@@ -347,16 +330,16 @@ def adaptation_reconstructor(cfg: Any, models: dict[str, Any], seed: int,
         z0 = model.encode(x).float() if latent else x
         # fp32: φ is trained against these reconstructions (see scoring.context on φ's precision).
         eps_fn = lambda z, t: model.model_output(z, t)[0].float()  # noqa: E731
-        z_hat = reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
+        z_hat = dynad.reconstruct(eps_fn, model.schedule, z0, t_hat, params.ddim_steps, params.guidance_w)
         return model.decode(z_hat).float() if latent else z_hat
 
     return kind, run
 
 
 def fit_category(
-    cfg: Any,
+    cfg: Config,
     category: str,
-    models: dict[str, Any],
+    models: dict[str, DiffusionModel],
     train_images: torch.Tensor,
     holdout_images: torch.Tensor,
     holdout_ids: Sequence[str],
@@ -389,11 +372,6 @@ def fit_category(
     5. Per ring, the mean and the 99th percentile of each variant's final (normalised, combined,
        smoothed) map over the held-out images (``final_map_stats``).
     """
-    from raydiff.errors import DatasetError
-    from raydiff.features import PHI_ADAPTED, PHI_BASE, build_features, knn_features
-    from raydiff.knn_prior import KNNPrior
-    from raydiff.scoring.context import engine_context
-
     device = torch.device(device)
     variants = list(variants)
     if holdout_images.shape[0] == 0:
@@ -411,8 +389,8 @@ def fit_category(
         "arch": cfg.features.arch,
         "weights": weights,
         # The file φ's weights came from, by name and content (the tag holds the digest only).
-        "weights_file": None if weights == "none" else {"name": Path(cfg.features.weights).name,
-                                                         "sha256": weights.removeprefix("sha256:")},
+        "weights_file": None if not cfg.features.weights else {"name": Path(cfg.features.weights).name,
+                                                               "sha256": weights.removeprefix("sha256:")},
         "features_init_seed": cfg.seed,
         "variants": variants,
         "train_images": int(train_images.shape[0]),
@@ -422,17 +400,12 @@ def fit_category(
 
     features_state = None
     if weights == "none":  # random φ: measure its BatchNorm statistics on the normal training images
-        from raydiff.features import calibrate_batchnorm
-
         features = calibrate_batchnorm(features, train_images, batch_size)
         features_state = {k: v.detach().cpu().clone() for k, v in features.state_dict().items()}
         info["batchnorm_calibrated_on"] = int(train_images.shape[0])
     keys = phi_keys(cfg, variants, category)
     phis = {PHI_BASE: features}
     if PHI_ADAPTED in keys:  # DynAD's own copy; ``features`` (the base φ) stays as it is
-        from raydiff.features import domain_adapt
-        from raydiff.seeding import derive_seed
-
         seed = derive_seed(cfg.seed, "domain-adaptation", category)
         kind, recon = adaptation_reconstructor(cfg, models, seed, category)
         losses: list[float] = []
@@ -497,7 +470,7 @@ def _images_done(progress: Callable[[str], None] | None, stage: str, total: int)
     return done
 
 
-def load_category_context(cfg: Any, category: str, device: torch.device | str = "cpu") -> Any:
+def load_category_context(cfg: Config, category: str, device: torch.device | str = "cpu") -> CategoryContext:
     """Everything a scoring actor needs for one category (called once per actor and category).
 
     Models of the kinds the enabled variants use (``raydiff.paths.model_dir`` + EMA weights),
@@ -505,11 +478,6 @@ def load_category_context(cfg: Any, category: str, device: torch.device | str = 
     one, DynAD's adapted φ as a separate module (``ctx.phis``). Raises CheckpointError with the
     command that fixes a missing piece.
     """
-    from raydiff.features import PHI_ADAPTED, build_features
-    from raydiff.models.checkpoint import expected_meta, load_model
-    from raydiff.paths import fitted_dir, model_dir
-    from raydiff.scoring.context import engine_context
-
     device = torch.device(device)
     models = {name: load_model(model_dir(cfg, category, name), device, expect=expected_meta(cfg, name, category),
                                vae_path=cfg.models.spec(name).vae.vae_path)

@@ -27,15 +27,16 @@ from collections.abc import Mapping
 import torch
 
 from raydiff.config import NoDiffusionConfig
+from raydiff.scoring.context import BatchCache
 from raydiff.scoring.kashihara_static import COMPONENT, squared_error_map
 from raydiff.scoring.postprocess import normalise
 from raydiff.scoring.sampling import reverse_to_clean
 
 
-def components(cache: object, variant_id: str, params: NoDiffusionConfig) -> dict[str, torch.Tensor]:
+def components(cache: BatchCache, variant_id: str, params: NoDiffusionConfig) -> dict[str, torch.Tensor]:
     """{"sq_error": (B,H,W)}: squared error between x0 and the reverse chain started at x0 itself."""
-    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
-    x0 = cache.x0  # type: ignore[attr-defined]
+    kind = cache.model_of(variant_id)
+    x0 = cache.x0
     x0_hat = reverse_to_clean(cache, kind, x0, params.t0, params.steps, params.sampler, purpose=(variant_id,),
                               variance=params.variance, clip_x0=params.clip_x0)
     return {COMPONENT: squared_error_map(x0, x0_hat)}

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 import torch
 
 from raydiff.config import StaticConfig
+from raydiff.scoring.context import BatchCache
 from raydiff.scoring.postprocess import normalise
 from raydiff.scoring.sampling import reverse_to_clean
 
@@ -41,17 +42,17 @@ def squared_error_map(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     return (x0.float() - x0_hat.float()).pow(2).sum(dim=1)
 
 
-def components(cache: object, variant_id: str, params: StaticConfig) -> dict[str, torch.Tensor]:
+def components(cache: BatchCache, variant_id: str, params: StaticConfig) -> dict[str, torch.Tensor]:
     """{"sq_error": (B,H,W)} for one ``static-*`` variant (its model from the config)."""
-    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
-    model = cache.model(kind)  # type: ignore[attr-defined]
-    shared = cache.forward_eps(kind, params.t0, model.noise_kind)  # type: ignore[attr-defined]
+    kind = cache.model_of(variant_id)
+    model = cache.model(kind)
+    shared = cache.forward_eps(kind, params.t0, model.noise_kind)
     x0_hat = reverse_to_clean(
         cache, kind, shared["x_t"], params.t0, params.steps, params.sampler,
         purpose=(variant_id,), first=(shared["eps"], shared.get("v")), variance=params.variance,
         clip_x0=params.clip_x0,
     )
-    return {COMPONENT: squared_error_map(cache.x0, x0_hat)}  # type: ignore[attr-defined]
+    return {COMPONENT: squared_error_map(cache.x0, x0_hat)}
 
 
 def combine(

@@ -50,6 +50,7 @@ import torch
 
 from raydiff import diffusion as D
 from raydiff.config import TrendConfig
+from raydiff.scoring.context import BatchCache
 from raydiff.scoring.kashihara_static import squared_error_map
 from raydiff.scoring.postprocess import normalise
 from raydiff.scoring.sampling import reverse_to_clean
@@ -109,22 +110,22 @@ def hutchinson_diagonal(products: list[tuple[torch.Tensor, torch.Tensor]]) -> to
     return torch.stack([r * jtr for r, jtr in products]).mean(dim=0)
 
 
-def components(cache: object, variant_id: str, params: TrendConfig) -> dict[str, torch.Tensor]:
+def components(cache: BatchCache, variant_id: str, params: TrendConfig) -> dict[str, torch.Tensor]:
     """{"intensity": trend_I, "uncertainty": trend_U}, each (B,H,W) (raw, unnormalised)."""
-    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
-    model = cache.model(kind)  # type: ignore[attr-defined]
-    x0 = cache.x0  # type: ignore[attr-defined]
+    kind = cache.model_of(variant_id)
+    model = cache.model(kind)
+    x0 = cache.x0
     if params.probes:  # K Rademacher probes: Hutchinson's estimate of diag(∂x̂0/∂x_t)
-        probes = [probe_direction(cache.seeds("trend", "probe", k), tuple(x0.shape), x0.device, rademacher=True)  # type: ignore[attr-defined]
+        probes = [probe_direction(cache.seeds("trend", "probe", k), tuple(x0.shape), x0.device, rademacher=True)
                   for k in range(params.probes)]
     else:  # one fixed Gaussian direction: |Jᵀ r|
-        probes = [probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)]  # type: ignore[attr-defined]
+        probes = [probe_direction(cache.seeds("trend", "probe"), tuple(x0.shape), x0.device)]
     intensity, uncertainty = [], []
     for t in params.levels:
         alpha_bar_t = model.schedule.alphas_cumprod[t].to(x0.device)
         products = []
         for probe in probes:
-            shared, grad = cache.eps_and_input_grad(kind, t, model.noise_kind, probe)  # type: ignore[attr-defined]
+            shared, grad = cache.eps_and_input_grad(kind, t, model.noise_kind, probe)
             products.append((probe, x0_probe_gradient(grad, probe, alpha_bar_t)))
         if params.reconstruction == "one-step":
             tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)

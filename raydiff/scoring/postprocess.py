@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from raydiff.config import ImageScore, Smoothing
+from raydiff.config import ImageScore, PostProcessConfig, Smoothing
 
 
 #: Rings of pixels by distance to the image edge that get their own normalisation statistics:
@@ -43,8 +43,8 @@ def normalise(raw: torch.Tensor, stats: Stats | None) -> torch.Tensor:
     if stats is None:
         return raw
     mean, std = stats
-    if isinstance(mean, (int, float)):
-        return (raw - mean) / max(float(std), 1e-12)  # type: ignore[arg-type]
+    if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
+        return (raw - mean) / max(float(std), 1e-12)
     ring = ring_index(raw.shape[-2], raw.shape[-1], raw.device)
     m = torch.tensor(mean, dtype=raw.dtype, device=raw.device)[ring]
     s = torch.tensor(std, dtype=raw.dtype, device=raw.device).clamp_min(1e-12)[ring]
@@ -107,10 +107,12 @@ def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     return x.squeeze(1) if squeeze else x
 
 
-def finish(maps: torch.Tensor, params: object, final: Stats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def finish(
+    maps: torch.Tensor, params: PostProcessConfig, final: Stats | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply a variant's configured smoothing, the final per-ring standardisation (``final``, from
     the held-out images; see ``normalise``) and its image-score rule: → (maps (B,H,W), scores (B,))."""
-    smoothed = smooth(maps, params.smoothing, params.smoothing_size, params.sigma)  # type: ignore[attr-defined]
+    smoothed = smooth(maps, params.smoothing, params.smoothing_size, params.sigma)
     smoothed = normalise(smoothed, final)
-    scores = image_score(smoothed, params.image_score, params.pool_size, params.top_k)  # type: ignore[attr-defined]
+    scores = image_score(smoothed, params.image_score, params.pool_size, params.top_k)
     return smoothed, scores

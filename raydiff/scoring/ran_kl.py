@@ -70,6 +70,7 @@ import torch
 from raydiff import diffusion as D
 from raydiff.config import KLConfig
 from raydiff.features import PHI_BASE
+from raydiff.scoring.context import BatchCache
 from raydiff.scoring.postprocess import normalise, upsample
 from raydiff.scoring.sampling import respaced_on_device
 
@@ -180,27 +181,27 @@ def scoring_chain(
     return respaced_on_device(sched, tuple(kept), device), {t: kept[t] for t in params.timesteps}
 
 
-def fresh_level(cache: object, kind: str, k: int) -> dict[str, torch.Tensor]:
+def fresh_level(cache: BatchCache, kind: str, k: int) -> dict[str, torch.Tensor]:
     """ε_θ(x_k, k) at x_k = q_sample(x0, k, ε_k) with ε_k a noise draw of its own for step k of
     model ``kind``: {"x_t", "eps", "v" (or absent), "noise"}, memoised in the batch cache (kl
     instances on the same model share it). ε_k is seeded from (run seed, image id, "kl-fresh",
     kind, noise kind, k): independent per t, and of the batch the image is in."""
-    model = cache.model(kind)  # type: ignore[attr-defined]
-    x0 = cache.x0  # type: ignore[attr-defined]
+    model = cache.model(kind)
+    x0 = cache.x0
 
     def compute() -> dict[str, torch.Tensor]:
-        seeds = cache.seeds("kl-fresh", kind, model.noise_kind, k)  # type: ignore[attr-defined]
-        noise = cache.draw_noise(model.noise_kind, tuple(x0.shape), seeds, kind)  # type: ignore[attr-defined]
+        seeds = cache.seeds("kl-fresh", kind, model.noise_kind, k)
+        noise = cache.draw_noise(model.noise_kind, tuple(x0.shape), seeds, kind)
         kk = torch.full((x0.shape[0],), k, dtype=torch.long, device=x0.device)
         xt = D.q_sample(model.schedule, x0, kk, noise)  # DDPM eq. 4
         with torch.no_grad():
-            eps, v = cache.unet(kind, xt, kk)  # type: ignore[attr-defined]
+            eps, v = cache.unet(kind, xt, kk)
         out = {"x_t": xt, "eps": eps, "noise": noise}
         if v is not None:
             out["v"] = v
         return out
 
-    return cache.memo(("kl-fresh", kind, k, model.noise_kind), compute)  # type: ignore[attr-defined]
+    return cache.memo(("kl-fresh", kind, k, model.noise_kind), compute)
 
 
 def feature_mse_map(
@@ -212,24 +213,24 @@ def feature_mse_map(
     return torch.stack(maps).mean(dim=0)
 
 
-def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, torch.Tensor]:
+def components(cache: BatchCache, variant_id: str, params: KLConfig) -> dict[str, torch.Tensor]:
     """{"kl_t{t}": (B,H,W) for each t, "feature": (B,H,W)} (raw, unnormalised; float32 ≥ 0)."""
-    kind = cache.model_of(variant_id)  # type: ignore[attr-defined]
-    model = cache.model(kind)  # type: ignore[attr-defined]
-    x0 = cache.x0  # type: ignore[attr-defined]
+    kind = cache.model_of(variant_id)
+    model = cache.model(kind)
+    x0 = cache.x0
     size = x0.shape[-1]
     chain, model_step = scoring_chain(model.schedule, params, x0.device)
-    phi_x0 = cache.features_x0(PHI)  # type: ignore[attr-defined]
+    phi_x0 = cache.features_x0(PHI)
     out: dict[str, torch.Tensor] = {}
     feature_sum = torch.zeros(x0.shape[0], size, size, device=x0.device)
-    fixed_large = cache.reverse_variance(kind, "model") == "fixed-large"  # type: ignore[attr-defined]
+    fixed_large = cache.reverse_variance(kind, "model") == "fixed-large"
     for t in params.timesteps:
         k = model_step[t]  # the model's step: the UNet is conditioned on k (``_WrappedModel``)
         # 1. x_t and ε_θ(x_t, k): the shared draw, or one of its own for this t.
         if params.fresh_noise:
             level = fresh_level(cache, kind, k)
         else:
-            level = cache.forward_eps(kind, k, model.noise_kind)  # type: ignore[attr-defined]
+            level = cache.forward_eps(kind, k, model.noise_kind)
         # 2. KL of the step t → t-1 of the chain (DDPM eq. 7, iDDPM eq. 15 on its β, β̃).
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
         kl_c = kl_map_channels(chain, x0, level["x_t"], tt, level["eps"], level.get("v"), params.clip_x0, fixed_large)
@@ -237,7 +238,7 @@ def components(cache: object, variant_id: str, params: KLConfig) -> dict[str, to
         # 3. φ of the clipped one-step reconstruction (ᾱ of the chain at t = ᾱ_k).
         x0_hat = D.predict_x0(chain, level["x_t"], tt, level["eps"]).clamp(-1.0, 1.0)  # DDPM eq. 15
         with torch.no_grad():
-            phi_rec = cache.ctx.phi(PHI)(x0_hat)  # type: ignore[attr-defined]
+            phi_rec = cache.ctx.phi(PHI)(x0_hat)
         feature_sum += feature_mse_map(phi_x0, phi_rec, size)
     out[FEATURE] = feature_sum / len(params.timesteps)
     return out

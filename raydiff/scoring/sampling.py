@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 
 from raydiff import diffusion as D
+from raydiff.scoring.context import BatchCache
 
 Sampler = Literal["ddpm", "ddim"]
 
@@ -75,14 +76,14 @@ def respaced_on_device(sched: D.Schedule, taus: tuple[int, ...], device: torch.d
     return respaced_schedule(sched, taus).to(device)
 
 
-def step_noise(cache: object, kind: str, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+def step_noise(cache: BatchCache, kind: str, noise_kind: str, shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
     """z for one ancestral step: unit-variance noise of model ``kind``'s noise, one seed per
     image, drawn on the compute device by the batch cache (counted there; no host round trip)."""
-    return cache.draw_noise(noise_kind, shape, seeds, kind)  # type: ignore[attr-defined]
+    return cache.draw_noise(noise_kind, shape, seeds, kind)
 
 
 def reverse_to_clean(
-    cache: object,
+    cache: BatchCache,
     kind: str,
     x_start: torch.Tensor,
     t0: int,
@@ -104,8 +105,8 @@ def reverse_to_clean(
     ``clip_denoised``); off, the steps follow the closed forms unclipped (Kashihara eq. 5).
     Returns x̂0 (B,C,H,W) float32 (in [-1, 1] when clipped).
     """
-    model = cache.model(kind)  # type: ignore[attr-defined]
-    variance = cache.reverse_variance(kind, variance)  # type: ignore[attr-defined]
+    model = cache.model(kind)
+    variance = cache.reverse_variance(kind, variance)
     sched: D.Schedule = model.schedule
     taus = reverse_timesteps(t0, steps)
     resp = respaced_on_device(sched, tuple(taus), x_start.device) if sampler == "ddpm" else None
@@ -117,19 +118,20 @@ def reverse_to_clean(
             eps, v = first
         else:
             with torch.no_grad():
-                eps, v = cache.unet(kind, x, tt)  # type: ignore[attr-defined]
+                eps, v = cache.unet(kind, x, tt)
         if sampler == "ddim":
             t_prev = taus[i + 1] if i + 1 < len(taus) else -1  # -1: the clean image, ᾱ = 1
             x = D.ddim_step(sched, x, tt, torch.full_like(tt, t_prev), eps, clip_x0=clip_x0).prev_sample
             continue
         j = len(taus) - 1 - i  # respaced index of τ_i
         if j > 0:
-            seeds = cache.seeds("reverse", *purpose, tau)  # type: ignore[attr-defined]
+            seeds = cache.seeds("reverse", *purpose, tau)
             z = step_noise(cache, kind, model.noise_kind, tuple(x.shape), seeds)
         else:
             z = torch.zeros_like(x)  # the last step adds no noise
         out = eps if v is None else torch.cat([eps, v], dim=1)
         jj = torch.full_like(tt, j)
-        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=clip_x0,  # type: ignore[arg-type]
+        assert resp is not None  # built above for sampler == "ddpm"
+        x = D.ddpm_step(resp, out, x, jj, z, model.learned_variance, clip_x0=clip_x0,
                         fixed_large=variance == "fixed-large").prev_sample
     return x

@@ -41,8 +41,10 @@ Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -53,7 +55,7 @@ from typing import Any
 
 import polars as pl
 
-from raydiff.config import Config, config_from_dict, config_to_dict, model_id, run_id
+from raydiff.config import Config, model_id, run_id
 from raydiff.io import atomic_write_text, is_complete
 from raydiff.paths import model_dir, output_root
 from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device, worker_line
@@ -96,7 +98,7 @@ def run_name(cfg: Config, category: str, kind: str) -> str:
 def track_model(tracker: Tracker, cfg: Config, category: str, kind: str, folder: Path, finished: bool) -> int:
     """Send the rows of the model's ``loss.csv`` the tracker does not hold yet (and, once
     ``finished``, its meta.json); → rows sent."""
-    from raydiff.train.loop import read_loss_csv
+    from raydiff.train.loop import read_loss_csv  # lazy: imports torch (the note above CheckpointHook)
 
     rows = read_loss_csv(folder / "loss.csv", up_to_step=sys.maxsize)
     return tracker.log_model(model_ref(cfg, category, kind), rows, model_params(cfg, category, kind),
@@ -116,15 +118,14 @@ def track_finished(cfg: Config, tracker: Tracker | None, folders: dict[tuple[str
 def train_worker(config: dict[str, Any]) -> None:
     """The TorchTrainer worker: ``train_one`` for each of its (category, kind) jobs, with a
     metrics report to Ray and a tracking update after every checkpoint (runs in a Ray worker)."""
-    import socket
-
-    import ray.train
+    import ray.train  # lazy: ray only where work is distributed (importing it costs 0.5 s)
     import ray.train.torch
 
+    # lazy: torch and diffusers only inside the worker (the note above CheckpointHook)
     from raydiff.models import checkpoint as ckpt
     from raydiff.train.loop import train_one
 
-    cfg = config_from_dict(config["cfg"])
+    cfg: Config = config["cfg"]  # the driver's Config, pickled across as it is (validated once)
     jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
     manifest: pl.DataFrame = config["manifest"]
@@ -180,14 +181,13 @@ def _track(tracker: Tracker | None, cfg: Config, category: str, kind: str, folde
 
 
 
-def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.DataFrame,
-           hook: CheckpointHook | None) -> None:
+def _trial(trial_config: dict[str, Any], cfg: Config, manifest: pl.DataFrame, hook: CheckpointHook | None) -> None:
     """One Tune trial = the driver of one Train run for (category, kind), or of a pack of them."""
+    # lazy: ray only where work is distributed (importing it costs 0.5 s)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = config_from_dict(cfg_data)
     jobs: list[dict[str, str]] = trial_config["jobs"]
     categories = sorted({j["category"] for j in jobs})
     gpus = gpus_for(cfg, cfg.ray.gpus_per_training)
@@ -203,7 +203,7 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
         train_worker,
         # nccl needs CUDA: a simulated GPU (ray.device: cpu) trains over gloo.
         torch_config=TorchConfig(backend="nccl" if cfg.ray.torch_device == "cuda" else "gloo"),
-        train_loop_config={"cfg": cfg_data, "jobs": jobs, "hook": hook, "probe": str(storage_probe(cfg)),
+        train_loop_config={"cfg": cfg, "jobs": jobs, "hook": hook, "probe": str(storage_probe(cfg)),
                            "manifest": manifest.filter(pl.col("category").is_in(categories))},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -220,15 +220,13 @@ def _trial(trial_config: dict[str, Any], cfg_data: dict[str, Any], manifest: pl.
 
 
 def _digest_jobs(cfg: Config, jobs: Sequence[dict[str, str]]) -> str:
-    import hashlib
-
     text = ";".join(f"{j['category']}/{j['kind']}/{model_id(cfg, j['kind'], j['category'])}" for j in jobs)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def estimated_cost(cfg: Config, kind: str) -> float:
     """FLOP of one training of ``kind`` (for packing; see ``raydiff.models.flops``)."""
-    from raydiff.models.flops import training_flops
+    from raydiff.models.flops import training_flops  # lazy: imports torch (the note above CheckpointHook)
 
     return training_flops(cfg, kind)
 
@@ -323,14 +321,14 @@ def tune_loggers(keep: bool) -> Iterator[None]:
 def _train_pending(cfg: Config, categories: Sequence[str], manifest: pl.DataFrame, pending: list[dict[str, str]],
                    folders: list[Path], on_checkpoint: CheckpointHook | None, verbose: int) -> None:
     """One Tune run over the pending trainings (``train_all``)."""
-    import ray
+    import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
     import ray.tune
 
     if not ray.is_initialized():
         raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
     atomic_write_text(storage_probe(cfg), "written by the sweep's driver; every training worker checks it sees this file\n")
     trainable = ray.tune.with_parameters(
-        _trial, cfg_data=config_to_dict(cfg), manifest=manifest.filter(pl.col("category").is_in(list(categories))),
+        _trial, cfg=cfg, manifest=manifest.filter(pl.col("category").is_in(list(categories))),
         hook=on_checkpoint,
     )
     tuner = ray.tune.Tuner(

@@ -55,8 +55,11 @@ from raydiff.config import AugmentConfig, Config, config_to_dict, model_id
 from raydiff.errors import CheckpointError, DatasetError
 from raydiff.io import is_complete, write_marker
 from raydiff.models import checkpoint as ckpt
+from raydiff.models import latent as L
+from raydiff.models.guided import init_unet
 from raydiff.models.latent import match_channels
 from raydiff.models.presets import build_unet, describe_unet
+from raydiff.noise import describe_noise, sample_noise
 from raydiff.paths import model_dir
 from raydiff.placement import utc_now
 from raydiff.seeding import derive_seed, generator
@@ -80,8 +83,6 @@ def sample_training_noise(
     kind: str, shape: tuple[int, ...], seeds: Sequence[int], models_cfg: Any, device: torch.device | str
 ) -> Tensor:
     """Noise of ``kind`` (B,C,H,W), one seed per image (raydiff.noise.sample_noise)."""
-    from raydiff.noise import sample_noise
-
     return sample_noise(kind, shape, list(seeds), models_cfg, device=device)  # type: ignore[arg-type]
 
 
@@ -112,6 +113,7 @@ def augment_batch(x: Tensor, aug: AugmentConfig, g: torch.Generator) -> Tensor:
 
 def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tuple[Tensor, int]:
     """The category's ``train`` images as one float32 tensor (N,C,S,S) in [-1, 1], and C."""
+    # lazy: polars (data.images too) is not on the GPU check's machine, whose bench.train imports this module
     import polars as pl
 
     from raydiff.data.images import dataset_channels, load_image
@@ -206,7 +208,7 @@ def diffusion_loss(
 
 def plot_loss(rows: list[dict[str, float]], path: Path, title: str) -> None:
     """Loss per step (light) and its running mean (dark), log scale; PNG via matplotlib Agg."""
-    import matplotlib
+    import matplotlib  # lazy: not on the GPU check's machine (bench.train imports this module)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -332,8 +334,6 @@ def train_one(
     sample_channels = int(meta.get("latent_channels") or channels)
     sample_size = cfg.dataset.image_size >> (len(vae.config.block_out_channels) - 1) if vae is not None else cfg.dataset.image_size
     meta["sample_size"] = sample_size
-    from raydiff.noise import describe_noise
-
     meta["noise"] = describe_noise(noise_kind, mc, sample_size)  # type: ignore[arg-type]
 
     # ---- networks, optimizer, resumed state ----
@@ -341,8 +341,6 @@ def train_one(
     tc = cfg.train
     out_channels = sample_channels * (2 if learned_variance else 1)
     if mc.init.checkpoint is not None:  # a pretrained start (RAN); a resumed run overwrites it below
-        from raydiff.models.guided import init_unet
-
         say(f"{category}/{kind}: initialising from {mc.init.checkpoint}")
         unet, meta["init"] = init_unet(mc, sample_channels, out_channels, sample_size, kind)
         unet = unet.to(dev)
@@ -452,8 +450,6 @@ def _prepare_vae(
     say: Callable[[str], None],
 ) -> tuple[Any, Any, float, dict[str, Any]]:
     """→ (vae for encoding, vae to save in the checkpoint or None, latent scale, meta['vae'])."""
-    from raydiff.models import latent as L
-
     mc = cfg.models.spec(kind)
     lc = mc.vae
     if lc.vae_path:
