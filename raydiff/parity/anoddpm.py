@@ -56,7 +56,7 @@ from raydiff.noise.simplex import SimplexMaps, fractal_simplex
 from raydiff.noise.standardise import standardise
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs, model_roles
-from raydiff.parity.refs import Reference
+from raydiff.parity.refs import NoiseFeed, Reference, patched
 from raydiff.scoring.context import BatchCache, engine_context
 from raydiff.scoring.kashihara_static import squared_error_map
 from raydiff.scoring.sampling import reverse_to_clean
@@ -115,36 +115,6 @@ def _recorded_seeds(simplex_mod: Any) -> Iterator[list[int]]:
         yield seen
     finally:
         simplex_mod._init = real
-
-
-@contextmanager
-def _fed_noise(gd_mod: Any, draws: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """AnoDDPM's noise calls (``generate_simplex_noise`` and ``torch.randn_like``, looked up at call
-    time by ``noise_fn`` and ``sample_p``) return ``draws`` in order; the list left is yielded."""
-    queue = list(draws)
-    real_simplex, real_randn = gd_mod.generate_simplex_noise, torch.randn_like
-
-    def take(x: torch.Tensor) -> torch.Tensor:
-        if not queue:
-            raise RuntimeError("AnoDDPM drew more noise than the parity check fed it (adapter out of date?)")
-        z = queue.pop(0)
-        if tuple(z.shape) != tuple(x.shape):
-            raise ValueError(f"AnoDDPM asked for noise of shape {tuple(x.shape)}, the check had {tuple(z.shape)}")
-        return z.to(device=x.device, dtype=torch.float32).clone()
-
-    def fake_simplex(_instance: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return take(x)
-
-    def fake_randn(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return take(x)
-
-    gd_mod.generate_simplex_noise = fake_simplex
-    torch.randn_like = fake_randn  # type: ignore[assignment]
-    try:
-        yield queue
-    finally:
-        gd_mod.generate_simplex_noise = real_simplex
-        torch.randn_like = real_randn  # type: ignore[assignment]
 
 
 class _RecordingCache(BatchCache):
@@ -265,12 +235,13 @@ def chain_stages(ref: Reference, inputs: ParityInputs, role: str) -> list[Stage]
     with _numpy_rng(inputs.seed):
         diff = gd.GaussianDiffusionModel((h, w), betas, img_channels=c, loss_type="l2", loss_weight="none",
                                          noise="simplex" if role == "simplex" else "gauss")
-    feed = draws + [z_level1, torch.zeros_like(x0)]
-    with _fed_noise(gd, feed) as left:
+    # AnoDDPM's noise calls, looked up at call time by noise_fn and sample_p, take raydiff's draws in order.
+    feed = NoiseFeed(draws + [z_level1, torch.zeros_like(x0)], dtype=torch.float32)
+    with (patched(gd, "generate_simplex_noise", lambda _self, x, *a, **k: feed(x)),
+          patched(torch, "randn_like", feed)):
         seq = diff.forward_backward(eps_model, x0, see_whole_sequence="half", t_distance=T0 + 1,
                                     denoise_fn=DENOISE_FN[role])
-    if left:
-        raise RuntimeError(f"AnoDDPM used {len(feed) - len(left)} of {len(feed)} noise draws; expected all")
+    feed.check_all_taken()
     seq = [s.to(device) for s in seq]  # [x0, x_T0, then x after each step: levels T0-1 … 0, output]
     theirs_x0 = seq[-1]
     t1 = torch.full((b,), 1, dtype=torch.long, device=device)

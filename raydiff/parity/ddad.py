@@ -17,8 +17,6 @@ DynAD's map, compared in :mod:`raydiff.parity.dynad`), so it is not compared.
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from raydiff import diffusion as D
 from raydiff.parity.compare import Stage
 from raydiff.parity.dynad import eps_model
 from raydiff.parity.inputs import ParityInputs
-from raydiff.parity.refs import Reference
+from raydiff.parity.refs import NoiseFeed, Reference, patched
 from raydiff.scoring import dynad
 
 REFERENCE = "ddad"
@@ -38,23 +36,6 @@ METHOD = "ddad-guided"
 T_START = 250  # DDAD config.yaml test_trajectoy_steps
 SKIP = 25  # DDAD config.yaml skip
 W = 2.0  # DDAD config.yaml w
-
-
-@contextmanager
-def fed_noise(first: torch.Tensor) -> Iterator[None]:
-    """``torch.randn_like`` returns ``first`` on its first call and zeros afterwards (η = 0 terms)."""
-    real = torch.randn_like
-    calls = {"n": 0}
-
-    def fake(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        calls["n"] += 1
-        return first.clone() if calls["n"] == 1 else torch.zeros_like(x)
-
-    torch.randn_like = fake  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch.randn_like = real  # type: ignore[assignment]
 
 
 def reference_config(model: Any, steps: int) -> Any:
@@ -74,7 +55,7 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
     noise = torch.randn(x0.shape, generator=g)
     config = reference_config(model, model.schedule.timesteps)
     rec = ref.module("reconstruction").Reconstruction(eps_model(model), config)
-    with fed_noise(noise):
+    with patched(torch, "randn_like", NoiseFeed([noise], then_zeros=True)):  # x_T's noise, then η = 0 terms
         xs = rec(x0, x0, W)
     out: list[Stage] = []
     sched = model.schedule

@@ -31,10 +31,8 @@ feature path zeros so that ``calc_bpd_loop`` runs, and ignores its ``feat_mask``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,7 +41,7 @@ from raydiff import diffusion as D
 from raydiff.config import KLConfig
 from raydiff.parity.compare import Stage
 from raydiff.parity.inputs import ParityInputs
-from raydiff.parity.refs import Reference
+from raydiff.parity.refs import NoiseFeed, Reference, patched
 from raydiff.scoring import ran_kl
 from raydiff.scoring.fit import RunningMoments, _ring_moments, _ring_result
 from raydiff.scoring.postprocess import RINGS, image_score
@@ -113,40 +111,6 @@ class RefModel:
         return torch.cat([eps, v], dim=1)
 
 
-class _TorchWithDraws:
-    """The reference module's ``th`` with ``randn_like`` replaced by the given draws, in order."""
-
-    def __init__(self, draws: Sequence[torch.Tensor]) -> None:
-        self.draws = list(draws)
-        self.used = 0
-
-    def randn_like(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.used >= len(self.draws):
-            raise RuntimeError(f"the reference drew noise more than the {len(self.draws)} times this check feeds")
-        d = self.draws[self.used]
-        self.used += 1
-        if tuple(d.shape) != tuple(x.shape):
-            raise RuntimeError(f"the reference drew noise of shape {tuple(x.shape)}; fed {tuple(d.shape)}")
-        return d.to(device=x.device, dtype=x.dtype)
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(torch, item)
-
-
-@contextlib.contextmanager
-def _patched(module: types.ModuleType, name: str, value: Any) -> Iterator[None]:
-    missing = object()
-    before = module.__dict__.get(name, missing)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        if before is missing:
-            delattr(module, name)
-        else:
-            setattr(module, name, before)
-
-
 def chain_and_steps(timesteps: int) -> tuple[int, tuple[int, ...], str]:
     """(respaced chain length, t's on it, note): the reference's 250 and 5, 50, 100 for a
     1000-step model, proportionally scaled otherwise."""
@@ -165,7 +129,7 @@ def build_reference_diffusion(ref: Reference, betas: torch.Tensor, steps: int) -
     gd = ref.module("guided_diffusion.gaussian_diffusion")
     rs = ref.module("guided_diffusion.respace")
     b = betas.detach().to("cpu", torch.float64).numpy()
-    with _patched(gd, "FeatureExtractor", _NoFeatureExtractor):
+    with patched(gd, "FeatureExtractor", _NoFeatureExtractor):
         return rs.SpacedDiffusion(
             use_timesteps=rs.space_timesteps(len(b), str(steps)), betas=b,
             model_mean_type=gd.ModelMeanType.EPSILON, model_var_type=gd.ModelVarType.LEARNED_RANGE,
@@ -274,16 +238,14 @@ def stages(ref: Reference, inputs: ParityInputs) -> list[Stage]:
 
     # The reference's combination: calc_bpd_loop per image (batch 1, scripts/image_anomaly.py),
     # its randn_like draws patched: x_cur (drawn, unused), then one per t.
-    gd = ref.module("guided_diffusion.gaussian_diffusion")
     if ts == TIMESTEPS:
         theirs_maps = []
         for i in range(b):
             draws = [torch.zeros_like(x0[i : i + 1])] + [noises[t][i : i + 1] for t in ts]
-            th = _TorchWithDraws(draws)
-            with _patched(gd, "th", th):
+            feed = NoiseFeed(draws)
+            with patched(torch, "randn_like", feed):  # the reference's th.randn_like
                 res = diffusion.calc_bpd_loop(ref_model, x0[i : i + 1], clip_denoised=True, model_kwargs={})
-            if th.used != len(draws):
-                raise RuntimeError(f"the reference drew noise {th.used} times; this check expects {len(draws)}")
+            feed.check_all_taken()
             theirs_maps.append(res["diff_mask"][:, 0])
         theirs_kl = torch.cat(theirs_maps)
         how = "reference: calc_bpd_loop diff_mask, batch 1 per image, the same noise"

@@ -229,3 +229,55 @@ def load_reference(name: str, path: str | Path, modules: Sequence[str], absent: 
                     "install the package it names, or check that the checkout is the commit docs/parity.md pins.",
                 ) from exc
     return Reference(name=name, path=root, commit=checkout_commit(root), modules=loaded, stubbed=stubbed)
+
+
+# --------------------------------------------------------------------------------------------
+# Feeding a reference raydiff's noise
+# --------------------------------------------------------------------------------------------
+
+
+class NoiseFeed:
+    """Noise for a reference's draws (``torch.randn_like``'s signature): ``draws`` in order, each
+    checked against the shape the reference asks for. With ``then_zeros`` every further draw is
+    zeros (DDAD's η = 0 terms); otherwise a further draw is an error, and :meth:`check_all_taken`
+    fails a check whose reference drew fewer than it was fed, so an adapter that no longer matches
+    its reference says so instead of comparing other noise. ``dtype``: of what is handed out
+    (default: that of the tensor the reference passes)."""
+
+    def __init__(self, draws: Sequence[torch.Tensor], then_zeros: bool = False, dtype: torch.dtype | None = None) -> None:
+        self.draws, self.then_zeros, self.dtype = list(draws), then_zeros, dtype
+        self.used = 0
+
+    def __call__(self, like: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        dtype = self.dtype or like.dtype
+        if self.used >= len(self.draws):
+            if self.then_zeros:
+                return torch.zeros_like(like, dtype=dtype)
+            raise RuntimeError(f"the reference drew noise more than the {len(self.draws)} times this check feeds "
+                               "(its code changed? update the check)")
+        z = self.draws[self.used]
+        self.used += 1
+        if tuple(z.shape) != tuple(like.shape):
+            raise RuntimeError(f"the reference drew noise of shape {tuple(like.shape)}; the check fed {tuple(z.shape)}")
+        return z.to(device=like.device, dtype=dtype).clone()
+
+    def check_all_taken(self) -> None:
+        if self.used != len(self.draws):
+            raise RuntimeError(f"the reference drew noise {self.used} times; this check fed {len(self.draws)} draws "
+                               "(its code changed? update the check)")
+
+
+@contextmanager
+def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """``owner.name = value`` for the ``with`` block (a module's function, ``torch.randn_like``),
+    restored afterwards, or removed again when ``owner`` had no such attribute."""
+    missing = object()
+    before = vars(owner).get(name, missing) if hasattr(owner, "__dict__") else getattr(owner, name, missing)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if before is missing:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, before)
