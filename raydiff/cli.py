@@ -248,7 +248,7 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
     from raydiff.workflow import ray_session
 
     category, prepared = _category(cfg, category)
-    cfg, manifest = prepared.cfg, prepared.manifest
+    cfg = prepared.cfg
     unknown = [k for k in kinds if k not in cfg.models.names]
     if unknown:
         raise click.UsageError(f"--model {unknown[0]}: not a model of this config; its models: "
@@ -258,9 +258,9 @@ def train(cfg: Config, category: str | None, kinds: tuple[str, ...], use_ray: bo
         from raydiff.train.launch import train_all
 
         with ray_session(cfg):
-            paths = train_all(cfg, [category], list(kinds), manifest)
+            paths = train_all(prepared, [category], list(kinds))
     else:
-        paths = [train_one(cfg, category, k, manifest, progress=click.echo) for k in kinds]
+        paths = [train_one(prepared, category, k, progress=click.echo) for k in kinds]
     for p in paths:
         click.echo(f"model: {p}")
 
@@ -311,7 +311,7 @@ def score(cfg: Config, category: str | None, variants: tuple[str, ...], limit: i
     require_trained(cfg, category)  # before Ray starts: one line, not a worker's traceback
     write_manifest(write_run_metadata(cfg, categories=(category,)), prepared.manifest)
     with ray_session(cfg, click.echo):
-        s = score_category(cfg, category, prepared.manifest, limit=limit, say=click.echo)
+        s = score_category(prepared, category, limit=limit, say=click.echo)
     click.echo(f"{category}: {s['images']} images in {s['seconds']:.1f} s; written {s['written']}, skipped {s['skipped']}")
 
 

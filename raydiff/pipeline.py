@@ -39,7 +39,8 @@ import polars as pl
 import torch
 
 from raydiff.config import Config
-from raydiff.data.images import Fit, dataset_channels, load_image, load_mask
+from raydiff.data.images import Fit, load_image, load_mask
+from raydiff.data.prepared import Prepared
 from raydiff.errors import user_error_in
 from raydiff.metrics import label_regions
 from raydiff.paths import partition_dir, run_dir
@@ -143,9 +144,8 @@ def category_test_rows(manifest: pl.DataFrame, category: str, limit: int | None 
 
 
 def score_category(
-    cfg: Config,
+    prepared: Prepared,
     category: str,
-    manifest: pl.DataFrame,
     variants: Sequence[str] | None = None,
     limit: int | None = None,
     progress: bool = True,
@@ -163,8 +163,9 @@ def score_category(
     """
     import ray  # only where work is distributed: the rest of the module runs without Ray
 
+    cfg = prepared.cfg
     variants = list(variants or cfg.variants.enabled)
-    rows = category_test_rows(manifest, category, limit)
+    rows = category_test_rows(prepared.manifest, category, limit)
     image_set = image_set_digest(rows["image_id"].to_list())
     todo = pending_variants(cfg, category, variants, image_set)
     summary: dict[str, Any] = {"category": category, "skipped": [v for v in variants if v not in todo],
@@ -173,7 +174,7 @@ def score_category(
         summary.update(images=0, seconds=0.0, images_per_s=0.0)
         return summary
     remove_stale(cfg, category)
-    channels = dataset_channels(manifest.filter(pl.col("category") == category), cfg.dataset.channels)
+    channels = prepared.channels_of(category)
     batch_size = cfg.ray.scoring_batch_size
     ray.data.DataContext.get_current().enable_progress_bars = progress
 

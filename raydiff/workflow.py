@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,9 @@ import torch
 
 from raydiff.chains import ChainStages, run_chains
 from raydiff.config import DEFAULT_CONFIG, Config, check_overrides, config_to_dict, default_textures_root, load_config
-from raydiff.data.images import dataset_channels, load_image
+from raydiff.data.images import load_image
 from raydiff.data.manifest import detect_layout, scan_config
+from raydiff.data.prepared import Prepared, categories_of
 from raydiff.data.splits import assign_holdout, capped_holdouts
 from raydiff.data.textures import make_textures
 from raydiff.data.validate import ValidationSummary, check_training_split, validate_dataset
@@ -89,41 +90,6 @@ def _quiet(_msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # The dataset, scanned and checked once
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A config's dataset, scanned and checked once: what every later step works from.
-
-    ``manifest``: one row per image (``raydiff.data.manifest``), the held-out normal images
-    marked ``split == "holdout"``. ``channels``: category → 1 or 3, the count the models are
-    built for (``dataset.channels``, else the files' own). ``summary``: what validation found
-    (None for a manifest made elsewhere, :meth:`of`).
-    """
-
-    cfg: Config
-    manifest: pl.DataFrame
-    channels: dict[str, int]
-    summary: ValidationSummary | None = None
-
-    @classmethod
-    def of(cls, cfg: Config, manifest: pl.DataFrame) -> Prepared:
-        """A manifest built elsewhere (a test's, a hand-made hold-out), unchecked; the channel
-        counts read from its files' headers."""
-        channels = {c: dataset_channels(manifest.filter(pl.col("category") == c), cfg.dataset.channels)
-                    for c in categories_of(manifest)}
-        return cls(cfg, manifest, channels)
-
-    @property
-    def categories(self) -> list[str]:
-        return categories_of(self.manifest)
-
-    def rows(self, category: str, *splits: str) -> pl.DataFrame:
-        """The category's rows (of ``splits`` when given), sorted by image id."""
-        rows = self.manifest.filter(pl.col("category") == category)
-        if splits:
-            rows = rows.filter(pl.col("split").is_in(list(splits)))
-        return rows.sort("image_id")
 
 
 def _scan_and_check(cfg: Config, root: Path | None = None, kind: str | None = None) -> tuple[pl.DataFrame, ValidationSummary]:
@@ -263,10 +229,6 @@ def require_trained(cfg: Config, category: str) -> None:
                               f"run `raydiff fit --category {category}` with this config first.")
 
 
-def categories_of(manifest: pl.DataFrame) -> list[str]:
-    return sorted(manifest["category"].unique().to_list())
-
-
 def init_ray(cfg: Config, progress: Progress | None = None) -> bool:
     """Connect to the configured cluster or start a local Ray (dashboard on 127.0.0.1).
 
@@ -376,7 +338,7 @@ def fit_one(prepared: Prepared, category: str, device: str | None = None, progre
     if is_complete(folder):
         return folder
     dev = torch.device(device or worker_device(cfg))
-    channels = prepared.channels[category]
+    channels = prepared.channels_of(category)
     models = {k: load_model(model_dir(cfg, category, k), dev, expect=expected_meta(cfg, k, category),
                             vae_path=cfg.models.spec(k).vae.vae_path)
               for k in cfg.models_needed()}
@@ -541,13 +503,13 @@ def run_sweep_chains(prepared: Prepared, limit: int | None = None, progress: Pro
     """
     import ray
 
-    cfg, manifest, categories = prepared.cfg, prepared.manifest, prepared.categories
+    cfg, categories = prepared.cfg, prepared.categories
     since = utc_now()
     fit = _ray_fit(cfg)
 
     def train() -> None:
         t0 = time.perf_counter()
-        train_all(cfg, categories, list(cfg.models_needed()), manifest)
+        train_all(prepared, categories, list(cfg.models_needed()))
         progress(f"[train] done in {time.perf_counter() - t0:.0f} s")
 
     def fit_category(category: str) -> dict[str, Any]:
@@ -560,7 +522,7 @@ def run_sweep_chains(prepared: Prepared, limit: int | None = None, progress: Pro
         return record
 
     def score(category: str) -> dict[str, Any]:
-        s = score_category(cfg, category, manifest, limit=limit, progress=bars, say=progress)
+        s = score_category(prepared, category, limit=limit, progress=bars, say=progress)
         if s["images"]:
             progress(f"[score] {category}: {s['images']} images, {len(s['written'])} variants, "
                      f"{s['seconds']:.1f} s, {s['images_per_s']:.2f} images/s")

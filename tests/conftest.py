@@ -32,10 +32,11 @@ class TextureModels:
     def path(self, kind: str) -> Path:
         """Checkpoint folder of model ``kind`` for ``category`` (trained on first use)."""
         if kind not in self._paths:
+            from raydiff.data.prepared import Prepared
             from raydiff.train.loop import train_one
 
             cfg = self.cfg.with_models(train_steps=TEXTURE_TRAIN_STEPS[kind], checkpoint_every=TEXTURE_TRAIN_STEPS[kind])
-            self._paths[kind] = train_one(cfg, self.category, kind, self.manifest, out_dir=self.out / kind,
+            self._paths[kind] = train_one(Prepared.of(cfg, self.manifest), self.category, kind, out_dir=self.out / kind,
                                           device="cpu", resume=False)
         return self._paths[kind]
 
@@ -68,9 +69,9 @@ def texture_models(tmp_path_factory: pytest.TempPathFactory) -> TextureModels:
                          categories=("brick", "grass"))
     cfg = config_from_dict({
         "dataset": {"layout": "mvtec", "root": str(root), "image_size": 32, "categories": ["brick"]},
-        "models": {"kinds": ["pixel", "pixel-simplex", "pixel-gmm", "latent"], "preset": "tiny",
-                   "base_channels": 8, "batch_size": 8, "lr": 2e-3, "ema_decay": 0.99,
-                   "latent": {"vae_train_steps": 100, "latent_channels": 2, "vae_downsample": 1}},
+        "models": {"preset": "tiny", "base_channels": 8, "batch_size": 8, "lr": 2e-3, "ema_decay": 0.99,
+                   "vae": {"vae_train_steps": 100, "latent_channels": 2, "vae_downsample": 1},
+                   "pixel": {}, "pixel-simplex": {}, "pixel-gmm": {}, "latent": {}},
         "seed": 0,
     })
     manifest = scan_dataset("mvtec", root, categories=("brick", "grass"))

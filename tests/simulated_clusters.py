@@ -67,7 +67,7 @@ def sweep_config(root: Path, out: Path, **extra: Any) -> Any:
     overrides = {
         "dataset.root": str(root), "output.root": str(out), "dataset.image_size": 32,
         "models.preset": "tiny", "models.train_steps": 4, "models.checkpoint_every": 4, "models.batch_size": 4,
-        "models.latent.vae_train_steps": 2, "ray.scoring_batch_size": 2, "ray.training_runs": 0,
+        "models.latent.vae.vae_train_steps": 2, "ray.scoring_batch_size": 2, "ray.training_runs": 0,
         **extra,
     }
     return load_config(REPO / "configs" / "textures.yaml", overrides)

@@ -50,7 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     overrides = {
         "dataset.root": str(root), "output.root": str(base / "out"), "dataset.image_size": SIZE,
         "models.train_steps": 4, "models.checkpoint_every": 4, "models.batch_size": 4,
-        "models.latent.vae_train_steps": 2, "ray.scoring_batch_size": 2, "ray.training_runs": 1,
+        "models.latent.vae.vae_train_steps": 2, "ray.scoring_batch_size": 2, "ray.training_runs": 1,
     }
     cfg = load_config(REPO / "configs" / "textures.yaml", overrides)
     killed = base / "killed-once"  # the dying actor's flag (tests/faults.py)
@@ -142,7 +142,7 @@ def test_killed_scoring_actor_same_parquet_any_batch_size(run: SimpleNamespace) 
         shutil.rmtree(run.folder / table)
     cfg = load_config(REPO / "configs" / "textures.yaml", {**run.overrides, "ray.scoring_batch_size": 3})
     dying = dying_scoring_actor(after_batches=0, flag=run.killed)  # exits hard after writing its first batch, once
-    summary = score_category(cfg, "brick", prepare(cfg).manifest, progress=False, actor=dying)
+    summary = score_category(prepare(cfg), "brick", progress=False, actor=dying)
     assert run.killed.read_text() == "killed", "the kill hook did not fire"
     assert summary["images"] == N_TEST
     # Same rows, no duplicates, no partial partition. The scores equal the batch-2 reference to

@@ -25,6 +25,7 @@ from raydiff import diffusion as D
 from raydiff.bench.engine import random_models
 from raydiff.config import config_from_dict
 from raydiff.config.schema import ScoringConfig
+from raydiff.data.prepared import Prepared
 from raydiff.noise import sample_noise
 from raydiff.noise.gmm import draw_gmm_maps, gmm_field, GMMMaps
 from raydiff.noise.standardise import pairwise_sum, standardise
@@ -255,7 +256,7 @@ def test_training_step_reads_nothing_back_per_step(tmp_path: Path, monkeypatch: 
             "output": {"root": str(tmp_path / f"out{steps}")},
         })
         for kind in ("pixel", "pixel-simplex"):
-            ops = _syncs(lambda c=cfg, k=kind: loop.train_one(c, "brick", k, manifest, device="cpu", resume=False))
+            ops = _syncs(lambda c=cfg, k=kind: loop.train_one(Prepared.of(c, manifest), "brick", k, device="cpu", resume=False))
             counts[(steps, kind)] = len(ops)
     assert counts[(3, "pixel")] == counts[(7, "pixel")], counts
     assert counts[(3, "pixel-simplex")] == counts[(7, "pixel-simplex")], counts

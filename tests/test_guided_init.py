@@ -27,6 +27,7 @@ from diffusers import UNet2DModel
 from safetensors.torch import save_file
 
 from raydiff.config import InitConfig, ModelSpec, config_from_dict, load_config, model_id, run_id
+from raydiff.data.prepared import Prepared
 from raydiff.errors import CheckpointError, ConfigError
 from raydiff.models import guided as G
 from raydiff.models.checkpoint import fold_class_label
@@ -380,7 +381,7 @@ def test_training_starts_from_the_checkpoint_and_anneals_lr(tmp_path: Path) -> N
                            "ema_decay": 0.5, "grad_clip": 0.0,
                            "init": {"checkpoint": str(tmp_path / "gd.safetensors"), "class_label": 7}}},
         "variants": {"kl": {"method": "kl", "model": "ran"}}, "output": {"root": str(tmp_path / "out")}})
-    folder = train_one(cfg, "brick", "ran", manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "brick", "ran", device="cpu")
     with (folder / "loss.csv").open() as f:
         rows = list(csv.DictReader(f))
     # step k (1-based in loss.csv) trains at lr·(1 - (k-1)/4)

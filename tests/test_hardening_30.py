@@ -16,6 +16,7 @@ from datatrees import make_mvtec, make_visa, save_image, write_visa_csv
 
 from raydiff.config import config_from_dict
 from raydiff.data.manifest import scan_dataset, scan_visa
+from raydiff.data.prepared import Prepared
 from raydiff.data.validate import validate_dataset
 from raydiff.errors import CheckpointError, DatasetError, OutputError
 from raydiff.io import MARKER
@@ -353,7 +354,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, object, P
                             "output": {"root": str(base / "out")}})
     manifest = scan_dataset("mvtec", root)
     kind = cfg.models_needed()[0]
-    folder = train_one(cfg, "bottle", kind, manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "bottle", kind, device="cpu")
     return cfg, manifest, folder
 
 
@@ -385,7 +386,7 @@ def test_an_edited_meta_json_is_refused(trained: tuple, key: str, value: object)
 @pytest.mark.trains
 def test_fit_refuses_an_edited_checkpoint(trained: tuple) -> None:
     from raydiff.data.splits import assign_holdout
-    from raydiff.workflow import Prepared, fit_one
+    from raydiff.workflow import fit_one
 
     cfg, manifest, folder = trained
     meta_path = folder / "meta.json"
@@ -405,7 +406,7 @@ def test_fit_reports_its_passes_over_the_held_out_images(trained: tuple) -> None
     """Issue 31 item 7: the fit says images done / total with an ETA (the CLI and a Ray fit task
     pass their own channel: click.echo, ``placement.worker_line``)."""
     from raydiff.data.splits import assign_holdout
-    from raydiff.workflow import Prepared, fit_one
+    from raydiff.workflow import fit_one
 
     cfg, manifest, _ = trained
     lines: list[str] = []

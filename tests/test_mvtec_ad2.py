@@ -138,7 +138,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     })
     prepared = prepare(cfg)  # validates the tree and holds out validation/good
     manifest = prepared.manifest
-    train_one(cfg, "can", "pixel", manifest, device="cpu")
+    train_one(prepared, "can", "pixel", device="cpu")
     write_run_metadata(cfg)
     fit_one(prepared, "can", "cpu")
     return SimpleNamespace(cfg=cfg, dir=run_dir(cfg), manifest=manifest, root=root, base=base)

@@ -14,6 +14,7 @@ import torch
 
 from datatrees import make_mvtec
 from raydiff.config import config_from_dict, config_to_dict, load_config, model_id, run_id
+from raydiff.data.prepared import Prepared
 from raydiff.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def test_holdout_fraction_zero_trains_and_fits_on_all_of_train_good(tmp_path: Pa
     from raydiff.paths import fitted_dir
     from raydiff.scoring.fit import FittedState
     from raydiff.train.loop import train_one
-    from raydiff.workflow import Prepared, fit_one
+    from raydiff.workflow import fit_one
 
     root = make_mvtec(tmp_path / "data", n_train=5)
     cfg = config_from_dict(_data(root, tmp_path / "out", train_epochs=2))
@@ -105,7 +106,7 @@ def test_holdout_fraction_zero_trains_and_fits_on_all_of_train_good(tmp_path: Pa
     with pytest.raises(DatasetError, match="held out"):
         check_training_split(manifest, root, "mvtec")  # a fraction > 0 still needs held-out images
 
-    folder = train_one(cfg, "bottle", "pixel", manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "bottle", "pixel", device="cpu")
     meta = json.loads((folder / "meta.json").read_text())
     # All 5 training images, 2 epochs at batch 2: ceil(2 * 5 / 2) = 5 steps.
     assert (meta["n_train_images"], meta["train_epochs"], meta["train_steps"]) == (5, 2, 5)

@@ -12,12 +12,13 @@ import pytest
 from datatrees import make_mvtec
 from raydiff.config import config_from_dict
 from raydiff.data.images import dataset_channels
+from raydiff.data.prepared import Prepared
 from raydiff.data.manifest import scan_config
 from raydiff.errors import DatasetError, OutputError
 from raydiff.paths import run_dir
 from raydiff.report import manifest_paths
 from raydiff.runs import MANIFEST, read_manifest, write_manifest, write_run_metadata
-from raydiff.workflow import Prepared, expected_categories, prepare, validate_dataset_for
+from raydiff.workflow import expected_categories, prepare, validate_dataset_for
 
 
 def _cfg(root: Path, out: Path, **dataset: object) -> object:

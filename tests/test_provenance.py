@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from raydiff.config import config_from_dict, dump_config, load_config, model_id, run_id, yaml_load
+from raydiff.data.prepared import Prepared
 from raydiff.errors import CheckpointError, ConfigError
 
 SIZE = 32
@@ -249,7 +250,7 @@ def test_pretrained_vae_identity_is_recorded_and_moving_it_keeps_the_model(tmp_p
             "output": {"root": str(tmp_path / "out")}})
 
     cfg = cfg_at(vae)
-    folder = train_one(cfg, "brick", "lat", manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "brick", "lat", device="cpu")
     meta = json.loads((folder / META).read_text())["vae"]
     sha = _folder_sha(vae)
     assert meta["source"] == "pretrained" and meta["folder"] == "sd-vae" and meta["sha256"] == sha

@@ -156,9 +156,9 @@ def test_tensorboard_one_series_per_model_across_a_worker_restart(run: SimpleNam
     from raydiff.workflow import prepare
 
     cfg = load_config(REPO / "configs" / "textures.yaml", _overrides(run.root, tmp_path / "out", "tensorboard"))
-    manifest = prepare(cfg).manifest
+    prepared = prepare(cfg)
     flag = tmp_path / "failed-once"
-    train_all(cfg, list(CATEGORIES), ["pixel"], manifest, on_checkpoint=fail_once_after_checkpoint(flag))
+    train_all(prepared, list(CATEGORIES), ["pixel"], on_checkpoint=fail_once_after_checkpoint(flag))
     assert flag.is_file()
     board = TensorBoardTracker(tmp_path / "out" / "tensorboard")
     for category in CATEGORIES:

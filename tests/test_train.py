@@ -14,6 +14,7 @@ import torch
 from raydiff import diffusion as D
 from raydiff.config import Config, config_from_dict, config_to_dict
 from raydiff.data.manifest import scan_mvtec
+from raydiff.data.prepared import Prepared
 from raydiff.data.splits import assign_holdout
 from raydiff.data.textures import make_textures
 from raydiff.io import is_complete
@@ -39,7 +40,7 @@ def manifest(textures: Path) -> pl.DataFrame:
 
 def make_cfg(tmp_path: Path, textures: Path, **models: object) -> Config:
     m = {"preset": "tiny", "train_steps": 4, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 2,
-         "ema_decay": 0.9, "latent": {"vae_train_steps": 2}, **models}
+         "ema_decay": 0.9, "vae": {"vae_train_steps": 2}, **models}
     return config_from_dict({
         "dataset": {"root": str(textures), "image_size": 32},
         "models": m,
@@ -55,7 +56,7 @@ def _loss_rows(folder: Path) -> list[dict[str, float]]:
 
 def test_loss_decreases_on_textures(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
     cfg = make_cfg(tmp_path, textures, train_steps=50, batch_size=8, lr=2e-3, checkpoint_every=50)
-    folder = train_one(cfg, "brick", "pixel", manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "brick", "pixel", device="cpu")
     assert folder == model_dir(cfg, "brick", "pixel") and is_complete(folder)
     rows = _loss_rows(folder)
     assert [r["step"] for r in rows] == list(range(1, 51))
@@ -75,7 +76,7 @@ def test_loss_decreases_on_textures(tmp_path: Path, textures: Path, manifest: pl
     assert eps.shape == v.shape == (2, 1, 32, 32) and torch.isfinite(v).all()
     # A finished folder is skipped: nothing is rewritten.
     stamp = (folder / "meta.json").stat().st_mtime_ns
-    assert train_one(cfg, "brick", "pixel", manifest, device="cpu") == folder
+    assert train_one(Prepared.of(cfg, manifest), "brick", "pixel", device="cpu") == folder
     assert (folder / "meta.json").stat().st_mtime_ns == stamp
 
 
@@ -125,10 +126,10 @@ def test_killed_run_resumes_exactly(tmp_path: Path, textures: Path, manifest: pl
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        train_one(cfg, "grass", "pixel-gmm", manifest, device="cpu", on_checkpoint=fail_once)
+        train_one(Prepared.of(cfg, manifest), "grass", "pixel-gmm", device="cpu", on_checkpoint=fail_once)
     folder = model_dir(cfg, "grass", "pixel-gmm")
     assert not is_complete(folder) and load_training_state(folder).step == 2
-    train_one(cfg, "grass", "pixel-gmm", manifest, device="cpu", on_checkpoint=fail_once)
+    train_one(Prepared.of(cfg, manifest), "grass", "pixel-gmm", device="cpu", on_checkpoint=fail_once)
     assert calls == [2, 4] and is_complete(folder)
     meta = json.loads((folder / "meta.json").read_text())
     assert [s["start_step"] for s in meta["segments"]] == [0, 2]
@@ -136,7 +137,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path, textures: Path, manifest: pl
     assert [r["step"] for r in _loss_rows(folder)] == [1, 2, 3, 4]
 
     other = tmp_path / "uninterrupted"
-    train_one(cfg, "grass", "pixel-gmm", manifest, out_dir=other, device="cpu")
+    train_one(Prepared.of(cfg, manifest), "grass", "pixel-gmm", out_dir=other, device="cpu")
     resumed, straight = load_model(folder).unet, load_model(other).unet
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -145,7 +146,7 @@ def test_killed_run_resumes_exactly(tmp_path: Path, textures: Path, manifest: pl
 
 def test_latent_kind_trains_vae_and_unet(tmp_path: Path, textures: Path, manifest: pl.DataFrame) -> None:
     cfg = make_cfg(tmp_path, textures, train_steps=2)
-    folder = train_one(cfg, "brick", "latent", manifest, device="cpu")
+    folder = train_one(Prepared.of(cfg, manifest), "brick", "latent", device="cpu")
     model = load_model(folder)
     assert model.vae is not None and model.latent_scale > 0 and not model.learned_variance
     assert model.meta["vae"]["source"] == "trained" and model.vae.config.scaling_factor == model.latent_scale
@@ -168,9 +169,9 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path, textures: P
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        train_one(cfg, "brick", "pixel", manifest, out_dir=out, device="cpu", on_checkpoint=stop)
+        train_one(Prepared.of(cfg, manifest), "brick", "pixel", out_dir=out, device="cpu", on_checkpoint=stop)
     with pytest.raises(CheckpointError, match="model_id"):
-        train_one(make_cfg(tmp_path, textures, lr=5e-4), "brick", "pixel", manifest, out_dir=out, device="cpu")
+        train_one(Prepared.of(make_cfg(tmp_path, textures, lr=5e-4), manifest), "brick", "pixel", out_dir=out, device="cpu")
 
 
 @pytest.mark.slow
@@ -195,7 +196,7 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
     # (served by the dashboard); without it the cleaners never exit and a 2-CPU node stalls.
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
-        folders = train_all(cfg, ["brick", "grass"], ["pixel", "latent"], manifest,
+        folders = train_all(Prepared.of(cfg, manifest), ["brick", "grass"], ["pixel", "latent"],
                             on_checkpoint=fail_once_after_checkpoint(flag))
         assert len(folders) == 4 and all(is_complete(f) for f in folders)
         assert flag.is_file()
@@ -212,7 +213,7 @@ def test_ray_sweep_resumes_and_skips(tmp_path: Path, textures: Path, manifest: p
         assert not list(results.rglob("events.out.tfevents*")) and not list(results.rglob("progress.csv"))
         stamps = {f: (f / "_SUCCESS").stat().st_mtime_ns for f in folders}
         start = time.perf_counter()
-        assert train_all(cfg, ["brick", "grass"], ["pixel", "latent"], manifest) == folders
+        assert train_all(Prepared.of(cfg, manifest), ["brick", "grass"], ["pixel", "latent"]) == folders
         assert time.perf_counter() - start < 5 and all((f / "_SUCCESS").stat().st_mtime_ns == stamps[f] for f in folders)
     finally:
         ray.shutdown()

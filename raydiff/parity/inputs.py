@@ -86,7 +86,7 @@ def build_inputs(
     """Train (or reuse) the config's models for ``category`` (default: the first) and load the images."""
     say = progress or (lambda _m: None)
     prepared = prepare(cfg)
-    manifest, cats = prepared.manifest, prepared.categories
+    cats = prepared.categories
     category = category or cats[0]
     if category not in cats:
         raise ConfigError("--category", f"{category!r} is not a category of {cfg.dataset.root}.", f"use one of {cats}.")
@@ -96,7 +96,7 @@ def build_inputs(
     models: dict[str, DiffusionModel] = {}
     for role, name in model_roles(cfg).items():
         say(f"[parity] model {name} ({role}) for {category}: training or reusing")
-        folder = train_one(cfg, category, name, manifest, device=dev, progress=say)
+        folder = train_one(prepared, category, name, device=dev, progress=say)
         models[role] = load_model(folder, dev)
     train = rows.filter(pl.col("split").is_in(["train", "holdout"])).sort("image_id")
     train_images = load_images(cfg, train, channels)

@@ -35,7 +35,7 @@ Tune", Train V2): a Tune trial is a small *driver* that builds a ``TorchTrainer`
 
 Usage (needs a running Ray: ``ray.init()`` locally, or ``ray.init("auto")`` on a cluster)::
 
-    folders = train_all(cfg, ["bottle", "cable"], ["pixel", "latent"], manifest)
+    folders = train_all(prepared, ["bottle", "cable"], ["pixel", "latent"])  # raydiff.workflow.prepare(cfg)
 """
 
 from __future__ import annotations
@@ -51,9 +51,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from raydiff.config import Config, model_id, run_id
 from raydiff.io import atomic_write_text, is_complete
@@ -61,6 +59,9 @@ from raydiff.paths import model_dir, output_root
 from raydiff.placement import assigned_gpus, gpus_for, node_id, worker_device, worker_line
 from raydiff.runs import require_visible
 from raydiff.tracking import Tracker, model_params, model_ref, open_tracker, resolved_uri
+
+if TYPE_CHECKING:  # a Prepared arrives pickled; this module need not import the data layer
+    from raydiff.data.prepared import Prepared
 
 # torch / diffusers are imported inside the worker only: the Tune trial and the Train controller
 # processes unpickle this module and should start fast.
@@ -125,10 +126,11 @@ def train_worker(config: dict[str, Any]) -> None:
     from raydiff.models import checkpoint as ckpt
     from raydiff.train.loop import train_one
 
-    cfg: Config = config["cfg"]  # the driver's Config, pickled across as it is (validated once)
+    # The driver's Prepared (its Config included), pickled across as it is: validated once.
+    prepared: Prepared = config["prepared"]
+    cfg = prepared.cfg
     jobs: list[dict[str, str]] = config["jobs"]
     hook: CheckpointHook | None = config.get("hook")
-    manifest: pl.DataFrame = config["manifest"]
     require_visible(Path(config["probe"]), f"the training worker on {socket.gethostname()}")
     device = ray.train.torch.get_device() if worker_device(cfg) == "cuda" else "cpu"
     where = {"node_id": node_id(), "host": socket.gethostname(), "gpu_ids": assigned_gpus()}
@@ -149,7 +151,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 hook(path, step, metrics)
 
         worker_line(f"[train] {category}/{kind}: starting")
-        train_one(cfg, category, kind, manifest.filter(pl.col("category") == category), out_dir=folder,
+        train_one(prepared, category, kind, out_dir=folder,
                   device=device, resume=True, on_checkpoint=report, where=where,
                   progress=lambda line: worker_line(f"[train] {line}"))  # steps/total at log_every
         _track(tracker, cfg, category, kind, folder, finished=True)
@@ -181,13 +183,14 @@ def _track(tracker: Tracker | None, cfg: Config, category: str, kind: str, folde
 
 
 
-def _trial(trial_config: dict[str, Any], cfg: Config, manifest: pl.DataFrame, hook: CheckpointHook | None) -> None:
+def _trial(trial_config: dict[str, Any], prepared: Prepared, hook: CheckpointHook | None) -> None:
     """One Tune trial = the driver of one Train run for (category, kind), or of a pack of them."""
     # lazy: ray only where work is distributed (importing it costs 0.5 s)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    cfg = prepared.cfg
     jobs: list[dict[str, str]] = trial_config["jobs"]
     categories = sorted({j["category"] for j in jobs})
     gpus = gpus_for(cfg, cfg.ray.gpus_per_training)
@@ -203,8 +206,8 @@ def _trial(trial_config: dict[str, Any], cfg: Config, manifest: pl.DataFrame, ho
         train_worker,
         # nccl needs CUDA: a simulated GPU (ray.device: cpu) trains over gloo.
         torch_config=TorchConfig(backend="nccl" if cfg.ray.torch_device == "cuda" else "gloo"),
-        train_loop_config={"cfg": cfg, "jobs": jobs, "hook": hook, "probe": str(storage_probe(cfg)),
-                           "manifest": manifest.filter(pl.col("category").is_in(categories))},
+        train_loop_config={"prepared": prepared.only(categories), "jobs": jobs, "hook": hook,
+                           "probe": str(storage_probe(cfg))},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
@@ -262,10 +265,9 @@ def pack_jobs(cfg: Config, jobs: Sequence[dict[str, str]], runs: int) -> list[li
 
 
 def train_all(
-    cfg: Config,
+    prepared: Prepared,
     categories: Sequence[str],
     kinds: Sequence[str],
-    manifest: pl.DataFrame,
     on_checkpoint: CheckpointHook | None = None,
     verbose: int = 0,
 ) -> list[Path]:
@@ -274,14 +276,14 @@ def train_all(
     Needs ``ray.init`` first. Raises RuntimeError naming the runs that failed after their retries.
     ``on_checkpoint`` (picklable) runs in the worker after every checkpoint report.
     """
-    cfg = absolute_output(cfg)
+    cfg = absolute_output(prepared.cfg)
     jobs = [(c, k) for c in categories for k in kinds]
     folders = [model_dir(cfg, c, k) for c, k in jobs]
     pending = [{"category": c, "kind": k} for (c, k), f in zip(jobs, folders, strict=True) if not is_complete(f)]
     tracker = open_tracker(cfg)  # on the driver first: it creates the tracking store and experiment
     try:
         if pending:
-            _train_pending(cfg, categories, manifest, pending, folders, on_checkpoint, verbose)
+            _train_pending(prepared.only(categories, cfg), pending, folders, on_checkpoint, verbose)
         track_finished(cfg, tracker, dict(zip(jobs, folders, strict=True)))
     finally:
         if tracker is not None:
@@ -318,18 +320,18 @@ def tune_loggers(keep: bool) -> Iterator[None]:
             os.environ[name] = before
 
 
-def _train_pending(cfg: Config, categories: Sequence[str], manifest: pl.DataFrame, pending: list[dict[str, str]],
-                   folders: list[Path], on_checkpoint: CheckpointHook | None, verbose: int) -> None:
+def _train_pending(prepared: Prepared, pending: list[dict[str, str]], folders: list[Path],
+                   on_checkpoint: CheckpointHook | None, verbose: int) -> None:
     """One Tune run over the pending trainings (``train_all``)."""
     import ray  # lazy: ray only where work is distributed (importing it costs 0.5 s)
     import ray.tune
 
     if not ray.is_initialized():
         raise RuntimeError("train_all needs a running Ray: call ray.init() (or ray.init('auto') on a cluster) first")
+    cfg = prepared.cfg
     atomic_write_text(storage_probe(cfg), "written by the sweep's driver; every training worker checks it sees this file\n")
     trainable = ray.tune.with_parameters(
-        _trial, cfg=cfg, manifest=manifest.filter(pl.col("category").is_in(list(categories))),
-        hook=on_checkpoint,
+        _trial, prepared=prepared, hook=on_checkpoint,
     )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, DRIVER_RESOURCES),

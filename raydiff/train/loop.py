@@ -1,7 +1,7 @@
 """One model per (category, model kind): a plain PyTorch training loop, no Ray.
 
-``train_one(cfg, category, kind, manifest)`` trains the model kind on the category's ``train``
-rows (``holdout`` rows are never trained on) and leaves a checkpoint folder
+``train_one(prepared, category, kind)`` trains the model kind on the category's ``train`` rows of
+the prepared dataset (``raydiff.data.prepared``; ``holdout`` rows are never trained on) and leaves a checkpoint folder
 (raydiff.models.checkpoint) with a success marker. The Ray launcher (raydiff.train.launch) runs
 exactly this function inside a TorchTrainer worker.
 
@@ -65,7 +65,7 @@ from raydiff.placement import utc_now
 from raydiff.seeding import derive_seed, generator
 
 if TYPE_CHECKING:
-    import polars as pl
+    from raydiff.data.prepared import Prepared
 
 #: Model kind → noise kind used for x_t, as the regression target and in the reverse process.
 LOSS_COLUMNS = ("step", "loss", "loss_vlb", "lr", "seconds")
@@ -111,22 +111,21 @@ def augment_batch(x: Tensor, aug: AugmentConfig, g: torch.Generator) -> Tensor:
     return x
 
 
-def load_train_images(cfg: Config, category: str, manifest: pl.DataFrame) -> tuple[Tensor, int]:
+def load_train_images(prepared: Prepared, category: str) -> tuple[Tensor, int]:
     """The category's ``train`` images as one float32 tensor (N,C,S,S) in [-1, 1], and C."""
-    # lazy: polars (data.images too) is not on the GPU check's machine, whose bench.train imports this module
-    import polars as pl
+    # lazy: data.images needs PIL and polars, which the GPU check's machine (whose bench.train
+    # imports this module) does not have
+    from raydiff.data.images import load_image
 
-    from raydiff.data.images import dataset_channels, load_image
-
-    rows = manifest.filter(pl.col("category") == category)
-    train = rows.filter(pl.col("split") == "train").sort("image_id")
-    if train.height == 0:
+    cfg = prepared.cfg
+    train = prepared.rows(category, "train") if category in prepared.channels else None
+    if train is None or train.height == 0:
         raise DatasetError(
             f"category {category}", "has no training images (split == 'train').",
             "check dataset.root and the category name; train/good must hold normal images.",
         )
-    channels = dataset_channels(rows, cfg.dataset.channels)
-    arrays = [load_image(p, cfg.dataset.image_size, channels, cfg.dataset.resize) for p in train["image_path"]]  # type: ignore[arg-type]
+    channels = prepared.channels_of(category)
+    arrays = [load_image(p, cfg.dataset.image_size, channels, cfg.dataset.resize) for p in train["image_path"]]
     return torch.from_numpy(np.stack(arrays)), channels
 
 
@@ -269,10 +268,9 @@ def _check_resumable(folder: Path, meta: dict[str, Any], expect: dict[str, Any])
 
 
 def train_one(
-    cfg: Config,
+    prepared: Prepared,
     category: str,
     kind: str,
-    manifest: pl.DataFrame,
     out_dir: Path | None = None,
     device: torch.device | str | None = None,
     resume: bool = True,
@@ -291,6 +289,7 @@ def train_one(
     the torch device, UTC start/end times and ``where`` (the Ray node id and GPU ids of a Ray
     worker).
     """
+    cfg = prepared.cfg
     folder = Path(out_dir) if out_dir is not None else model_dir(cfg, category, kind)
     if is_complete(folder):
         return folder
@@ -304,7 +303,7 @@ def train_one(
 
     from raydiff.runs import versions  # polars/pyarrow: not needed by the step functions above
 
-    images, channels = load_train_images(cfg, category, manifest)
+    images, channels = load_train_images(prepared, category)
     images = images.to(dev)
     # The budget of this category: train_steps, or train_epochs over its training images.
     total_steps = mc.steps_for(int(images.shape[0]))
