@@ -12,11 +12,19 @@ import torch
 
 VARIANTS = ("no-diffusion", "static-gaussian", "kl", "trend")
 #: Settings of the demo (configs/textures.yaml) for these variants, at 32 px.
+TREND = {"method": "trend", "model": "pixel", "levels": [25, 50, 100, 200, 400], "sigma": 1.0}
 SETTINGS = {
-    "static-gaussian": {"t0": 200, "steps": 5, "sampler": "ddim", "smoothing": "mean", "smoothing_size": 5},
-    "no-diffusion": {"t0": 50, "steps": 5, "sampler": "ddim"},
-    "kl": {"timesteps": [20, 200, 400], "top_k": 16},
-    "trend": {"levels": [25, 50, 100, 200, 400], "sigma": 1.0},
+    "static-gaussian": {"method": "static", "model": "pixel", "t0": 200, "steps": 5, "sampler": "ddim", "smoothing": "mean",
+                        "smoothing_size": 5},
+    "static-simplex": {"method": "static", "model": "pixel-simplex"},
+    "static-gmm": {"method": "static", "model": "pixel-gmm"},
+    "no-diffusion": {"method": "no-diffusion", "model": "pixel", "t0": 50, "steps": 5, "sampler": "ddim"},
+    "dynamic": {"method": "dynamic", "model": "latent"},
+    "dynamic-pixel": {"method": "dynamic", "model": "pixel"},
+    "kl": {"method": "kl", "model": "pixel", "timesteps": [20, 200, 400], "top_k": 16},
+    "trend": {**TREND, "output": "both"},
+    "trend-intensity": {**TREND, "output": "intensity"},
+    "trend-uncertainty": {**TREND, "output": "uncertainty"},
 }
 N_HOLDOUT, N_EVAL = 16, 48
 #: One-sided binomial test: fail when this many border maxima (or more) would happen by chance

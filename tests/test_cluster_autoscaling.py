@@ -49,7 +49,7 @@ def test_sweep_scales_up_gpu_nodes_and_runs_every_stage_on_them(tmp_path: Path, 
     root = make_textures(tmp_path / "data", size=32, n_train=10, n_test_good=2, n_test_defect=2, categories=CATEGORIES)
     cfg = sweep_config(
         root, tmp_path / "out",
-        **{"dataset.categories": list(CATEGORIES), "models.kinds": ["pixel"], "variants.enabled": ["no-diffusion", "kl"],
+        **{"dataset.categories": list(CATEGORIES), "variants.enabled": ["no-diffusion", "kl"],  # the pixel model only
            "models.train_steps": 80, "models.checkpoint_every": 80,
            "ray.accelerator": "gpu", "ray.device": "cpu", "ray.cpus_per_training": 1, "ray.gpus_per_training": 1,
            "ray.cpus_per_scoring_actor": 1, "ray.gpus_per_scoring_actor": 1},

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from raydiff.config import (
+    BUILTIN_VARIANTS,
     Config,
     config_from_dict,
     config_to_dict,
@@ -24,6 +25,8 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 # Run id re-pinned 2026-12-06 (87645a4f836b before): trend's uncertainty defaults to Hutchinson's
 # diag(J) (``probes: 1``), so the demo's trend scores differ; its model ids stay.
 DEMO_IDS = ("ce4092bc98c7", "677bb5c420c2")
+#: The built-in variant instances in the named form (each names its method and model).
+BUILTINS = {name: {"method": b.method, "model": b.model} for name, b in BUILTIN_VARIANTS.items()}
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -68,7 +71,7 @@ def test_unknown_variant_section_lists_variant_ids(tmp_path: Path) -> None:
         ({"models": {"augment": {"hflip": "yes"}}}, "models.augment.hflip"),
         ({"dataset": {"categories": "bottle"}}, "dataset.categories"),
         ({"seed": True}, "seed"),
-        ({"variants": {"kl": {"timesteps": [20, "x"]}}}, "variants.kl.timesteps[1]"),
+        ({"variants": {"kl": {"method": "kl", "model": "pixel", "timesteps": [20, "x"]}}}, "variants.kl.timesteps[1]"),
     ],
 )
 def test_wrong_type(tmp_path: Path, data: dict, fragment: str) -> None:
@@ -83,9 +86,9 @@ def test_wrong_type(tmp_path: Path, data: dict, fragment: str) -> None:
         ({"dataset": {"image_size": 2}}, "dataset.image_size"),
         ({"models": {"ema_decay": 1.5}}, "models.ema_decay"),
         ({"dataset": {"kind": "mvtek"}}, "mvtec"),
-        ({"variants": {"static-gaussian": {"t0": 10, "steps": 20}}}, "steps"),
-        ({"variants": {"trend": {"levels": [100, 50, 25]}}}, "levels"),
-        ({"variants": {"kl": {"timesteps": [20, 2000]}}}, "2000"),
+        ({"variants": {"static-gaussian": {"method": "static", "model": "pixel", "t0": 10, "steps": 20}}}, "steps"),
+        ({"variants": {"trend": {"method": "trend", "model": "pixel", "levels": [100, 50, 25]}}}, "levels"),
+        ({"variants": {"kl": {"method": "kl", "model": "pixel", "timesteps": [20, 2000]}}}, "2000"),
     ],
 )
 def test_out_of_range(tmp_path: Path, data: dict, fragment: str) -> None:
@@ -95,7 +98,7 @@ def test_out_of_range(tmp_path: Path, data: dict, fragment: str) -> None:
 
 
 def test_variant_needing_untrained_kind(tmp_path: Path) -> None:
-    p = write(tmp_path, {"models": {"kinds": ["pixel"]}, "variants": {"enabled": ["static-gaussian", "dynamic"]}})
+    p = write(tmp_path, {"models": {"pixel": {}}, "variants": {"enabled": ["static-gaussian", "dynamic"]}})
     with pytest.raises(ConfigError, match="dynamic.*latent"):
         load_config(p)
 
@@ -121,7 +124,9 @@ def test_env_var_root_and_relative_root(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_overrides_use_dotted_keys(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, {}), {"models.train_steps": 7, "variants.kl.top_k": 3})
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump({"variants": BUILTINS}, sort_keys=False))  # the built-in variants in their order
+    cfg = load_config(p, {"models.train_steps": 7, "variants.kl.top_k": 3})
     assert cfg.model_spec("pixel").train_steps == 7 and cfg.variants.params("kl").top_k == 3
 
 
@@ -153,19 +158,19 @@ def test_ids_are_stable_and_sensitive_to_what_matters() -> None:
 
     assert run_id(same) == run_id(base) and mid(same) == mid(base)
     # A variant parameter changes the run but not the trained models.
-    changed = config_from_dict({"variants": {"kl": {"top_k": 3}}})
+    changed = config_from_dict({"variants": {**BUILTINS, "kl": {"method": "kl", "model": "pixel", "top_k": 3}}})
     assert run_id(changed) != run_id(base) and mid(changed) == mid(base)
     # A training parameter changes both.
     retrain = config_from_dict({"models": {"lr": 3e-4}})
     assert mid(retrain) != mid(base) and run_id(retrain) != run_id(base)
     assert mid(config_from_dict({"seed": 1})) != mid(base)
     # Each model has its own id: a setting of one model leaves the others' alone.
-    one = config_from_dict({"models": {"kinds": ["pixel", "pixel-gmm"], "pixel-gmm": {"lr": 3e-4}},
+    one = config_from_dict({"models": {"pixel": {}, "pixel-gmm": {"lr": 3e-4}},
                             "variants": {"enabled": ["kl", "static-gmm"]}})
     assert mid(one, "pixel") == mid(base, "pixel") and mid(one, "pixel-gmm") != mid(base, "pixel-gmm")
     # Sampling-only settings do not retrain: fixed-small vs fixed-large, the checkpoint cadence,
     # another category's augmentation.
-    large = config_from_dict({"models": {"kinds": ["pixel-gmm"], "pixel-gmm": {"variance": "fixed-large"}},
+    large = config_from_dict({"models": {"pixel-gmm": {"variance": "fixed-large"}},
                               "variants": {"enabled": ["static-gmm"]}})
     assert mid(large, "pixel-gmm") == mid(base, "pixel-gmm") and run_id(large) != run_id(base)
     assert mid(config_from_dict({"models": {"checkpoint_every": 7}})) == mid(base)

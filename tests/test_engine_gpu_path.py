@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from raydiff import diffusion as D
 from raydiff.bench.engine import random_models
-from raydiff.config import config_from_dict
+from raydiff.config import BUILTIN_VARIANTS, config_from_dict
 from raydiff.config.schema import ScoringConfig
 from raydiff.data.prepared import Prepared
 from raydiff.noise import sample_noise
@@ -49,11 +49,23 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny_cfg(**variants: Any) -> Any:
+#: The built-in variant instances in the named form (each names its method and model).
+BUILTINS = {name: {"method": b.method, "model": b.model} for name, b in BUILTIN_VARIANTS.items()}
+
+
+def trend_instances(**params: Any) -> dict[str, Any]:
+    """trend, trend-intensity and trend-uncertainty with ``params`` (one computation, three maps)."""
+    outputs = {"trend": "both", "trend-intensity": "intensity", "trend-uncertainty": "uncertainty"}
+    return {name: {"method": "trend", "model": "pixel", **params, "output": output} for name, output in outputs.items()}
+
+
+def tiny_cfg(*enabled: str, **variants: Any) -> Any:
+    """``variants``: instances in the named form, over the built-in ones; ``enabled``: those scored
+    (default: the ones given, else static-gaussian)."""
     return config_from_dict({
         "dataset": {"image_size": 16},
-        "models": {"preset": "tiny", "base_channels": 8, "latent": {"vae_downsample": 1, "latent_channels": 2}},
-        "variants": {"enabled": list(variants) or ["static-gaussian"], **variants},
+        "models": {"preset": "tiny", "base_channels": 8, "vae": {"vae_downsample": 1, "latent_channels": 2}},
+        "variants": {"enabled": list(enabled or variants) or ["static-gaussian"], **BUILTINS, **variants},
         "ray": {"gradient_chunk": 0},
     })
 
@@ -85,7 +97,7 @@ def test_precision_setting_resolves_per_device() -> None:
 
 def test_bf16_context_keeps_trend_gradient_and_phi_in_fp32() -> None:
     """Under bf16 scoring, trend's gradient pass and φ(x0) are bit for bit the fp32 ones."""
-    cfg = tiny_cfg(trend={"levels": [25, 100, 200]})
+    cfg = tiny_cfg("trend", **trend_instances(levels=[25, 100, 200]))
     fp32 = tiny_context(cfg, ["pixel"], ScoringConfig(precision="fp32"))
     bf16 = tiny_context(cfg, ["pixel"], ScoringConfig(precision="bf16"))
     assert bf16.autocast_dtype is torch.bfloat16 and fp32.autocast_dtype is None
@@ -108,7 +120,7 @@ def test_bf16_context_keeps_trend_gradient_and_phi_in_fp32() -> None:
 def test_full_length_200_step_chain_bf16_matches_fp32() -> None:
     """mvtec.yaml's static chain (t0 = 200, 200 ancestral steps) on a tiny random model: the bf16
     maps agree with fp32 (errors of 200 bf16 steps do not build up)."""
-    cfg = tiny_cfg(**{"static-gaussian": {"t0": 200, "steps": 200, "sampler": "ddpm"}})
+    cfg = tiny_cfg(**{"static-gaussian": {"method": "static", "model": "pixel", "t0": 200, "steps": 200, "sampler": "ddpm"}})
     x, ids = images(2, seed=3), ["a", "b"]
     maps = {}
     for precision in ("fp32", "bf16"):
@@ -182,7 +194,7 @@ def test_batched_standardise_and_gmm_field_are_per_map() -> None:
 
 
 def test_noise_draws_are_counted_by_the_batch_cache() -> None:
-    cfg = tiny_cfg(**{"static-simplex": {"t0": 20, "steps": 4, "sampler": "ddpm"}})
+    cfg = tiny_cfg(**{"static-simplex": {"method": "static", "model": "pixel-simplex", "t0": 20, "steps": 4, "sampler": "ddpm"}})
     ctx = tiny_context(cfg, ["pixel-simplex"])
     _, cache, _ = raw_components(ctx, images(2), ["a", "b"], ["static-simplex"])
     # One shared forward draw (x_t0) + one per ancestral step but the last.
@@ -204,7 +216,9 @@ def test_reverse_chains_read_nothing_back_per_step(variant: str, kind: str) -> N
     counts = []
     for steps in (3, 9):
         sampler = "ddim" if variant == "no-diffusion" else "ddpm"
-        cfg = tiny_cfg(**{variant: {"t0": 30, "steps": steps, "sampler": sampler}})
+        # smoothing_size 11: the method's default (the built-in static-gmm's is 5).
+        cfg = tiny_cfg(**{variant: {"method": BUILTIN_VARIANTS[variant].method, "model": kind, "t0": 30, "steps": steps,
+                                    "sampler": sampler, "smoothing_size": 11}})
         ctx = tiny_context(cfg, [kind])
         counts.append(len(_syncs(lambda c=ctx: raw_components(c, images(2), ["a", "b"], [variant]))))
     assert counts[0] == counts[1] == 0, counts
@@ -266,7 +280,7 @@ def test_training_step_reads_nothing_back_per_step(tmp_path: Path, monkeypatch: 
 
 
 def test_channels_last_gives_the_same_maps() -> None:
-    cfg = tiny_cfg(**{"static-gaussian": {"t0": 20, "steps": 3}})
+    cfg = tiny_cfg(**{"static-gaussian": {"method": "static", "model": "pixel", "t0": 20, "steps": 3}})
     x, ids = images(2), ["a", "b"]
     plain = score_batch(tiny_context(cfg, ["pixel"]), x, ids, ["static-gaussian"])["static-gaussian"]
     cl_ctx = tiny_context(cfg, ["pixel"], ScoringConfig(channels_last=True))
@@ -293,7 +307,8 @@ def test_compile_setting_compiles_each_unet_once_and_scores_through_it(monkeypat
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    cfg = tiny_cfg(**{"static-gaussian": {"t0": 20, "steps": 3}}, kl={"timesteps": [5, 20]})
+    cfg = tiny_cfg(**{"static-gaussian": {"method": "static", "model": "pixel", "t0": 20, "steps": 3}},
+                   kl={"method": "kl", "model": "pixel", "timesteps": [5, 20]})
     cfg = dataclasses.replace(cfg, variants=dataclasses.replace(cfg.variants, enabled=("static-gaussian", "kl")))
     ctx = tiny_context(cfg, ["pixel"], ScoringConfig(compile=True))
     assert [c["kwargs"] for c in compiled] == [{"dynamic": False}]

@@ -16,9 +16,17 @@ def _score(chunk: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     from raydiff.scoring.context import CategoryContext
     from raydiff.scoring.fit import FittedState
 
+    trend = {"method": "trend", "model": "pixel", "levels": [25, 50, 100]}
     cfg = config_from_dict({
-        "dataset": {"image_size": 16}, "models": {"preset": "tiny", "base_channels": 8, "kinds": ["pixel"]},
-        "variants": {"enabled": ["trend", "trend-uncertainty"], "trend": {"levels": [25, 50, 100]}},
+        "dataset": {"image_size": 16}, "models": {"preset": "tiny", "base_channels": 8, "pixel": {}},
+        "variants": {"enabled": ["trend", "trend-uncertainty"],
+                     "static-gaussian": {"method": "static", "model": "pixel"},
+                     "no-diffusion": {"method": "no-diffusion", "model": "pixel"},
+                     "dynamic-pixel": {"method": "dynamic", "model": "pixel"},
+                     "kl": {"method": "kl", "model": "pixel"},
+                     "trend": {**trend, "output": "both"},
+                     "trend-intensity": {**trend, "output": "intensity"},
+                     "trend-uncertainty": {**trend, "output": "uncertainty"}},
         "ray": {"gradient_chunk": chunk},
     })
     models = random_models(cfg, 1, torch.device("cpu"), ["pixel"])

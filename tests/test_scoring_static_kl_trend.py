@@ -236,16 +236,26 @@ OURS = ("static-gaussian", "static-simplex", "static-gmm", "no-diffusion", "kl",
 SIZE = 32
 PATCH = (slice(10, 22), slice(10, 22))
 
+
+def _trend(**params: object) -> dict[str, dict[str, object]]:
+    """trend, trend-intensity and trend-uncertainty with ``params`` (one computation, three maps)."""
+    outputs = {"trend": "both", "trend-intensity": "intensity", "trend-uncertainty": "uncertainty"}
+    return {name: {"method": "trend", "model": "pixel", **params, "output": output} for name, output in outputs.items()}
+
+
 #: Paper settings scaled to 32 px (post-processing), a briefly trained model (t0 = 100 instead of
 #: 200 for static: at 32 px level 200 already wipes out most of the texture) and a CPU test
 #: (10 reverse steps).
 VARIANTS_32PX = {
-    "static-gaussian": {"t0": 100, "steps": 10, "sampler": "ddpm", "smoothing_size": 3},
-    "static-simplex": {"t0": 100, "steps": 10, "sampler": "ddpm", "smoothing_size": 3},
-    "static-gmm": {"t0": 100, "steps": 10, "sampler": "ddim", "smoothing_size": 3},
-    "no-diffusion": {"t0": 50, "steps": 5, "sampler": "ddim"},
-    "kl": {"timesteps": [20, 200, 400]},
-    "trend": {"levels": [25, 50, 75, 100, 150, 200, 300, 400], "sigma": 1.0},
+    "static-gaussian": {"method": "static", "model": "pixel", "t0": 100, "steps": 10, "sampler": "ddpm", "smoothing_size": 3},
+    "static-simplex": {"method": "static", "model": "pixel-simplex", "t0": 100, "steps": 10, "sampler": "ddpm",
+                       "smoothing_size": 3},
+    "static-gmm": {"method": "static", "model": "pixel-gmm", "t0": 100, "steps": 10, "sampler": "ddim", "smoothing_size": 3},
+    "no-diffusion": {"method": "no-diffusion", "model": "pixel", "t0": 50, "steps": 5, "sampler": "ddim"},
+    "dynamic": {"method": "dynamic", "model": "latent"},
+    "dynamic-pixel": {"method": "dynamic", "model": "pixel"},
+    "kl": {"method": "kl", "model": "pixel", "timesteps": [20, 200, 400]},
+    **_trend(levels=[25, 50, 75, 100, 150, 200, 300, 400], sigma=1.0),
 }
 
 
@@ -337,7 +347,7 @@ def test_forward_passes_per_variant_and_shared(scoring: Scoring) -> None:
     from raydiff.scoring import raw_components, score_batch
 
     x, ids = scoring.good[:1], scoring.good_ids[:1]
-    ddim_trend = _scoring_cfg(scoring.cfg, trend={"levels": [3, 25, 50], "reconstruction": "ddim", "ddim_steps": 4})
+    ddim_trend = _scoring_cfg(scoring.cfg, **_trend(levels=[3, 25, 50], reconstruction="ddim", ddim_steps=4))
     for cfg in (scoring.cfg, ddim_trend):
         ctx = replace(scoring.ctx, cfg=cfg)
         expected = _expected_forwards(cfg)
@@ -353,7 +363,7 @@ def test_forward_passes_per_variant_and_shared(scoring: Scoring) -> None:
     expected = _expected_forwards(scoring.cfg)
     assert dict(cache.forwards) == expected
     # With t0 = 200, one of kl's timesteps, kl reuses static's pass at t = 200.
-    t0_200 = _scoring_cfg(scoring.cfg, **{"static-gaussian": {"t0": 200, "steps": 10}})
+    t0_200 = _scoring_cfg(scoring.cfg, **{"static-gaussian": {"method": "static", "model": "pixel", "t0": 200, "steps": 10}})
     _, cache, _ = raw_components(replace(scoring.ctx, cfg=t0_200), x, ids, OURS)
     assert cache.forwards["kl"] == expected["kl"] - 1
     assert sum(cache.forwards.values()) == sum(expected.values()) - 1
@@ -398,11 +408,13 @@ class _OracleModel:
 
 
 def test_kl_components_vanish_for_a_model_equal_to_the_posterior() -> None:
-    from raydiff.config import config_from_dict
+    from raydiff.config import BUILTIN_VARIANTS, config_from_dict
     from raydiff.features import build_features
     from raydiff.scoring.context import BatchCache, CategoryContext
 
-    cfg = config_from_dict({"dataset": {"image_size": 32}, "variants": {"kl": {"timesteps": [1, 20, 200, 400]}}})
+    builtins = {name: {"method": b.method, "model": b.model} for name, b in BUILTIN_VARIANTS.items()}
+    kl = {"method": "kl", "model": "pixel", "timesteps": [1, 20, 200, 400]}
+    cfg = config_from_dict({"dataset": {"image_size": 32}, "variants": {**builtins, "kl": kl}})
     x0 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
     sched = D.Schedule.from_config(cfg.model_spec("pixel"))
     phi, _ = build_features(cfg.features)

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from raydiff import diffusion as D
-from raydiff.config import config_from_dict
+from raydiff.config import BUILTIN_VARIANTS, config_from_dict
 from raydiff.models.checkpoint import DiffusionModel
 from raydiff.models.presets import build_unet
 from raydiff.scoring.context import BatchCache, CategoryContext
 from raydiff.scoring.kim_trend import probe_direction, x0_probe_gradient
 
 SIZE = 16
+#: The built-in variant instances in the named form (each names its method and model).
+BUILTINS = {name: {"method": b.method, "model": b.model} for name, b in BUILTIN_VARIANTS.items()}
 
 
 def tiny_model(seed: int = 0) -> DiffusionModel:
@@ -117,7 +119,10 @@ def test_trend_probes_take_k_gradient_passes_per_level() -> None:
     x0 = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
     out = {}
     for k in (0, 3):
-        cfg = config_from_dict({"variants": {"enabled": ["trend"], "trend": {"levels": [25, 50, 100], "probes": k}}})
+        trend = {"method": "trend", "model": "pixel", "levels": [25, 50, 100], "probes": k}
+        cfg = config_from_dict({"variants": {
+            "enabled": ["trend"], **BUILTINS, "trend": {**trend, "output": "both"},
+            "trend-intensity": {**trend, "output": "intensity"}, "trend-uncertainty": {**trend, "output": "uncertainty"}}})
         ctx = CategoryContext(cfg=cfg, category="c", models={"pixel": model}, features=None)
         cache = BatchCache(ctx, x0, ["a", "b"])
         cache.current = "trend"

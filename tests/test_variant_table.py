@@ -19,14 +19,17 @@ VARIANT_IDS = tuple(BUILTIN_VARIANTS)
 SIZE = 32
 #: Small settings per params field, so that a row's fit and score take a second.
 SMALL = {
-    "static-gaussian": {"t0": 20, "steps": 2, "sampler": "ddim", "smoothing_size": 3},
-    "static-simplex": {"t0": 20, "steps": 2, "sampler": "ddim", "smoothing_size": 3},
-    "static-gmm": {"t0": 20, "steps": 2, "sampler": "ddim", "smoothing_size": 3},
-    "no-diffusion": {"t0": 20, "steps": 2},
-    "dynamic": {"t_max": 20, "ddim_steps": 2, "knn_k": 2, "bins": 2},
-    "dynamic-pixel": {"t_max": 20, "ddim_steps": 2, "knn_k": 2, "bins": 2},
-    "kl": {"timesteps": [5, 10], "top_k": 4},
-    "trend": {"levels": [5, 10, 20]},
+    "static-gaussian": {"method": "static", "model": "pixel", "t0": 20, "steps": 2, "sampler": "ddim", "smoothing_size": 3},
+    "static-simplex": {"method": "static", "model": "pixel-simplex", "t0": 20, "steps": 2, "sampler": "ddim",
+                       "smoothing_size": 3},
+    "static-gmm": {"method": "static", "model": "pixel-gmm", "t0": 20, "steps": 2, "sampler": "ddim", "smoothing_size": 3},
+    "no-diffusion": {"method": "no-diffusion", "model": "pixel", "t0": 20, "steps": 2},
+    "dynamic": {"method": "dynamic", "model": "latent", "t_max": 20, "ddim_steps": 2, "knn_k": 2, "bins": 2},
+    "dynamic-pixel": {"method": "dynamic", "model": "pixel", "t_max": 20, "ddim_steps": 2, "knn_k": 2, "bins": 2},
+    "kl": {"method": "kl", "model": "pixel", "timesteps": [5, 10], "top_k": 4},
+    "trend": {"method": "trend", "model": "pixel", "levels": [5, 10, 20], "output": "both"},
+    "trend-intensity": {"method": "trend", "model": "pixel", "levels": [5, 10, 20], "output": "intensity"},
+    "trend-uncertainty": {"method": "trend", "model": "pixel", "levels": [5, 10, 20], "output": "uncertainty"},
 }
 
 
@@ -34,7 +37,7 @@ def _cfg(variant: str) -> object:
     return config_from_dict({
         "dataset": {"image_size": SIZE},
         "models": {"preset": "tiny", "base_channels": 8, "timesteps": 100,
-                   "latent": {"latent_channels": 2, "vae_downsample": 1}},
+                   "vae": {"latent_channels": 2, "vae_downsample": 1}},
         "variants": {"enabled": [variant], **SMALL},
     })
 
