@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torchvision_layouts import TORCHVISION_PARAMS, torchvision_layout
 
 from raydiff.config import FeaturesConfig
 from raydiff.errors import CheckpointError
@@ -22,42 +23,6 @@ from raydiff.features import (
     knn_features,
     load_weights,
 )
-
-
-#: torchvision's ResNet34_Weights.IMAGENET1K_V1.meta["num_params"].
-TORCHVISION_RESNET34_PARAMS = 21_797_672
-
-
-def torchvision_resnet34_layout() -> list[tuple[str, tuple[int, ...]]]:
-    """torchvision.models.resnet34's state-dict keys and shapes, enumerated from the architecture.
-
-    ResNet(BasicBlock, [3, 4, 6, 3]): 7×7/2 stem conv, BN; four stages of BasicBlocks (conv3x3,
-    bn, conv3x3, bn, and a 1×1-conv + BN ``downsample`` where stride or width changes); fc 512→1000.
-    Every BatchNorm holds weight, bias, running_mean, running_var, num_batches_tracked.
-    """
-    out: list[tuple[str, tuple[int, ...]]] = []
-
-    def bn(prefix: str, c: int) -> None:
-        out.extend([(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,)), (f"{prefix}.running_mean", (c,)),
-                    (f"{prefix}.running_var", (c,)), (f"{prefix}.num_batches_tracked", ())])
-
-    out.append(("conv1.weight", (64, 3, 7, 7)))
-    bn("bn1", 64)
-    inplanes = 64
-    for stage, (blocks, planes) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512]), start=1):
-        for i in range(blocks):
-            stride = 2 if (i == 0 and stage > 1) else 1
-            p = f"layer{stage}.{i}"
-            out.append((f"{p}.conv1.weight", (planes, inplanes, 3, 3)))
-            bn(f"{p}.bn1", planes)
-            out.append((f"{p}.conv2.weight", (planes, planes, 3, 3)))
-            bn(f"{p}.bn2", planes)
-            if stride != 1 or inplanes != planes:
-                out.append((f"{p}.downsample.0.weight", (planes, inplanes, 1, 1)))
-                bn(f"{p}.downsample.1", planes)
-            inplanes = planes
-    out += [("fc.weight", (1000, 512)), ("fc.bias", (1000,))]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +57,8 @@ def _images(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def test_state_dict_layout_is_torchvisions(model: ResNetFeatures) -> None:
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    assert ours == torchvision_resnet34_layout()  # same names, shapes and order
-    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_RESNET34_PARAMS
+    assert ours == torchvision_layout("resnet34")  # same names, shapes and order
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS["resnet34"]
 
 
 def _same_outputs(a: ResNetFeatures, state: dict[str, torch.Tensor]) -> None:
