@@ -6,6 +6,8 @@
   repository's ``python/ray/autoscaler/_private/fake_multi_node/example.yaml``.
 - :func:`sweep_config`: a tiny sweep config (textures, 32 px, the ``tiny`` preset).
 - :func:`run_tables`: what a run folder holds, sorted, for "equal to a clean run" comparisons.
+- :func:`one_node_sweep`, :func:`static_cluster`: the clean run on one local Ray, and a
+  ``ray.cluster_utils.Cluster`` head to add worker nodes to, for the static-cluster tests.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray.cluster_utils import AutoscalingCluster
+from ray.cluster_utils import AutoscalingCluster, Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +73,26 @@ def sweep_config(root: Path, out: Path, **extra: Any) -> Any:
         **extra,
     }
     return load_config(REPO / "configs" / "textures.yaml", overrides)
+
+
+def one_node_sweep(cfg: Any) -> None:
+    """``cfg``'s sweep on a local Ray of 2 CPUs: the clean run a cluster's run must equal."""
+    import ray
+
+    from raydiff import workflow
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    try:
+        workflow.sweep(cfg, report=False, bars=False)
+    finally:
+        ray.shutdown()
+
+
+def static_cluster() -> Cluster:
+    """A static cluster's head node (1 CPU, with the dashboard Ray Train's placement-group cleaner
+    asks); the test adds its worker nodes with ``add_node`` and shuts it down."""
+    return Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
+                                                         "dashboard_host": "127.0.0.1"})
 
 
 #: The metrics.csv columns two runs of one config must agree on (cost columns are timings).

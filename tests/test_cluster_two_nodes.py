@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from simulated_clusters import run_tables, sweep_config
+from simulated_clusters import one_node_sweep, run_tables, static_cluster, sweep_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
 
 
 def test_two_node_cluster_writes_what_one_node_writes(tmp_path: Path) -> None:
     import ray
-    from ray.cluster_utils import Cluster
 
     from raydiff import workflow
     from raydiff.data.textures import make_textures
@@ -26,14 +25,9 @@ def test_two_node_cluster_writes_what_one_node_writes(tmp_path: Path) -> None:
     single = sweep_config(root, tmp_path / "one", **extra)
     multi = sweep_config(root, tmp_path / "two", **extra)
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    try:
-        workflow.sweep(single, report=False, bars=False)
-    finally:
-        ray.shutdown()
+    one_node_sweep(single)
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
+    cluster = static_cluster()
     cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, log_to_driver=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from simulated_clusters import run_tables, sweep_config
+from simulated_clusters import one_node_sweep, run_tables, static_cluster, sweep_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.trains]
 
@@ -40,7 +40,6 @@ def _first_checkpoint(out: Path, deadline: float) -> Path:
 
 def test_a_node_lost_mid_sweep_gives_the_clean_runs_output(tmp_path: Path) -> None:
     import ray
-    from ray.cluster_utils import Cluster
 
     from raydiff import workflow
     from raydiff.data.textures import make_textures
@@ -50,14 +49,9 @@ def test_a_node_lost_mid_sweep_gives_the_clean_runs_output(tmp_path: Path) -> No
     clean = sweep_config(root, tmp_path / "clean", **EXTRA)
     lost = sweep_config(root, tmp_path / "lost", **EXTRA)
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    try:
-        workflow.sweep(clean, report=False, bars=False)
-    finally:
-        ray.shutdown()
+    one_node_sweep(clean)
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
+    cluster = static_cluster()
     worker = cluster.add_node(num_cpus=1)
     outcome: dict[str, Any] = {}
 
