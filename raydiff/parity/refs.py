@@ -272,7 +272,7 @@ def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
     """``owner.name = value`` for the ``with`` block (a module's function, ``torch.randn_like``),
     restored afterwards, or removed again when ``owner`` had no such attribute."""
     missing = object()
-    before = vars(owner).get(name, missing) if hasattr(owner, "__dict__") else getattr(owner, name, missing)
+    before = vars(owner).get(name, missing)
     setattr(owner, name, value)
     try:
         yield

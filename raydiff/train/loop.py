@@ -118,8 +118,8 @@ def load_train_images(prepared: Prepared, category: str) -> tuple[Tensor, int]:
     from raydiff.data.images import load_image
 
     cfg = prepared.cfg
-    train = prepared.rows(category, "train") if category in prepared.channels else None
-    if train is None or train.height == 0:
+    train = prepared.rows(category, "train")
+    if train.height == 0:
         raise DatasetError(
             f"category {category}", "has no training images (split == 'train').",
             "check dataset.root and the category name; train/good must hold normal images.",
